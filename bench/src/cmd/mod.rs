@@ -1,0 +1,6 @@
+//! One module per benchmark: its clap arguments and its `run`.
+
+pub(crate) mod codec;
+pub(crate) mod events;
+pub(crate) mod model;
+pub(crate) mod transport;

@@ -1,0 +1,44 @@
+//! `splitstream-bench`: measures the real paths side by side with their peers in the
+//! same run (onnxruntime for models, zstd/JPEG for the codec, TCP+TLS for the
+//! transport, expelliarmus for event decoding) and prints JSON.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Benchmarks that compare splitstream with its peers in one run and print JSON.
+#[derive(Parser)]
+#[command(name = "splitstream-bench", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Model latency (ViT/DeiT) against onnxruntime on the same ONNX export.
+    Model(cmd::model::Args),
+    /// Codec bytes, error and throughput against zstd-on-raw and JPEG.
+    Codec(cmd::codec::Args),
+    /// QUIC request/response against TCP+TLS on loopback.
+    Transport(cmd::transport::Args),
+    /// Event decoding rate per format against expelliarmus.
+    Events(cmd::events::Args),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Model(args) => cmd::model::run(args),
+        Command::Codec(args) => cmd::codec::run(args),
+        Command::Transport(args) => cmd::transport::run(args),
+        Command::Events(args) => cmd::events::run(args),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,48 @@
+//! `splitstream`: the project's front door. Subcommands run models, inspect event
+//! recordings and (later) the end-to-end demo; `splitstream-device` and
+//! `splitstream-edge` are the deployable binaries.
+
+mod cmd;
+
+use clap::{Parser, Subcommand};
+
+/// Split computing for edge AI: run a network's head on the device and its tail on
+/// an edge server over QUIC.
+#[derive(Parser)]
+#[command(name = "splitstream", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a ViT/DeiT checkpoint on images or preprocessed tensors and print the top-k.
+    Infer(cmd::infer::Args),
+    /// Inspect, convert, render or synthesise event-camera recordings.
+    #[command(subcommand)]
+    Events(cmd::events::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer(args) => cmd::infer::run(args),
+        Command::Events(command) => cmd::events::run(command),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One clear line (with its causes), no backtrace: see STYLE.md.
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
