@@ -1,2 +1,12 @@
 //! Tensors, CPU and wgpu backends, layers, model families, weight loading and split points.
+//!
+//! - [`tensor::HostTensor`]: the host-side tensor that crosses every boundary.
+//! - [`backend::Backend`]: the seam; model code is written once over it.
+//!   [`backend::cpu::CpuBackend`] is the CPU implementation.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod backend;
+pub mod tensor;
+
+pub use backend::{Activation, Backend, BackendError, DeviceTensor};
+pub use tensor::HostTensor;

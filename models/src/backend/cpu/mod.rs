@@ -1,0 +1,839 @@
+//! The CPU backend: tensors in host memory, GEMM from the `gemm` crate, row kernels in
+//! `avx512.rs`/`avx2.rs`/`portable.rs` picked at run time, and work split across cores
+//! with a rayon pool owned by the backend.
+//!
+//! Threading uses one level at a time: a GEMM splits itself across the pool, while
+//! row-wise ops (layer norm, softmax, GELU) and attention split rows across the pool
+//! and run single-threaded GEMMs inside. Nothing nests, so the pool is never
+//! oversubscribed.
+
+mod avx2;
+mod avx512;
+mod kernels;
+mod matmul;
+mod portable;
+
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+pub use kernels::Isa;
+use matmul::{gemm, View};
+
+use super::{Activation, Backend, BackendError, DeviceTensor};
+use crate::tensor::{checked_numel, HostTensor};
+
+/// Below this many elements an elementwise op runs on one thread (the fork-join costs
+/// more than it saves).
+const PARALLEL_MIN_ELEMS: usize = 16 * 1024;
+/// Query rows per attention task: small enough that batch 1 still splits across cores,
+/// large enough that each task's GEMMs stay efficient.
+const ATTENTION_ROWS: usize = 32;
+
+/// A tensor in host memory, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CpuTensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl CpuTensor {
+    /// The values, row-major.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    fn new(shape: Vec<usize>, data: Vec<f32>) -> Self {
+        debug_assert_eq!(checked_numel(&shape), Some(data.len()));
+        Self { shape, data }
+    }
+}
+
+impl DeviceTensor for CpuTensor {
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+}
+
+/// A dense layer ready for GEMM: the weight transposed to `[in, out]` row-major once at
+/// load, so the product streams it row by row, and the bias.
+#[derive(Debug)]
+pub struct CpuLinear {
+    weight_t: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    inputs: usize,
+    outputs: usize,
+}
+
+/// A convolution ready for im2col + GEMM.
+#[derive(Debug)]
+pub struct CpuConv2d {
+    /// `[out, in * kh * kw]` row-major (PyTorch's layout, flattened).
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+    out_channels: usize,
+    in_channels: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+}
+
+/// The CPU backend. Cheap to clone (the pool is shared).
+#[derive(Clone)]
+pub struct CpuBackend {
+    pool: Arc<rayon::ThreadPool>,
+    threads: usize,
+    isa: Isa,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend")
+            .field("threads", &self.threads)
+            .field("isa", &self.isa)
+            .finish()
+    }
+}
+
+impl CpuBackend {
+    /// A backend with its own pool of `threads` workers (0: one per available core),
+    /// using the best instruction set this CPU has.
+    pub fn new(threads: usize) -> Result<Self, BackendError> {
+        Self::with_isa(threads, Isa::detect())
+    }
+
+    /// As [`CpuBackend::new`] but capped at instruction set `isa` (for tests and
+    /// comparisons; a level the CPU lacks falls back to the best it has).
+    pub fn with_isa(threads: usize, isa: Isa) -> Result<Self, BackendError> {
+        let threads = if threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("splitstream-cpu-{i}"))
+            .build()
+            .map_err(|e| BackendError::Device {
+                backend: "cpu",
+                detail: format!("cannot start {threads} worker threads: {e}"),
+            })?;
+        Ok(Self {
+            pool: Arc::new(pool),
+            threads,
+            isa: isa.or_supported(),
+        })
+    }
+
+    /// Worker threads.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// Instruction set the kernels run at.
+    pub fn isa(&self) -> Isa {
+        self.isa
+    }
+
+    /// Runs `f` on each chunk of `rows_per_chunk * row_len` elements of `out`, in
+    /// parallel when the tensor is large enough.
+    fn for_row_chunks(
+        &self,
+        out: &mut [f32],
+        row_len: usize,
+        f: impl Fn(usize, &mut [f32]) + Send + Sync,
+    ) {
+        if row_len == 0 || out.is_empty() {
+            return;
+        }
+        let rows = out.len() / row_len;
+        if out.len() < PARALLEL_MIN_ELEMS || self.threads == 1 || rows < 2 {
+            f(0, out);
+            return;
+        }
+        // A few chunks per thread to even out the load.
+        let chunk_rows = rows.div_ceil(self.threads * 4).max(1);
+        self.pool.install(|| {
+            out.par_chunks_mut(chunk_rows * row_len)
+                .enumerate()
+                .for_each(|(i, chunk)| f(i * chunk_rows, chunk));
+        });
+    }
+}
+
+fn last_dim(op: &'static str, x: &CpuTensor) -> Result<usize, BackendError> {
+    x.shape
+        .last()
+        .copied()
+        .ok_or_else(|| BackendError::shape(op, "needs a tensor of rank >= 1, got a scalar"))
+}
+
+impl Backend for CpuBackend {
+    type Tensor = CpuTensor;
+    type Linear = CpuLinear;
+    type Conv2d = CpuConv2d;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn upload(&self, host: &HostTensor) -> Result<CpuTensor, BackendError> {
+        Ok(CpuTensor::new(host.shape().to_vec(), host.data().to_vec()))
+    }
+
+    fn readback(&self, x: &CpuTensor) -> Result<HostTensor, BackendError> {
+        HostTensor::new(x.shape.clone(), x.data.clone())
+            .map_err(|e| BackendError::shape("readback", e.to_string()))
+    }
+
+    fn prepare_linear(
+        &self,
+        weight: &HostTensor,
+        bias: Option<&HostTensor>,
+    ) -> Result<CpuLinear, BackendError> {
+        let &[outputs, inputs] = weight.shape() else {
+            return Err(BackendError::shape(
+                "prepare_linear",
+                format!("weight must be [out, in], got {:?}", weight.shape()),
+            ));
+        };
+        if let Some(b) = bias {
+            if b.shape() != [outputs] {
+                return Err(BackendError::shape(
+                    "prepare_linear",
+                    format!("bias must be [{outputs}], got {:?}", b.shape()),
+                ));
+            }
+        }
+        let w = weight.data();
+        let mut weight_t = vec![0.0; w.len()];
+        for (o, row) in w.chunks_exact(inputs.max(1)).enumerate() {
+            for (i, &v) in row.iter().enumerate() {
+                weight_t[i * outputs + o] = v;
+            }
+        }
+        Ok(CpuLinear {
+            weight_t,
+            bias: bias.map(|b| b.data().to_vec()),
+            inputs,
+            outputs,
+        })
+    }
+
+    fn prepare_conv2d(
+        &self,
+        weight: &HostTensor,
+        bias: Option<&HostTensor>,
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> Result<CpuConv2d, BackendError> {
+        let &[out_channels, in_channels, kh, kw] = weight.shape() else {
+            return Err(BackendError::shape(
+                "prepare_conv2d",
+                format!("weight must be [out, in, kh, kw], got {:?}", weight.shape()),
+            ));
+        };
+        if stride.contains(&0) {
+            return Err(BackendError::shape("prepare_conv2d", "stride must be >= 1"));
+        }
+        if let Some(b) = bias {
+            if b.shape() != [out_channels] {
+                return Err(BackendError::shape(
+                    "prepare_conv2d",
+                    format!("bias must be [{out_channels}], got {:?}", b.shape()),
+                ));
+            }
+        }
+        Ok(CpuConv2d {
+            weight: weight.data().to_vec(),
+            bias: bias.map(|b| b.data().to_vec()),
+            out_channels,
+            in_channels,
+            kernel: [kh, kw],
+            stride,
+            padding,
+        })
+    }
+
+    fn linear(
+        &self,
+        x: &CpuTensor,
+        layer: &CpuLinear,
+        activation: Activation,
+    ) -> Result<CpuTensor, BackendError> {
+        let inputs = last_dim("linear", x)?;
+        if inputs != layer.inputs {
+            return Err(BackendError::shape(
+                "linear",
+                format!(
+                    "input {:?} has {inputs} features, the layer takes {}",
+                    x.shape, layer.inputs
+                ),
+            ));
+        }
+        let rows = x.data.len() / inputs.max(1);
+        let n = layer.outputs;
+        let mut shape = x.shape.clone();
+        if let Some(last) = shape.last_mut() {
+            *last = n;
+        }
+        let numel = checked_numel(&shape)
+            .ok_or_else(|| BackendError::shape("linear", format!("output {shape:?} too large")))?;
+        // Bias fused by pre-filling the destination and accumulating into it.
+        let mut out = match &layer.bias {
+            Some(b) => {
+                let mut v = Vec::with_capacity(numel);
+                for _ in 0..rows {
+                    v.extend_from_slice(b);
+                }
+                v
+            }
+            None => vec![0.0; numel],
+        };
+        self.pool.install(|| {
+            gemm(
+                rows,
+                n,
+                inputs,
+                &mut out,
+                View::row_major(0, n),
+                layer.bias.is_some(),
+                &x.data,
+                View::row_major(0, inputs),
+                &layer.weight_t,
+                View::row_major(0, n),
+                1.0,
+                self.threads,
+            )
+        });
+        if activation == Activation::Gelu {
+            let isa = self.isa;
+            self.for_row_chunks(&mut out, n, |_, chunk| kernels::gelu(isa, chunk));
+        }
+        Ok(CpuTensor::new(shape, out))
+    }
+
+    fn conv2d(&self, x: &CpuTensor, layer: &CpuConv2d) -> Result<CpuTensor, BackendError> {
+        let &[batch, channels, h, w] = x.shape.as_slice() else {
+            return Err(BackendError::shape(
+                "conv2d",
+                format!("input must be [B, C, H, W], got {:?}", x.shape),
+            ));
+        };
+        if channels != layer.in_channels {
+            return Err(BackendError::shape(
+                "conv2d",
+                format!(
+                    "input has {channels} channels, the layer takes {}",
+                    layer.in_channels
+                ),
+            ));
+        }
+        let [kh, kw] = layer.kernel;
+        let [sh, sw] = layer.stride;
+        let [ph, pw] = layer.padding;
+        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+        if hp < kh || wp < kw {
+            return Err(BackendError::shape(
+                "conv2d",
+                format!("input {h}x{w} (padded {hp}x{wp}) is smaller than the {kh}x{kw} kernel"),
+            ));
+        }
+        let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
+        let positions = ho * wo;
+        let patch = channels * kh * kw;
+        let o = layer.out_channels;
+        let shape = vec![batch, o, ho, wo];
+        let numel = checked_numel(&shape)
+            .ok_or_else(|| BackendError::shape("conv2d", format!("output {shape:?} too large")))?;
+        let cols_len = checked_numel(&[positions, patch])
+            .ok_or_else(|| BackendError::shape("conv2d", "im2col buffer too large"))?;
+        let mut out = vec![0.0; numel];
+        let mut cols = vec![0.0f32; cols_len];
+        for b in 0..batch {
+            let img = &x.data[b * channels * h * w..(b + 1) * channels * h * w];
+            // im2col: one row per output position, (c, ky, kx) along the row, matching
+            // the flattened weight.
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    let row = &mut cols[(oy * wo + ox) * patch..(oy * wo + ox + 1) * patch];
+                    for c in 0..channels {
+                        for ky in 0..kh {
+                            let iy = (oy * sh + ky) as isize - ph as isize;
+                            let dst = &mut row[(c * kh + ky) * kw..(c * kh + ky + 1) * kw];
+                            if iy < 0 || iy as usize >= h {
+                                dst.fill(0.0);
+                                continue;
+                            }
+                            let src_row =
+                                &img[(c * h + iy as usize) * w..(c * h + iy as usize + 1) * w];
+                            for (kx, d) in dst.iter_mut().enumerate() {
+                                let ix = (ox * sw + kx) as isize - pw as isize;
+                                *d = if ix < 0 || ix as usize >= w {
+                                    0.0
+                                } else {
+                                    src_row[ix as usize]
+                                };
+                            }
+                        }
+                    }
+                }
+            }
+            let dst = &mut out[b * o * positions..(b + 1) * o * positions];
+            if let Some(bias) = &layer.bias {
+                for (plane, &v) in dst.chunks_exact_mut(positions.max(1)).zip(bias) {
+                    plane.fill(v);
+                }
+            }
+            // dst[pos, o] stored channel-major (NCHW): row stride 1, column stride HW.
+            self.pool.install(|| {
+                gemm(
+                    positions,
+                    o,
+                    patch,
+                    dst,
+                    View {
+                        offset: 0,
+                        rs: 1,
+                        cs: positions,
+                    },
+                    layer.bias.is_some(),
+                    &cols,
+                    View::row_major(0, patch),
+                    &layer.weight,
+                    View {
+                        offset: 0,
+                        rs: 1,
+                        cs: patch,
+                    },
+                    1.0,
+                    self.threads,
+                )
+            });
+        }
+        Ok(CpuTensor::new(shape, out))
+    }
+
+    fn layer_norm(
+        &self,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        beta: &CpuTensor,
+        eps: f32,
+    ) -> Result<CpuTensor, BackendError> {
+        let d = last_dim("layer_norm", x)?;
+        if gamma.shape != [d] || beta.shape != [d] {
+            return Err(BackendError::shape(
+                "layer_norm",
+                format!(
+                    "input {:?} needs gamma and beta of [{d}], got {:?} and {:?}",
+                    x.shape, gamma.shape, beta.shape
+                ),
+            ));
+        }
+        let mut out = vec![0.0; x.data.len()];
+        let isa = self.isa;
+        self.for_row_chunks(&mut out, d, |row0, chunk| {
+            let src = &x.data[row0 * d..row0 * d + chunk.len()];
+            kernels::layer_norm_rows(isa, src, &gamma.data, &beta.data, eps, chunk);
+        });
+        Ok(CpuTensor::new(x.shape.clone(), out))
+    }
+
+    fn softmax(&self, x: &CpuTensor) -> Result<CpuTensor, BackendError> {
+        let d = last_dim("softmax", x)?;
+        let mut out = x.data.clone();
+        let isa = self.isa;
+        self.for_row_chunks(&mut out, d, |_, chunk| {
+            for row in chunk.chunks_exact_mut(d) {
+                kernels::softmax_row(isa, row);
+            }
+        });
+        Ok(CpuTensor::new(x.shape.clone(), out))
+    }
+
+    fn gelu(&self, x: &CpuTensor) -> Result<CpuTensor, BackendError> {
+        let d = last_dim("gelu", x)?.max(1);
+        let mut out = x.data.clone();
+        let isa = self.isa;
+        self.for_row_chunks(&mut out, d, |_, chunk| kernels::gelu(isa, chunk));
+        Ok(CpuTensor::new(x.shape.clone(), out))
+    }
+
+    fn attention(
+        &self,
+        qkv: &CpuTensor,
+        num_heads: usize,
+        scale: f32,
+    ) -> Result<CpuTensor, BackendError> {
+        let &[batch, tokens, three_d] = qkv.shape.as_slice() else {
+            return Err(BackendError::shape(
+                "attention",
+                format!("qkv must be [B, N, 3*D], got {:?}", qkv.shape),
+            ));
+        };
+        if num_heads == 0 || three_d % (3 * num_heads) != 0 {
+            return Err(BackendError::shape(
+                "attention",
+                format!("qkv width {three_d} is not 3 x {num_heads} heads x head_dim"),
+            ));
+        }
+        let d = three_d / 3;
+        let hd = d / num_heads;
+        let mut out = vec![0.0f32; batch * tokens * d];
+        if out.is_empty() {
+            return Ok(CpuTensor::new(vec![batch, tokens, d], out));
+        }
+        let isa = self.isa;
+        let chunks_per_item = tokens.div_ceil(ATTENTION_ROWS);
+        // One task per (item, block of query rows); it owns those output rows whole
+        // (all heads), so tasks write disjoint contiguous slices.
+        let task = |(t, dst): (usize, &mut [f32])| {
+            let b = t / chunks_per_item;
+            let q0 = (t % chunks_per_item) * ATTENTION_ROWS;
+            let rows = dst.len() / d;
+            let base = b * tokens * three_d;
+            let mut scores = vec![0.0f32; rows * tokens];
+            for h in 0..num_heads {
+                // scores = scale * Q[q0..q0+rows] K^T
+                gemm(
+                    rows,
+                    tokens,
+                    hd,
+                    &mut scores,
+                    View::row_major(0, tokens),
+                    false,
+                    &qkv.data,
+                    View {
+                        offset: base + q0 * three_d + h * hd,
+                        rs: three_d,
+                        cs: 1,
+                    },
+                    &qkv.data,
+                    View {
+                        offset: base + d + h * hd,
+                        rs: 1,
+                        cs: three_d,
+                    },
+                    scale,
+                    1,
+                );
+                for row in scores.chunks_exact_mut(tokens) {
+                    kernels::softmax_row(isa, row);
+                }
+                // out[rows, h*hd..] = P V
+                gemm(
+                    rows,
+                    hd,
+                    tokens,
+                    dst,
+                    View {
+                        offset: h * hd,
+                        rs: d,
+                        cs: 1,
+                    },
+                    false,
+                    &scores,
+                    View::row_major(0, tokens),
+                    &qkv.data,
+                    View {
+                        offset: base + 2 * d + h * hd,
+                        rs: three_d,
+                        cs: 1,
+                    },
+                    1.0,
+                    1,
+                );
+            }
+        };
+        // Chunks never straddle items: split each item's rows separately.
+        let item_chunks = out
+            .chunks_mut(tokens * d)
+            .flat_map(|item| item.chunks_mut(ATTENTION_ROWS * d))
+            .enumerate();
+        if self.threads == 1 {
+            item_chunks.for_each(task);
+        } else {
+            let work: Vec<(usize, &mut [f32])> = item_chunks.collect();
+            self.pool.install(|| work.into_par_iter().for_each(task));
+        }
+        Ok(CpuTensor::new(vec![batch, tokens, d], out))
+    }
+
+    fn add(&self, a: &CpuTensor, b: &CpuTensor) -> Result<CpuTensor, BackendError> {
+        let broadcast = b.shape.first() == Some(&1)
+            && a.shape.len() == b.shape.len()
+            && a.shape[1..] == b.shape[1..];
+        if a.shape != b.shape && !broadcast {
+            return Err(BackendError::shape(
+                "add",
+                format!("cannot add {:?} and {:?}", a.shape, b.shape),
+            ));
+        }
+        let mut out = vec![0.0; a.data.len()];
+        let period = b.data.len().max(1);
+        if a.data.len() >= PARALLEL_MIN_ELEMS && self.threads > 1 && period == a.data.len() {
+            self.pool.install(|| {
+                out.par_chunks_mut(PARALLEL_MIN_ELEMS / 2)
+                    .zip(a.data.par_chunks(PARALLEL_MIN_ELEMS / 2))
+                    .zip(b.data.par_chunks(PARALLEL_MIN_ELEMS / 2))
+                    .for_each(|((o, x), y)| kernels::add(x, y, o));
+            });
+        } else {
+            for (o, x) in out.chunks_mut(period).zip(a.data.chunks(period)) {
+                kernels::add(x, &b.data, o);
+            }
+        }
+        Ok(CpuTensor::new(a.shape.clone(), out))
+    }
+
+    fn scale(&self, x: &CpuTensor, s: f32) -> Result<CpuTensor, BackendError> {
+        Ok(CpuTensor::new(
+            x.shape.clone(),
+            x.data.iter().map(|v| v * s).collect(),
+        ))
+    }
+
+    fn reshape(&self, x: CpuTensor, shape: &[usize]) -> Result<CpuTensor, BackendError> {
+        if checked_numel(shape) != Some(x.data.len()) {
+            return Err(BackendError::shape(
+                "reshape",
+                format!("cannot view {:?} as {shape:?}", x.shape),
+            ));
+        }
+        Ok(CpuTensor::new(shape.to_vec(), x.data))
+    }
+
+    fn permute(&self, x: &CpuTensor, dims: &[usize]) -> Result<CpuTensor, BackendError> {
+        let rank = x.shape.len();
+        let mut seen = vec![false; rank];
+        if dims.len() != rank
+            || dims
+                .iter()
+                .any(|&d| d >= rank || std::mem::replace(&mut seen[d], true))
+        {
+            return Err(BackendError::shape(
+                "permute",
+                format!(
+                    "{dims:?} is not a permutation of the {rank} dims of {:?}",
+                    x.shape
+                ),
+            ));
+        }
+        let mut in_strides = vec![1usize; rank];
+        for i in (0..rank.saturating_sub(1)).rev() {
+            in_strides[i] = in_strides[i + 1] * x.shape[i + 1];
+        }
+        let out_shape: Vec<usize> = dims.iter().map(|&d| x.shape[d]).collect();
+        let strides: Vec<usize> = dims.iter().map(|&d| in_strides[d]).collect();
+        let mut out = Vec::with_capacity(x.data.len());
+        if !x.data.is_empty() {
+            // Odometer over the output index; the innermost dim copies a strided run.
+            let inner = rank.saturating_sub(1);
+            let mut idx = vec![0usize; rank];
+            loop {
+                let base: usize = idx.iter().zip(&strides).map(|(i, s)| i * s).sum();
+                if rank == 0 {
+                    out.push(x.data[0]);
+                    break;
+                }
+                let (n, s) = (out_shape[inner], strides[inner]);
+                out.extend((0..n).map(|j| x.data[base + j * s]));
+                let mut dim = inner;
+                loop {
+                    if dim == 0 {
+                        return Ok(CpuTensor::new(out_shape, out));
+                    }
+                    dim -= 1;
+                    idx[dim] += 1;
+                    if idx[dim] < out_shape[dim] {
+                        break;
+                    }
+                    idx[dim] = 0;
+                }
+            }
+        }
+        Ok(CpuTensor::new(out_shape, out))
+    }
+
+    fn prepend_tokens(
+        &self,
+        tokens: &[&CpuTensor],
+        x: &CpuTensor,
+    ) -> Result<CpuTensor, BackendError> {
+        let &[batch, n, d] = x.shape.as_slice() else {
+            return Err(BackendError::shape(
+                "prepend_tokens",
+                format!("x must be [B, N, D], got {:?}", x.shape),
+            ));
+        };
+        if let Some(t) = tokens.iter().find(|t| t.shape != [1, 1, d]) {
+            return Err(BackendError::shape(
+                "prepend_tokens",
+                format!("tokens must be [1, 1, {d}], got {:?}", t.shape),
+            ));
+        }
+        let total = tokens.len() + n;
+        let mut out = Vec::with_capacity(batch * total * d);
+        for item in x.data.chunks_exact((n * d).max(1)).take(batch) {
+            for t in tokens {
+                out.extend_from_slice(&t.data);
+            }
+            out.extend_from_slice(item);
+        }
+        out.resize(batch * total * d, 0.0);
+        Ok(CpuTensor::new(vec![batch, total, d], out))
+    }
+
+    fn select_token(&self, x: &CpuTensor, index: usize) -> Result<CpuTensor, BackendError> {
+        let &[batch, n, d] = x.shape.as_slice() else {
+            return Err(BackendError::shape(
+                "select_token",
+                format!("x must be [B, N, D], got {:?}", x.shape),
+            ));
+        };
+        if index >= n {
+            return Err(BackendError::shape(
+                "select_token",
+                format!("token {index} of a sequence of {n}"),
+            ));
+        }
+        let mut out = Vec::with_capacity(batch * d);
+        for b in 0..batch {
+            out.extend_from_slice(&x.data[(b * n + index) * d..(b * n + index + 1) * d]);
+        }
+        Ok(CpuTensor::new(vec![batch, d], out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(shape: &[usize], f: impl Fn(usize) -> f32) -> HostTensor {
+        let n = shape.iter().product();
+        HostTensor::new(shape.to_vec(), (0..n).map(f).collect()).unwrap()
+    }
+
+    #[test]
+    fn attention_matches_naive_per_head_softmax() {
+        let be = CpuBackend::new(2).unwrap();
+        let (b, n, heads, hd) = (2, 37, 3, 4);
+        let d = heads * hd;
+        let qkv = t(&[b, n, 3 * d], |i| ((i * 37) % 23) as f32 * 0.1 - 1.1);
+        let got = be
+            .readback(&be.attention(&be.upload(&qkv).unwrap(), heads, 0.5).unwrap())
+            .unwrap();
+        let q = qkv.data();
+        for bi in 0..b {
+            for h in 0..heads {
+                for i in 0..n {
+                    let at = |tok: usize, part: usize, c: usize| {
+                        q[(bi * n + tok) * 3 * d + part * d + h * hd + c] as f64
+                    };
+                    let s: Vec<f64> = (0..n)
+                        .map(|j| 0.5 * (0..hd).map(|c| at(i, 0, c) * at(j, 1, c)).sum::<f64>())
+                        .collect();
+                    let m = s.iter().cloned().fold(f64::MIN, f64::max);
+                    let z: f64 = s.iter().map(|v| (v - m).exp()).sum();
+                    for c in 0..hd {
+                        let want: f64 = (0..n).map(|j| (s[j] - m).exp() / z * at(j, 2, c)).sum();
+                        let g = got.data()[(bi * n + i) * d + h * hd + c] as f64;
+                        assert!(
+                            (g - want).abs() < 1e-5,
+                            "b{bi} h{h} i{i} c{c}: {g} vs {want}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn conv2d_with_padding_and_stride_matches_naive() {
+        let be = CpuBackend::new(1).unwrap();
+        let x = t(&[2, 3, 7, 6], |i| (i % 11) as f32 - 5.0);
+        let w = t(&[4, 3, 3, 2], |i| (i % 7) as f32 * 0.25 - 0.5);
+        let bias = t(&[4], |i| i as f32);
+        let conv = be.prepare_conv2d(&w, Some(&bias), [2, 1], [1, 1]).unwrap();
+        let y = be
+            .readback(&be.conv2d(&be.upload(&x).unwrap(), &conv).unwrap())
+            .unwrap();
+        let (ho, wo) = ((7 + 2 - 3) / 2 + 1, (6 + 2 - 2) + 1);
+        assert_eq!(y.shape(), [2, 4, ho, wo]);
+        for b in 0..2 {
+            for o in 0..4 {
+                for oy in 0..ho {
+                    for ox in 0..wo {
+                        let mut s = o as f32;
+                        for c in 0..3 {
+                            for ky in 0..3 {
+                                for kx in 0..2 {
+                                    let iy = (oy * 2 + ky) as isize - 1;
+                                    let ix = (ox + kx) as isize - 1;
+                                    if (0..7).contains(&iy) && (0..6).contains(&ix) {
+                                        s += x.data()
+                                            [((b * 3 + c) * 7 + iy as usize) * 6 + ix as usize]
+                                            * w.data()[((o * 3 + c) * 3 + ky) * 2 + kx];
+                                    }
+                                }
+                            }
+                        }
+                        let g = y.data()[((b * 4 + o) * ho + oy) * wo + ox];
+                        assert!((g - s).abs() < 1e-4, "{g} vs {s}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn permute_moves_axes_like_torch() {
+        let be = CpuBackend::new(1).unwrap();
+        let x = t(&[2, 3, 4], |i| i as f32);
+        let y = be
+            .readback(&be.permute(&be.upload(&x).unwrap(), &[2, 0, 1]).unwrap())
+            .unwrap();
+        assert_eq!(y.shape(), [4, 2, 3]);
+        // y[k, i, j] = x[i, j, k]
+        assert_eq!(y.data()[(3 * 2 + 1) * 3 + 2], x.data()[(3 + 2) * 4 + 3]);
+        assert!(be.permute(&be.upload(&x).unwrap(), &[0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn linear_with_gelu_matches_naive() {
+        let be = CpuBackend::new(2).unwrap();
+        let x = t(&[3, 5, 8], |i| (i % 13) as f32 * 0.2 - 1.2);
+        let w = t(&[6, 8], |i| (i % 5) as f32 * 0.1 - 0.2);
+        let bias = t(&[6], |i| i as f32 * 0.1);
+        let layer = be.prepare_linear(&w, Some(&bias)).unwrap();
+        let y = be
+            .readback(
+                &be.linear(&be.upload(&x).unwrap(), &layer, Activation::Gelu)
+                    .unwrap(),
+            )
+            .unwrap();
+        assert_eq!(y.shape(), [3, 5, 6]);
+        for r in 0..15 {
+            for o in 0..6 {
+                let z: f64 = bias.data()[o] as f64
+                    + (0..8)
+                        .map(|i| x.data()[r * 8 + i] as f64 * w.data()[o * 8 + i] as f64)
+                        .sum::<f64>();
+                let want = 0.5 * z * (1.0 + libm::erf(z / std::f64::consts::SQRT_2));
+                assert!((y.data()[r * 6 + o] as f64 - want).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn mismatched_shapes_are_errors_not_panics() {
+        let be = CpuBackend::new(1).unwrap();
+        let a = be.upload(&t(&[2, 3], |_| 1.0)).unwrap();
+        let b = be.upload(&t(&[3, 2], |_| 1.0)).unwrap();
+        assert!(be.add(&a, &b).is_err());
+        assert!(be.attention(&a, 2, 1.0).is_err());
+        let layer = be.prepare_linear(&t(&[4, 5], |_| 0.0), None).unwrap();
+        assert!(be.linear(&a, &layer, Activation::Identity).is_err());
+    }
+}
