@@ -24,6 +24,8 @@ enum Command {
     Transport(cmd::transport::Args),
     /// Event decoding rate per format against expelliarmus.
     Events(cmd::events::Args),
+    /// Matrix multiply GFLOP/s on a backend (CPU or wgpu), large and ViT shapes.
+    Matmul(cmd::matmul::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         Command::Codec(args) => cmd::codec::run(args),
         Command::Transport(args) => cmd::transport::run(args),
         Command::Events(args) => cmd::events::run(args),
+        Command::Matmul(args) => cmd::matmul::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

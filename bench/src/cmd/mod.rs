@@ -2,5 +2,6 @@
 
 pub(crate) mod codec;
 pub(crate) mod events;
+pub(crate) mod matmul;
 pub(crate) mod model;
 pub(crate) mod transport;
