@@ -324,6 +324,7 @@ impl Client {
         };
         let start =
             lock(&link.session).begin_frame(frame.captured_at, frame.deadline, len32, started);
+        lock(&self.inner.counters).sent += 1;
         let seq = start.header.seq;
         let (cancel_tx, cancel_rx) = oneshot::channel();
         {
