@@ -26,7 +26,10 @@ mod event;
 mod flatbuf;
 pub mod formats;
 pub mod npy;
+pub mod render;
+pub mod repr;
 pub mod source;
+pub mod video;
 mod window;
 
 pub use error::{OpenError, ReadError};
