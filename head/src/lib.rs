@@ -1,2 +1,11 @@
 //! The device runtime: input sources, head execution and the offload policy.
+//!
+//! What is here so far:
+//! - [`source`]: where frames come from (image files, folders and globs, videos,
+//!   cameras and streams through `ffmpeg`, preprocessed tensors in safetensors files),
+//!   chosen from one spec string by [`source::open_source`];
+//! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod source;
+pub mod stats;

@@ -1,0 +1,610 @@
+//! Video files, cameras and streams, decoded by an `ffmpeg` child process that writes
+//! raw RGB frames on a pipe.
+//!
+//! Why a subprocess rather than linking libav*: `ffmpeg` is installed everywhere video
+//! is, it opens every container, codec, camera and protocol, and the device binary
+//! stays free of a C build and of FFmpeg's API churn. The cost is one copy per frame
+//! through a pipe, small next to decoding.
+
+use std::io::{ErrorKind, Read};
+use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use super::{now_pair, Frame, FrameError, OpenSourceError, Pacing, Payload, SourceOptions};
+
+/// How long `ffprobe` may take before the probe is given up (a dead stream URL can
+/// otherwise hang it for minutes).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How much of `ffmpeg`'s stderr is kept for error messages.
+const STDERR_KEEP: usize = 4096;
+
+/// What is known about a video before its first frame.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct VideoInfo {
+    /// Frame width in pixels, as delivered.
+    pub width: u32,
+    /// Frame height in pixels, as delivered.
+    pub height: u32,
+    /// Frames per second, when the probe told it (`None` when the size was given and
+    /// nothing was probed, or the container does not say).
+    pub fps: Option<f64>,
+}
+
+/// Frames of a video file, camera or stream, read from an `ffmpeg` child process.
+///
+/// The child is killed when the source is dropped.
+#[derive(Debug)]
+pub struct VideoSource {
+    spec: Arc<str>,
+    info: VideoInfo,
+    frame_bytes: usize,
+    child: Child,
+    stdout: Option<ChildStdout>,
+    stderr: Option<JoinHandle<String>>,
+    next_index: u64,
+    done: bool,
+}
+
+impl VideoSource {
+    /// Starts `ffmpeg` on `spec` (a file path, URL or camera device). `live` says the
+    /// source delivers frames at its own pace (no `-re`).
+    pub fn open(spec: &str, live: bool, opts: &SourceOptions) -> Result<Self, OpenSourceError> {
+        let camera = spec.starts_with("/dev/video");
+        let info = match opts.video_size {
+            Some((width, height)) => VideoInfo {
+                width,
+                height,
+                fps: None,
+            },
+            None => probe(spec, camera, opts)?,
+        };
+        let (w, h) = (info.width, info.height);
+        if w == 0 || h == 0 || w > opts.max_side || h > opts.max_side {
+            return Err(OpenSourceError::BadSize {
+                spec: spec.to_owned(),
+                width: w,
+                height: h,
+                max: opts.max_side,
+            });
+        }
+        // w, h <= max_side <= u32::MAX, so this only overflows on 32-bit targets.
+        let frame_bytes = (w as usize)
+            .checked_mul(h as usize)
+            .and_then(|n| n.checked_mul(3))
+            .ok_or(OpenSourceError::BadSize {
+                spec: spec.to_owned(),
+                width: w,
+                height: h,
+                max: opts.max_side,
+            })?;
+
+        let mut cmd = Command::new(&opts.ffmpeg);
+        cmd.args(["-hide_banner", "-loglevel", "error", "-nostdin"]);
+        if opts.pacing == Pacing::Realtime && !live {
+            cmd.arg("-re");
+        }
+        if camera {
+            cmd.args(["-f", "v4l2"]);
+        }
+        cmd.arg("-i").arg(spec);
+        // Always scale to the size we allocate for: a stream that changes resolution
+        // midway would otherwise shift every later frame boundary.
+        cmd.args(["-map", "0:v:0", "-an", "-sn", "-vf"])
+            .arg(format!("scale={w}:{h}"))
+            .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| spawn_error(&opts.ffmpeg.to_string_lossy(), e))?;
+        let stdout = child.stdout.take();
+        let stderr = child.stderr.take().map(collect_stderr);
+        tracing::info!(spec, width = w, height = h, fps = ?info.fps, "ffmpeg started");
+        Ok(Self {
+            spec: Arc::from(spec),
+            info,
+            frame_bytes,
+            child,
+            stdout,
+            stderr,
+            next_index: 0,
+            done: false,
+        })
+    }
+
+    /// Size and rate of the frames.
+    pub fn info(&self) -> VideoInfo {
+        self.info
+    }
+
+    /// The `ffmpeg` child's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Reads one frame; `Ok(None)` at a clean end of stream.
+    fn read_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
+        let Some(stdout) = self.stdout.as_mut() else {
+            return Ok(None);
+        };
+        let mut buf = vec![0u8; self.frame_bytes];
+        let mut got = 0;
+        while got < buf.len() {
+            let Some(rest) = buf.get_mut(got..) else {
+                break;
+            };
+            match stdout.read(rest) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(FrameError::Io {
+                        what: self.spec.to_string(),
+                        source,
+                    })
+                }
+            }
+        }
+        if got == buf.len() {
+            return Ok(Some(buf));
+        }
+        // End of the pipe: a clean end only if ffmpeg says so and no frame was cut.
+        self.stdout = None;
+        let status = self.child.wait().map_err(|source| FrameError::Io {
+            what: self.spec.to_string(),
+            source,
+        })?;
+        let stderr = self
+            .stderr
+            .take()
+            .and_then(|h| h.join().ok())
+            .unwrap_or_default();
+        if !status.success() {
+            return Err(FrameError::Ffmpeg {
+                spec: self.spec.to_string(),
+                status: describe(status),
+                stderr: stderr.trim().to_owned(),
+            });
+        }
+        if got > 0 {
+            return Err(FrameError::TruncatedFrame {
+                spec: self.spec.to_string(),
+                got,
+                want: self.frame_bytes,
+            });
+        }
+        Ok(None)
+    }
+}
+
+impl Iterator for VideoSource {
+    type Item = Result<Frame, FrameError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.done {
+            return None;
+        }
+        match self.read_frame() {
+            Ok(Some(buf)) => {
+                let (captured, captured_wall) = now_pair();
+                let Some(img) = image::RgbImage::from_raw(self.info.width, self.info.height, buf)
+                else {
+                    // Unreachable by construction (the buffer has exactly w*h*3 bytes),
+                    // but not worth a panic.
+                    self.done = true;
+                    return Some(Err(FrameError::TruncatedFrame {
+                        spec: self.spec.to_string(),
+                        got: 0,
+                        want: self.frame_bytes,
+                    }));
+                };
+                let index = self.next_index;
+                self.next_index += 1;
+                Some(Ok(Frame {
+                    index,
+                    captured,
+                    captured_wall,
+                    source: self.spec.clone(),
+                    payload: Payload::Image(img),
+                }))
+            }
+            Ok(None) => {
+                self.done = true;
+                None
+            }
+            Err(e) => {
+                self.done = true;
+                Some(Err(e))
+            }
+        }
+    }
+}
+
+impl Drop for VideoSource {
+    fn drop(&mut self) {
+        // Closing our end first makes a writing ffmpeg fail fast; kill covers a child
+        // blocked on its input (a camera, a stalled stream).
+        self.stdout = None;
+        if let Ok(None) = self.child.try_wait() {
+            if let Err(e) = self.child.kill() {
+                tracing::warn!(spec = %self.spec, "cannot kill ffmpeg: {e}");
+            }
+        }
+        let _ = self.child.wait();
+        if let Some(h) = self.stderr.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Keeps the last [`STDERR_KEEP`] bytes ffmpeg writes on stderr, draining the pipe so
+/// a chatty ffmpeg never blocks on it.
+fn collect_stderr(mut stderr: ChildStderr) -> JoinHandle<String> {
+    std::thread::spawn(move || {
+        let mut kept: Vec<u8> = Vec::new();
+        let mut chunk = [0u8; 1024];
+        loop {
+            match stderr.read(&mut chunk) {
+                Ok(0) => break,
+                Ok(n) => {
+                    kept.extend_from_slice(chunk.get(..n).unwrap_or_default());
+                    if kept.len() > STDERR_KEEP {
+                        let cut = kept.len() - STDERR_KEEP;
+                        kept.drain(..cut);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        String::from_utf8_lossy(&kept).into_owned()
+    })
+}
+
+fn spawn_error(program: &str, e: std::io::Error) -> OpenSourceError {
+    if e.kind() == ErrorKind::NotFound {
+        OpenSourceError::FfmpegMissing {
+            program: program.to_owned(),
+        }
+    } else {
+        OpenSourceError::Spawn {
+            program: program.to_owned(),
+            source: e,
+        }
+    }
+}
+
+fn describe(status: ExitStatus) -> String {
+    match status.code() {
+        Some(code) => format!("exit code {code}"),
+        None => format!("{status}"),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeOutput {
+    #[serde(default)]
+    streams: Vec<ProbeStream>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeStream {
+    width: Option<u32>,
+    height: Option<u32>,
+    r_frame_rate: Option<String>,
+    #[serde(default)]
+    side_data_list: Vec<ProbeSideData>,
+    #[serde(default)]
+    tags: Option<ProbeTags>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeSideData {
+    rotation: Option<f64>,
+}
+
+#[derive(serde::Deserialize)]
+struct ProbeTags {
+    rotate: Option<String>,
+}
+
+/// Asks `ffprobe` for the first video stream's size and rate.
+fn probe(spec: &str, camera: bool, opts: &SourceOptions) -> Result<VideoInfo, OpenSourceError> {
+    let program = opts.ffprobe.to_string_lossy().into_owned();
+    let mut cmd = Command::new(&opts.ffprobe);
+    cmd.args(["-v", "error", "-select_streams", "v:0"]);
+    cmd.args([
+        "-show_entries",
+        "stream=width,height,r_frame_rate:stream_side_data=rotation:stream_tags=rotate",
+        "-of",
+        "json",
+    ]);
+    if camera {
+        cmd.args(["-f", "v4l2"]);
+    }
+    cmd.arg(spec);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| spawn_error(&program, e))?;
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take().map(collect_stderr);
+    let reader = stdout.map(|mut out| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            // ffprobe's answer is a few hundred bytes; cap what we keep anyway.
+            let _ = out.by_ref().take(1 << 20).read_to_end(&mut s);
+            s
+        })
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() < PROBE_TIMEOUT => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(OpenSourceError::Probe {
+                    spec: spec.to_owned(),
+                    message: format!(
+                        "no answer within {} s; give the frame size instead (--size WxH) to skip probing",
+                        PROBE_TIMEOUT.as_secs()
+                    ),
+                });
+            }
+            Err(source) => return Err(OpenSourceError::Spawn { program, source }),
+        }
+    };
+    let out = reader.and_then(|h| h.join().ok()).unwrap_or_default();
+    let err = stderr.and_then(|h| h.join().ok()).unwrap_or_default();
+    let fail = |message: String| OpenSourceError::Probe {
+        spec: spec.to_owned(),
+        message,
+    };
+    if !status.success() {
+        return Err(fail(format!("{} ({})", err.trim(), describe(status))));
+    }
+    let parsed: ProbeOutput = serde_json::from_slice(&out)
+        .map_err(|e| fail(format!("unexpected ffprobe output: {e}")))?;
+    let stream = parsed
+        .streams
+        .into_iter()
+        .next()
+        .ok_or_else(|| fail("it has no video stream".to_owned()))?;
+    let (Some(mut width), Some(mut height)) = (stream.width, stream.height) else {
+        return Err(fail("the video stream has no size".to_owned()));
+    };
+    // ffmpeg rotates frames as the container says (phone videos); the probe reports
+    // the stored size, so swap for quarter turns.
+    let rotation = stream
+        .side_data_list
+        .iter()
+        .find_map(|s| s.rotation)
+        .or_else(|| {
+            stream
+                .tags
+                .and_then(|t| t.rotate)
+                .and_then(|r| r.parse().ok())
+        })
+        .unwrap_or(0.0);
+    if (rotation.round() as i64).rem_euclid(180) == 90 {
+        std::mem::swap(&mut width, &mut height);
+    }
+    let fps = stream.r_frame_rate.as_deref().and_then(parse_rate);
+    Ok(VideoInfo { width, height, fps })
+}
+
+/// `"30000/1001"` -> 29.97; `None` for `0/0` and junk.
+fn parse_rate(s: &str) -> Option<f64> {
+    let (num, den) = s.split_once('/')?;
+    let (num, den): (f64, f64) = (num.trim().parse().ok()?, den.trim().parse().ok()?);
+    (num > 0.0 && den > 0.0).then(|| num / den)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::open_source;
+    use std::path::{Path, PathBuf};
+
+    /// Makes a test video with ffmpeg itself; `None` (with a printed skip) when ffmpeg
+    /// is absent outside CI. Under CI its absence fails the test.
+    fn make_video(dir: &Path, name: &str, frames: u32, rate: u32) -> Option<PathBuf> {
+        let path = dir.join(name);
+        let status = Command::new("ffmpeg")
+            .args([
+                "-hide_banner",
+                "-loglevel",
+                "error",
+                "-nostdin",
+                "-f",
+                "lavfi",
+                "-i",
+            ])
+            .arg(format!("testsrc=size=64x48:rate={rate}"))
+            .args([
+                "-frames:v",
+                &frames.to_string(),
+                "-c:v",
+                "ffv1",
+                "-pix_fmt",
+                "yuv444p",
+            ])
+            .arg(&path)
+            .status();
+        match status {
+            Ok(s) if s.success() => Some(path),
+            Ok(s) => panic!("ffmpeg could not make a test video: {s}"),
+            Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+                panic!("ffmpeg is required under CI (apt-get install ffmpeg): {e}")
+            }
+            Err(e) => {
+                eprintln!("skipping: ffmpeg not available ({e})");
+                None
+            }
+        }
+    }
+
+    fn fast() -> SourceOptions {
+        SourceOptions {
+            pacing: Pacing::AsFastAsPossible,
+            ..SourceOptions::default()
+        }
+    }
+
+    #[test]
+    fn video_file_yields_every_frame_at_its_probed_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "clip.mkv", 12, 10) else {
+            return;
+        };
+        let src = open_source(video.to_str().unwrap(), &fast()).unwrap();
+        let frames: Vec<_> = src.map(|f| f.unwrap()).collect();
+        assert_eq!(frames.len(), 12);
+        for (i, f) in frames.iter().enumerate() {
+            assert_eq!(f.index, i as u64);
+            let Payload::Image(img) = &f.payload else {
+                panic!("not an image")
+            };
+            assert_eq!(img.dimensions(), (64, 48));
+        }
+        // testsrc draws colour bars: the frame is not flat.
+        let Payload::Image(img) = &frames[0].payload else {
+            unreachable!()
+        };
+        let first = img.get_pixel(0, 0);
+        assert!(img.pixels().any(|p| p != first));
+    }
+
+    #[test]
+    fn probe_reports_size_and_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "clip.mkv", 3, 25) else {
+            return;
+        };
+        let info = probe(video.to_str().unwrap(), false, &fast()).unwrap();
+        assert_eq!((info.width, info.height), (64, 48));
+        assert_eq!(info.fps, Some(25.0));
+    }
+
+    #[test]
+    fn asked_size_scales_the_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "clip.mkv", 4, 10) else {
+            return;
+        };
+        let opts = SourceOptions {
+            video_size: Some((32, 20)),
+            ..fast()
+        };
+        let frames: Vec<_> = open_source(video.to_str().unwrap(), &opts)
+            .unwrap()
+            .map(|f| f.unwrap())
+            .collect();
+        assert_eq!(frames.len(), 4);
+        let Payload::Image(img) = &frames[3].payload else {
+            panic!("not an image")
+        };
+        assert_eq!(img.dimensions(), (32, 20));
+    }
+
+    #[test]
+    fn realtime_pacing_delivers_frames_at_the_video_rate() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "clip.mkv", 6, 10) else {
+            return;
+        };
+        let start = Instant::now();
+        let n = open_source(video.to_str().unwrap(), &SourceOptions::default())
+            .unwrap()
+            .count();
+        assert_eq!(n, 6);
+        // Six frames at 10 fps span at least 0.5 s of video time; unpaced decoding of
+        // 64x48 frames takes a few milliseconds.
+        assert!(
+            start.elapsed() >= Duration::from_millis(450),
+            "{:?}",
+            start.elapsed()
+        );
+    }
+
+    #[test]
+    fn dropping_the_source_kills_ffmpeg() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "long.mkv", 300, 10) else {
+            return;
+        };
+        // Realtime: ffmpeg would run for 30 s on its own.
+        let mut src =
+            VideoSource::open(video.to_str().unwrap(), false, &SourceOptions::default()).unwrap();
+        assert!(src.next().unwrap().is_ok());
+        let pid = src.pid();
+        assert!(Path::new(&format!("/proc/{pid}")).exists());
+        drop(src);
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "ffmpeg {pid} still running"
+        );
+    }
+
+    #[test]
+    fn missing_ffmpeg_says_to_install_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("clip.mp4");
+        std::fs::write(&p, b"x").unwrap();
+        let opts = SourceOptions {
+            ffmpeg: "/nonexistent/ffmpeg".into(),
+            ffprobe: "/nonexistent/ffprobe".into(),
+            ..fast()
+        };
+        let err = open_source(p.to_str().unwrap(), &opts).unwrap_err();
+        assert!(
+            matches!(err, OpenSourceError::FfmpegMissing { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("install"), "{err}");
+        let sized = SourceOptions {
+            video_size: Some((8, 8)),
+            ..opts
+        };
+        let err = open_source(p.to_str().unwrap(), &sized).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ffmpeg"), "{err}");
+    }
+
+    #[test]
+    fn corrupt_video_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        if make_video(dir.path(), "probe.mkv", 1, 10).is_none() {
+            return;
+        }
+        let p = dir.path().join("broken.mp4");
+        std::fs::write(&p, b"definitely not an mp4 file").unwrap();
+        let err = open_source(p.to_str().unwrap(), &fast()).unwrap_err();
+        assert!(matches!(err, OpenSourceError::Probe { .. }), "{err}");
+        assert!(err.to_string().contains("broken.mp4"), "{err}");
+        // With the probe skipped, ffmpeg itself reports the failure on the first frame.
+        let opts = SourceOptions {
+            video_size: Some((8, 8)),
+            ..fast()
+        };
+        let mut src = open_source(p.to_str().unwrap(), &opts).unwrap();
+        let err = src.next().unwrap().unwrap_err();
+        assert!(matches!(err, FrameError::Ffmpeg { .. }), "{err}");
+        assert!(src.next().is_none());
+    }
+
+    #[test]
+    fn frame_rates_parse_as_fractions() {
+        assert_eq!(parse_rate("10/1"), Some(10.0));
+        assert!((parse_rate("30000/1001").unwrap() - 29.97).abs() < 0.01);
+        assert_eq!(parse_rate("0/0"), None);
+        assert_eq!(parse_rate("abc"), None);
+    }
+}
