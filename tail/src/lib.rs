@@ -1,2 +1,17 @@
 //! The edge runtime: sessions, batching, tail execution, power governor and metrics.
+//!
+//! What is here so far:
+//! - [`batcher`]: the dynamic batcher as a deterministic state machine (no clock, no
+//!   I/O), and [`batch_loop`], the tokio shell that drives it;
+//! - [`metrics`]: the edge's Prometheus metrics and the `/metrics` + `/healthz` server;
+//! - [`config`]: the edge's TOML configuration;
+//! - [`DropReason`]: why a frame is answered `Dropped`.
 #![warn(missing_docs, unreachable_pub)]
+
+pub mod batch_loop;
+pub mod batcher;
+pub mod config;
+pub mod metrics;
+mod reason;
+
+pub use reason::DropReason;
