@@ -86,14 +86,21 @@ impl VideoSource {
         if opts.pacing == Pacing::Realtime && !live {
             cmd.arg("-re");
         }
+        if opts.repeat && !live {
+            cmd.args(["-stream_loop", "-1"]);
+        }
         if camera {
             cmd.args(["-f", "v4l2"]);
         }
         cmd.arg("-i").arg(spec);
         // Always scale to the size we allocate for: a stream that changes resolution
         // midway would otherwise shift every later frame boundary.
+        let mut filters = format!("scale={w}:{h}");
+        if let Some(fps) = opts.fps.filter(|f| f.is_finite() && *f > 0.0) {
+            filters = format!("fps={fps},{filters}");
+        }
         cmd.args(["-map", "0:v:0", "-an", "-sn", "-vf"])
-            .arg(format!("scale={w}:{h}"))
+            .arg(filters)
             .args(["-f", "rawvideo", "-pix_fmt", "rgb24", "-"]);
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -606,5 +613,33 @@ mod tests {
         assert!((parse_rate("30000/1001").unwrap() - 29.97).abs() < 0.01);
         assert_eq!(parse_rate("0/0"), None);
         assert_eq!(parse_rate("abc"), None);
+    }
+
+    #[test]
+    fn fps_resamples_and_repeat_loops_the_video() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "clip.mkv", 10, 10) else {
+            return;
+        };
+        // One second of video at 10 fps resampled to 5 fps: 5 frames (6 where an
+        // ffmpeg version rounds the last one in).
+        let opts = SourceOptions {
+            fps: Some(5.0),
+            ..fast()
+        };
+        let n = open_source(video.to_str().unwrap(), &opts).unwrap().count();
+        assert!((5..=6).contains(&n), "{n} frames");
+        // Looping: more frames than the file holds.
+        let opts = SourceOptions {
+            repeat: true,
+            ..fast()
+        };
+        let frames: Vec<_> = open_source(video.to_str().unwrap(), &opts)
+            .unwrap()
+            .take(25)
+            .map(|f| f.unwrap())
+            .collect();
+        assert_eq!(frames.len(), 25);
+        assert_eq!(frames[24].index, 24);
     }
 }

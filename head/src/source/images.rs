@@ -1,9 +1,9 @@
 //! Still images: one file, a folder, or a glob, decoded one at a time.
 
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::pace::Pacer;
 use super::{
     extension_of, now_pair, Frame, FrameError, OpenSourceError, Payload, SourceOptions,
     IMAGE_EXTENSIONS,
@@ -16,22 +16,33 @@ use super::{
 /// the order to be the capture order.
 #[derive(Debug)]
 pub struct ImageSource {
-    paths: VecDeque<PathBuf>,
+    paths: Vec<PathBuf>,
+    /// Next position in `paths`.
+    cursor: usize,
     next_index: u64,
     skip_unreadable: bool,
     max_side: u32,
     skipped: u64,
+    repeat: bool,
+    /// Whether the current pass over `paths` has yielded a frame (a pass of only
+    /// unreadable files must not repeat forever).
+    yielded_this_pass: bool,
+    pacer: Option<Pacer>,
 }
 
 impl ImageSource {
     /// A source over these files, in this order.
     pub fn from_paths(paths: Vec<PathBuf>, opts: &SourceOptions) -> Self {
         Self {
-            paths: paths.into(),
+            paths,
+            cursor: 0,
             next_index: 0,
             skip_unreadable: opts.skip_unreadable,
             max_side: opts.max_side,
             skipped: 0,
+            repeat: opts.repeat,
+            yielded_this_pass: false,
+            pacer: opts.fps.and_then(Pacer::new),
         }
     }
 
@@ -87,9 +98,19 @@ impl ImageSource {
         Ok(Self::from_paths(paths, opts))
     }
 
-    /// Files not yet read.
+    /// Files not yet read (in this pass, when repeating).
     pub fn remaining(&self) -> usize {
-        self.paths.len()
+        self.paths.len() - self.cursor
+    }
+
+    /// Whether the source starts again at the end.
+    pub fn repeats(&self) -> bool {
+        self.repeat
+    }
+
+    /// Frame ticks skipped because the consumer was late (with `fps`).
+    pub fn missed_ticks(&self) -> u64 {
+        self.pacer.as_ref().map_or(0, Pacer::missed)
     }
 
     /// Files skipped so far because they could not be read (with `skip_unreadable`).
@@ -114,9 +135,21 @@ impl Iterator for ImageSource {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            let path = self.paths.pop_front()?;
+            if self.cursor >= self.paths.len() {
+                if !(self.repeat && self.yielded_this_pass) {
+                    return None;
+                }
+                self.cursor = 0;
+                self.yielded_this_pass = false;
+            }
+            let path = self.paths.get(self.cursor)?.clone();
+            self.cursor += 1;
             match self.decode(&path) {
                 Ok(img) => {
+                    self.yielded_this_pass = true;
+                    if let Some(p) = self.pacer.as_mut() {
+                        p.wait();
+                    }
                     let (captured, captured_wall) = now_pair();
                     let index = self.next_index;
                     self.next_index += 1;
@@ -132,13 +165,21 @@ impl Iterator for ImageSource {
                     self.skipped += 1;
                     tracing::warn!("skipping unreadable image {}: {source}", path.display());
                 }
-                Err(source) => return Some(Err(FrameError::Image { path, source })),
+                Err(source) => {
+                    // A failing file counts as progress for `repeat`: the caller sees
+                    // the error and decides.
+                    self.yielded_this_pass = true;
+                    return Some(Err(FrameError::Image { path, source }));
+                }
             }
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.paths.len();
+        let n = self.remaining();
+        if self.repeat {
+            return (n, None);
+        }
         (if self.skip_unreadable { 0 } else { n }, Some(n))
     }
 }
@@ -270,5 +311,61 @@ mod tests {
             .unwrap()
             .unwrap_err();
         assert!(matches!(err, FrameError::Image { .. }), "{err}");
+    }
+
+    #[test]
+    fn repeat_starts_again_and_keeps_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("a.png"), 2, 2, 1);
+        write_png(&dir.path().join("b.png"), 2, 2, 2);
+        let opts = SourceOptions {
+            repeat: true,
+            ..SourceOptions::default()
+        };
+        let src = open_source(dir.path().to_str().unwrap(), &opts).unwrap();
+        assert_eq!(src.len_hint(), None);
+        let frames: Vec<_> = src.take(5).map(|f| f.unwrap()).collect();
+        let names: Vec<_> = frames
+            .iter()
+            .map(|f| f.source.rsplit('/').next().unwrap().to_owned())
+            .collect();
+        assert_eq!(names, ["a.png", "b.png", "a.png", "b.png", "a.png"]);
+        assert_eq!(frames[4].index, 4);
+    }
+
+    #[test]
+    fn repeat_over_only_unreadable_files_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"junk").unwrap();
+        let opts = SourceOptions {
+            repeat: true,
+            skip_unreadable: true,
+            ..SourceOptions::default()
+        };
+        assert_eq!(
+            open_source(dir.path().to_str().unwrap(), &opts)
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn fps_paces_image_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        write_png(&dir.path().join("a.png"), 2, 2, 1);
+        let opts = SourceOptions {
+            repeat: true,
+            fps: Some(20.0),
+            ..SourceOptions::default()
+        };
+        let frames: Vec<_> = open_source(dir.path().to_str().unwrap(), &opts)
+            .unwrap()
+            .take(4)
+            .map(|f| f.unwrap())
+            .collect();
+        // Frames 0..3 at 20 fps: the last is captured at least 150 ms after the first.
+        let span = frames[3].captured - frames[0].captured;
+        assert!(span >= std::time::Duration::from_millis(145), "{span:?}");
     }
 }

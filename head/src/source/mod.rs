@@ -30,6 +30,7 @@
 mod error;
 mod ffmpeg;
 mod images;
+mod pace;
 mod tensors;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,7 @@ use std::time::{Instant, SystemTime};
 pub use error::{FrameError, OpenSourceError};
 pub use ffmpeg::{VideoInfo, VideoSource};
 pub use images::ImageSource;
+pub use pace::Pacer;
 pub use tensors::TensorSource;
 
 /// One input frame: what it holds, where it came from and when it was captured.
@@ -111,6 +113,16 @@ pub struct SourceOptions {
     pub max_side: u32,
     /// Name of the tensor read from a safetensors file. Default `input`.
     pub tensor_name: String,
+    /// Start again at the end: image lists, tensors and video files loop forever
+    /// (videos through `ffmpeg -stream_loop -1`); live sources ignore it. Default
+    /// false. For demos and benchmarks that run for a set time.
+    pub repeat: bool,
+    /// Deliver frames at this rate. Images and tensors, which have no rate of their
+    /// own, are released on a [`Pacer`] schedule (a late consumer skips ticks rather
+    /// than getting a burst). Video is resampled to this rate by `ffmpeg` (its `fps`
+    /// filter drops or repeats frames), paced unless [`Pacing::AsFastAsPossible`].
+    /// Default none: images and tensors as fast as consumed, video at its own rate.
+    pub fps: Option<f64>,
 }
 
 impl Default for SourceOptions {
@@ -123,6 +135,8 @@ impl Default for SourceOptions {
             ffprobe: PathBuf::from("ffprobe"),
             max_side: 16_384,
             tensor_name: "input".to_owned(),
+            repeat: false,
+            fps: None,
         }
     }
 }
@@ -139,13 +153,13 @@ pub enum Source {
 }
 
 impl Source {
-    /// How many frames the source will yield, when known in advance (images, tensors;
-    /// not video).
+    /// How many frames the source will yield, when known in advance (images and
+    /// tensors that do not repeat; never video).
     pub fn len_hint(&self) -> Option<u64> {
         match self {
-            Source::Images(s) => Some(s.remaining() as u64),
-            Source::Video(_) => None,
-            Source::Tensors(s) => Some(s.remaining() as u64),
+            Source::Images(s) if !s.repeats() => Some(s.remaining() as u64),
+            Source::Tensors(s) if !s.repeats() => Some(s.remaining() as u64),
+            _ => None,
         }
     }
 }

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use safetensors::tensor::Metadata;
 use safetensors::Dtype;
 
+use super::pace::Pacer;
 use super::{now_pair, Frame, FrameError, InputTensor, OpenSourceError, Payload, SourceOptions};
 
 /// Largest header accepted (the limit the `safetensors` crate itself uses).
@@ -31,7 +32,12 @@ pub struct TensorSource {
     /// Absolute file offset of sample 0.
     data_start: u64,
     batch: usize,
+    /// Samples yielded so far (over every pass when repeating).
+    yielded: u64,
+    /// Next sample in this pass.
     next: usize,
+    repeat: bool,
+    pacer: Option<Pacer>,
 }
 
 impl TensorSource {
@@ -131,13 +137,21 @@ impl TensorSource {
             sample_bytes,
             data_start: data_base + begin as u64,
             batch,
+            yielded: 0,
             next: 0,
+            repeat: opts.repeat,
+            pacer: opts.fps.and_then(Pacer::new),
         })
     }
 
-    /// Samples not yet read.
+    /// Samples not yet read (in this pass, when repeating).
     pub fn remaining(&self) -> usize {
         self.batch - self.next
+    }
+
+    /// Whether the source starts again at the end.
+    pub fn repeats(&self) -> bool {
+        self.repeat
     }
 
     /// `[C, H, W]` of every sample.
@@ -173,7 +187,10 @@ impl Iterator for TensorSource {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.next >= self.batch {
-            return None;
+            if !self.repeat {
+                return None;
+            }
+            self.next = 0;
         }
         let i = self.next;
         self.next += 1;
@@ -181,16 +198,22 @@ impl Iterator for TensorSource {
             Ok(d) => d,
             Err(source) => {
                 self.next = self.batch;
+                self.repeat = false;
                 return Some(Err(FrameError::Io {
                     what: self.path.display().to_string(),
                     source,
                 }));
             }
         };
+        if let Some(p) = self.pacer.as_mut() {
+            p.wait();
+        }
         let (captured, captured_wall) = now_pair();
         let [c, h, w] = self.sample_shape;
+        let index = self.yielded;
+        self.yielded += 1;
         Some(Ok(Frame {
-            index: i as u64,
+            index,
             captured,
             captured_wall,
             source: Arc::from(format!("{}#{}[{i}]", self.path.display(), self.name)),
@@ -202,6 +225,9 @@ impl Iterator for TensorSource {
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
+        if self.repeat {
+            return (self.remaining(), None);
+        }
         (self.remaining(), Some(self.remaining()))
     }
 }
@@ -349,5 +375,37 @@ mod tests {
         huge.extend_from_slice(b"{}");
         std::fs::write(&p, &huge).unwrap();
         assert!(open_source(p.to_str().unwrap(), &SourceOptions::default()).is_err());
+    }
+
+    #[test]
+    fn repeat_cycles_through_the_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("r.safetensors");
+        write(
+            &p,
+            &[(
+                "input",
+                Dtype::F32,
+                vec![2, 3, 1, 1],
+                f32_bytes(&[0., 0., 0., 1., 1., 1.]),
+            )],
+        );
+        let opts = SourceOptions {
+            repeat: true,
+            ..SourceOptions::default()
+        };
+        let src = open_source(p.to_str().unwrap(), &opts).unwrap();
+        assert_eq!(src.len_hint(), None);
+        let firsts: Vec<(u64, f32)> = src
+            .take(5)
+            .map(|f| {
+                let f = f.unwrap();
+                let Payload::Tensor(t) = f.payload else {
+                    panic!()
+                };
+                (f.index, t.data[0])
+            })
+            .collect();
+        assert_eq!(firsts, [(0, 0.), (1, 1.), (2, 0.), (3, 1.), (4, 0.)]);
     }
 }
