@@ -6,7 +6,10 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod backend;
+pub mod preprocess;
 pub mod tensor;
 
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
 pub use tensor::HostTensor;
+pub mod vit;
+pub mod weights;
