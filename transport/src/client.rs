@@ -742,7 +742,7 @@ async fn supervise(weak: Weak<Inner>) {
             inner.state.send_replace(ConnectionState::Closed);
             return;
         }
-        let reason = match &err {
+        let mut reason = match &err {
             quinn::ConnectionError::ApplicationClosed(a) => format!(
                 "closed: {} ({})",
                 code::name(a.error_code.into_inner()),
@@ -799,7 +799,10 @@ async fn supervise(weak: Weak<Inner>) {
                     inner.state.send_replace(ConnectionState::Rejected(r));
                     return;
                 }
-                Err(e) => tracing::debug!("reconnect attempt failed: {e}"),
+                Err(e) => {
+                    tracing::debug!("reconnect attempt failed: {e}");
+                    reason = format!("reconnect failed: {e}");
+                }
             }
         }
     }

@@ -122,6 +122,11 @@ pub struct ServerConfig {
     /// Most connections at once, handshaking or established. Default 1024: each costs
     /// at most the receive window; above this new connections are refused at once.
     pub max_connections: usize,
+    /// UDP socket send and receive buffer size to ask the kernel for (it caps the
+    /// request at `net.core.rmem_max`/`wmem_max`). Default 4 MiB: the usual ~208 KiB
+    /// default overflows when many devices send large frames at once, and each dropped
+    /// datagram costs a retransmission and a congestion-window cut. 0 keeps the default.
+    pub udp_buffer_bytes: usize,
     /// Oldest protocol version accepted; default [`crate::wire::MIN_PROTOCOL_VERSION`].
     pub min_version: u16,
     /// Newest protocol version accepted; default [`crate::wire::PROTOCOL_VERSION`].
@@ -138,6 +143,7 @@ impl ServerConfig {
             client_auth: ClientAuth::TokenOnly,
             limits: Limits::default(),
             max_connections: 1024,
+            udp_buffer_bytes: 4 << 20,
             min_version: crate::wire::MIN_PROTOCOL_VERSION,
             max_version: crate::wire::PROTOCOL_VERSION,
         }

@@ -88,12 +88,24 @@ impl Server {
             .map_err(|e| BindError::Quic(e.to_string()))?;
         let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(quic));
         server_config.transport_config(Arc::new(transport_config(&config.limits)?));
-        let endpoint = quinn::Endpoint::server(server_config, config.bind).map_err(|source| {
-            BindError::Io {
-                addr: config.bind,
-                source,
-            }
+        let io_err = |source| BindError::Io {
+            addr: config.bind,
+            source,
+        };
+        let socket = std::net::UdpSocket::bind(config.bind).map_err(io_err)?;
+        enlarge_buffers(&socket, config.udp_buffer_bytes);
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            io_err(std::io::Error::other(
+                "Server::bind must run inside a tokio runtime",
+            ))
         })?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            runtime,
+        )
+        .map_err(io_err)?;
         let local_addr = endpoint.local_addr().map_err(|source| BindError::Io {
             addr: config.bind,
             source,
@@ -153,6 +165,26 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.endpoint
             .close(varint(code::SHUTDOWN), b"edge shutting down");
+    }
+}
+
+/// Asks for larger UDP socket buffers: many devices sending at once overflow the usual
+/// ~208 KiB default, and every dropped datagram costs a QUIC retransmission. The kernel
+/// caps the request at `net.core.rmem_max`/`wmem_max`; failure only costs throughput.
+fn enlarge_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    match quinn::udp::UdpSocketState::new(socket.into()) {
+        Ok(state) => {
+            if let Err(e) = state.set_recv_buffer_size(socket.into(), bytes) {
+                tracing::debug!("UDP receive buffer not enlarged: {e}");
+            }
+            if let Err(e) = state.set_send_buffer_size(socket.into(), bytes) {
+                tracing::debug!("UDP send buffer not enlarged: {e}");
+            }
+        }
+        Err(e) => tracing::debug!("UDP socket state: {e}"),
     }
 }
 

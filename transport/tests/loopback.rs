@@ -1007,3 +1007,51 @@ async fn edge_dying_mid_frame_is_seen_at_once_and_the_device_reconnects_after_re
     let c = client.counters();
     assert_eq!(c.connection_lost, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_edge_admits_a_device_with_a_ca_signed_certificate_and_refuses_one_without() {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let device_key = rcgen::KeyPair::generate().unwrap();
+    let device_cert = rcgen::CertificateParams::new(vec!["dev-0".to_string()])
+        .unwrap()
+        .signed_by(&device_key, &issuer)
+        .unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("splitstream-transport-mtls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_path = dir.join("device-ca.pem");
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+
+    let id = ServerIdentity::self_signed(&["localhost"]).unwrap();
+    let fp = id.fingerprint();
+    let mut config = ServerConfig::new(loopback(), id, tokens(1));
+    config.limits = test_limits();
+    config.client_auth = splitstream_transport::ClientAuth::RequireCertificate { ca_file: ca_path };
+    let server = Server::bind(config, registry()).unwrap();
+    let addr = server.local_addr();
+    let _edge = serve(server, Arc::default(), Behaviour::Echo);
+
+    let mut cfg = client_config(addr, ServerTrust::Pinned(fp), "dev-0");
+    cfg.client_identity = Some(splitstream_transport::ClientIdentity::from_der(
+        vec![device_cert.der().clone()],
+        rustls::pki_types::PrivateKeyDer::try_from(device_key.serialize_der()).unwrap(),
+    ));
+    let client = Client::connect(cfg).await.unwrap();
+    one_good_frame(&client, b"mutual").await;
+
+    let err = Client::connect(client_config(addr, ServerTrust::Pinned(fp), "dev-0"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ConnectError::Tls(_) | ConnectError::Connection(_) | ConnectError::ClosedByEdge(_)
+        ),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
