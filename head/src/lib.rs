@@ -4,8 +4,10 @@
 //! - [`source`]: where frames come from (image files, folders and globs, videos,
 //!   cameras and streams through `ffmpeg`, preprocessed tensors in safetensors files),
 //!   chosen from one spec string by [`source::open_source`];
+//! - [`offload`]: the frame as JPEG for offload mode;
 //! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod offload;
 pub mod source;
 pub mod stats;

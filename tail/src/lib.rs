@@ -5,6 +5,7 @@
 //!   I/O), and [`batch_loop`], the tokio shell that drives it;
 //! - [`metrics`]: the edge's Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`config`]: the edge's TOML configuration;
+//! - [`offload`]: decoding offloaded JPEG frames, capped;
 //! - [`DropReason`]: why a frame is answered `Dropped`.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -12,6 +13,7 @@ pub mod batch_loop;
 pub mod batcher;
 pub mod config;
 pub mod metrics;
+pub mod offload;
 mod reason;
 
 pub use reason::DropReason;
