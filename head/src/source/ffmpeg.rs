@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{now_pair, Frame, FrameError, OpenSourceError, Pacing, Payload, SourceOptions};
+use super::{Frame, FrameError, OpenSourceError, Pacing, Payload, SourceOptions};
 
 /// How long `ffprobe` may take before the probe is given up (a dead stream URL can
 /// otherwise hang it for minutes).
@@ -42,10 +42,147 @@ pub struct VideoSource {
     info: VideoInfo,
     frame_bytes: usize,
     child: Child,
-    stdout: Option<ChildStdout>,
+    pipe: Pipe,
     stderr: Option<JoinHandle<String>>,
     next_index: u64,
     done: bool,
+    /// Frames a latest-only reader discarded, kept once the reader is gone.
+    dropped_before_close: u64,
+}
+
+/// How frames come off ffmpeg's stdout.
+#[derive(Debug)]
+enum Pipe {
+    /// Read by the iterator: every frame, in order (files; back-pressure slows ffmpeg).
+    Direct(ChildStdout),
+    /// Read by a thread that keeps only the newest frame (live sources: a slow
+    /// consumer gets fresh frames, not a growing backlog).
+    Latest(LatestReader),
+    /// Finished.
+    Closed,
+}
+
+/// A frame as read off the pipe, with when.
+struct Captured {
+    buf: Vec<u8>,
+    at: Instant,
+    wall: std::time::SystemTime,
+}
+
+/// How reading a frame ended when it did not yield one.
+enum PipeEnd {
+    /// End of the pipe, after `partial` bytes of an unfinished frame.
+    Eof { partial: usize },
+    /// A read error.
+    Io(std::io::Error),
+}
+
+/// Reads one whole frame, or says how the pipe ended.
+fn read_full(stdout: &mut ChildStdout, frame_bytes: usize) -> Result<Vec<u8>, PipeEnd> {
+    let mut buf = vec![0u8; frame_bytes];
+    let mut got = 0;
+    while got < buf.len() {
+        let Some(rest) = buf.get_mut(got..) else {
+            break;
+        };
+        match stdout.read(rest) {
+            Ok(0) => return Err(PipeEnd::Eof { partial: got }),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(PipeEnd::Io(e)),
+        }
+    }
+    Ok(buf)
+}
+
+#[derive(Default)]
+struct Slot {
+    frame: Option<Captured>,
+    end: Option<PipeEnd>,
+    dropped: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    slot: std::sync::Mutex<Slot>,
+    ready: std::sync::Condvar,
+}
+
+struct LatestReader {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for LatestReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LatestReader")
+    }
+}
+
+impl LatestReader {
+    fn spawn(mut stdout: ChildStdout, frame_bytes: usize) -> Self {
+        let shared = Arc::new(Shared::default());
+        let theirs = shared.clone();
+        let thread = std::thread::spawn(move || loop {
+            let read = read_full(&mut stdout, frame_bytes);
+            let at = Instant::now();
+            let wall = std::time::SystemTime::now();
+            // A poisoned lock means the consumer panicked; nothing left to feed.
+            let Ok(mut slot) = theirs.slot.lock() else {
+                return;
+            };
+            let finished = match read {
+                Ok(buf) => {
+                    if slot.frame.replace(Captured { buf, at, wall }).is_some() {
+                        slot.dropped += 1;
+                    }
+                    false
+                }
+                Err(end) => {
+                    slot.end = Some(end);
+                    true
+                }
+            };
+            drop(slot);
+            theirs.ready.notify_one();
+            if finished {
+                return;
+            }
+        });
+        Self {
+            shared,
+            thread: Some(thread),
+        }
+    }
+
+    /// The newest frame, waiting for one; `Err` once the pipe has ended.
+    fn take(&self) -> Result<Captured, PipeEnd> {
+        let Ok(mut slot) = self.shared.slot.lock() else {
+            return Err(PipeEnd::Eof { partial: 0 });
+        };
+        loop {
+            if let Some(frame) = slot.frame.take() {
+                return Ok(frame);
+            }
+            if let Some(end) = slot.end.take() {
+                return Err(end);
+            }
+            slot = match self.shared.ready.wait(slot) {
+                Ok(s) => s,
+                Err(_) => return Err(PipeEnd::Eof { partial: 0 }),
+            };
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.shared.slot.lock().map_or(0, |s| s.dropped)
+    }
+
+    fn join(&mut self) {
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl VideoSource {
@@ -108,7 +245,13 @@ impl VideoSource {
         let mut child = cmd
             .spawn()
             .map_err(|e| spawn_error(&opts.ffmpeg.to_string_lossy(), e))?;
-        let stdout = child.stdout.take();
+        let pipe = match child.stdout.take() {
+            Some(out) if live && !opts.keep_backlog => {
+                Pipe::Latest(LatestReader::spawn(out, frame_bytes))
+            }
+            Some(out) => Pipe::Direct(out),
+            None => Pipe::Closed,
+        };
         let stderr = child.stderr.take().map(collect_stderr);
         tracing::info!(spec, width = w, height = h, fps = ?info.fps, "ffmpeg started");
         Ok(Self {
@@ -116,10 +259,11 @@ impl VideoSource {
             info,
             frame_bytes,
             child,
-            stdout,
+            pipe,
             stderr,
             next_index: 0,
             done: false,
+            dropped_before_close: 0,
         })
     }
 
@@ -133,34 +277,42 @@ impl VideoSource {
         self.child.id()
     }
 
+    /// Frames a live source discarded because a newer one arrived before the
+    /// consumer asked (always 0 with `keep_backlog` or for files).
+    pub fn dropped_frames(&self) -> u64 {
+        match &self.pipe {
+            Pipe::Latest(r) => r.dropped(),
+            _ => self.dropped_before_close,
+        }
+    }
+
     /// Reads one frame; `Ok(None)` at a clean end of stream.
-    fn read_frame(&mut self) -> Result<Option<Vec<u8>>, FrameError> {
-        let Some(stdout) = self.stdout.as_mut() else {
-            return Ok(None);
+    fn read_frame(&mut self) -> Result<Option<Captured>, FrameError> {
+        let read = match &mut self.pipe {
+            Pipe::Closed => return Ok(None),
+            Pipe::Direct(out) => read_full(out, self.frame_bytes).map(|buf| Captured {
+                buf,
+                at: Instant::now(),
+                wall: std::time::SystemTime::now(),
+            }),
+            Pipe::Latest(r) => r.take(),
         };
-        let mut buf = vec![0u8; self.frame_bytes];
-        let mut got = 0;
-        while got < buf.len() {
-            let Some(rest) = buf.get_mut(got..) else {
-                break;
-            };
-            match stdout.read(rest) {
-                Ok(0) => break,
-                Ok(n) => got += n,
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(source) => {
-                    return Err(FrameError::Io {
-                        what: self.spec.to_string(),
-                        source,
-                    })
-                }
+        let got = match read {
+            Ok(frame) => return Ok(Some(frame)),
+            Err(PipeEnd::Eof { partial }) => partial,
+            Err(PipeEnd::Io(source)) => {
+                return Err(FrameError::Io {
+                    what: self.spec.to_string(),
+                    source,
+                })
             }
-        }
-        if got == buf.len() {
-            return Ok(Some(buf));
-        }
+        };
         // End of the pipe: a clean end only if ffmpeg says so and no frame was cut.
-        self.stdout = None;
+        if let Pipe::Latest(r) = &mut self.pipe {
+            r.join();
+            self.dropped_before_close = r.dropped();
+        }
+        self.pipe = Pipe::Closed;
         let status = self.child.wait().map_err(|source| FrameError::Io {
             what: self.spec.to_string(),
             source,
@@ -196,8 +348,8 @@ impl Iterator for VideoSource {
             return None;
         }
         match self.read_frame() {
-            Ok(Some(buf)) => {
-                let (captured, captured_wall) = now_pair();
+            Ok(Some(Captured { buf, at, wall })) => {
+                let (captured, captured_wall) = (at, wall);
                 let Some(img) = image::RgbImage::from_raw(self.info.width, self.info.height, buf)
                 else {
                     // Unreachable by construction (the buffer has exactly w*h*3 bytes),
@@ -234,14 +386,22 @@ impl Iterator for VideoSource {
 impl Drop for VideoSource {
     fn drop(&mut self) {
         // Closing our end first makes a writing ffmpeg fail fast; kill covers a child
-        // blocked on its input (a camera, a stalled stream).
-        self.stdout = None;
+        // blocked on its input (a camera, a stalled stream). A reader thread ends when
+        // the killed child's pipe closes.
+        let mut pipe = std::mem::replace(&mut self.pipe, Pipe::Closed);
+        if let Pipe::Direct(out) = pipe {
+            drop(out);
+            pipe = Pipe::Closed;
+        }
         if let Ok(None) = self.child.try_wait() {
             if let Err(e) = self.child.kill() {
                 tracing::warn!(spec = %self.spec, "cannot kill ffmpeg: {e}");
             }
         }
         let _ = self.child.wait();
+        if let Pipe::Latest(mut r) = pipe {
+            r.join();
+        }
         if let Some(h) = self.stderr.take() {
             let _ = h.join();
         }
@@ -641,5 +801,50 @@ mod tests {
             .collect();
         assert_eq!(frames.len(), 25);
         assert_eq!(frames[24].index, 24);
+    }
+
+    #[test]
+    fn slow_consumer_of_a_live_source_gets_the_newest_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "live.mkv", 200, 100) else {
+            return;
+        };
+        // Treated as live: ffmpeg decodes at full speed while we dawdle.
+        let mut src = VideoSource::open(video.to_str().unwrap(), true, &fast()).unwrap();
+        let mut yielded = 0u64;
+        for f in src.by_ref() {
+            assert_eq!(f.unwrap().index, yielded);
+            yielded += 1;
+            if yielded == 1 {
+                std::thread::sleep(Duration::from_millis(400));
+            }
+        }
+        let dropped = src.dropped_frames();
+        assert!(
+            dropped > 0,
+            "a 400 ms stall must skip frames (yielded {yielded})"
+        );
+        assert_eq!(
+            yielded + dropped,
+            200,
+            "every frame is either yielded or counted dropped"
+        );
+    }
+
+    #[test]
+    fn keep_backlog_gives_a_live_source_every_frame() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "live.mkv", 30, 100) else {
+            return;
+        };
+        let opts = SourceOptions {
+            keep_backlog: true,
+            ..fast()
+        };
+        let mut src = VideoSource::open(video.to_str().unwrap(), true, &opts).unwrap();
+        assert!(src.next().unwrap().is_ok());
+        std::thread::sleep(Duration::from_millis(200));
+        assert_eq!(src.by_ref().count(), 29);
+        assert_eq!(src.dropped_frames(), 0);
     }
 }

@@ -117,6 +117,12 @@ pub struct SourceOptions {
     /// (videos through `ffmpeg -stream_loop -1`); live sources ignore it. Default
     /// false. For demos and benchmarks that run for a set time.
     pub repeat: bool,
+    /// Give every frame of a live source (camera, stream), however late. Default
+    /// false: a live source keeps only the newest decoded frame, so a consumer slower
+    /// than the camera gets fresh frames instead of a growing backlog (the skipped
+    /// ones are counted by [`VideoSource::dropped_frames`]). Files always give every
+    /// frame; `ffmpeg` waits for the consumer.
+    pub keep_backlog: bool,
     /// Deliver frames at this rate. Images and tensors, which have no rate of their
     /// own, are released on a [`Pacer`] schedule (a late consumer skips ticks rather
     /// than getting a burst). Video is resampled to this rate by `ffmpeg` (its `fps`
@@ -136,6 +142,7 @@ impl Default for SourceOptions {
             max_side: 16_384,
             tensor_name: "input".to_owned(),
             repeat: false,
+            keep_backlog: false,
             fps: None,
         }
     }
