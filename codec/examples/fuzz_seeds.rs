@@ -1,5 +1,7 @@
 //! Writes one valid frame per scheme into a directory, as a starting corpus for the
 //! decoder fuzz target: `cargo run -p splitstream-codec --example fuzz_seeds -- DIR`.
+//! Each file is the target's mode byte (1: recompute the checksum after mutation)
+//! followed by the frame.
 
 use splitstream_codec::{Bits, CodecParams, Encoder, Entropy, Scheme, TensorView};
 
@@ -70,7 +72,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     enc.encode_delta_into(&spike_view, 3, Entropy::None, &mut frame)?;
     frames.push(("delta3".into(), frame.clone()));
     for (name, bytes) in &frames {
-        std::fs::write(std::path::Path::new(&dir).join(name), bytes)?;
+        let mut seed = vec![1u8];
+        seed.extend_from_slice(bytes);
+        std::fs::write(std::path::Path::new(&dir).join(name), seed)?;
     }
     println!("wrote {} seed frames to {dir}", frames.len());
     Ok(())
