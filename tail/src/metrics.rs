@@ -40,7 +40,7 @@ use prometheus_client::registry::{Registry, Unit};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::batcher::BatchKey;
+use crate::batcher::{Batch, BatchKey};
 use crate::reason::DropReason;
 
 /// Labels of per-model series.
@@ -169,6 +169,14 @@ impl EdgeMetrics {
         self.queue
             .get_or_create(&key.into())
             .observe(waited.as_secs_f64());
+    }
+
+    /// Records how long each item of a just-formed batch waited for it.
+    pub fn batch_formed<T>(&self, batch: &Batch<T>) {
+        let queue = self.queue.get_or_create(&ModelLabels::from(&batch.key));
+        for q in &batch.items {
+            queue.observe(q.waited(batch.formed).as_secs_f64());
+        }
     }
 
     /// Records one batch of `key`: its size and how long its tail took.
@@ -471,6 +479,45 @@ mod tests {
         );
         assert!(text.ends_with("# EOF\n"));
         assert_eq!(m.open_sessions(), 1);
+    }
+
+    #[test]
+    fn formed_batch_records_each_items_queue_delay() {
+        use crate::batcher::{Batcher, BatcherConfig, Item, Polled, SessionId};
+        let m = EdgeMetrics::new();
+        let mut b = Batcher::new(BatcherConfig {
+            max_batch: 2,
+            ..BatcherConfig::default()
+        });
+        let t0 = std::time::Instant::now();
+        for (s, at) in [(1, 0), (2, 3)] {
+            let item = Item {
+                session: SessionId(s),
+                key: BatchKey::new("vit", 4),
+                deadline: None,
+                payload: (),
+            };
+            b.push(item, t0 + Duration::from_millis(at)).unwrap();
+        }
+        let Some(Polled::Batch(batch)) = b.poll(t0 + Duration::from_millis(3)) else {
+            panic!("no batch")
+        };
+        m.batch_formed(&batch);
+        let text = m.encode();
+        assert_eq!(
+            sample_value(
+                &text,
+                r#"splitstream_queue_seconds_count{model="vit",split="4"}"#
+            ),
+            Some(2.0)
+        );
+        assert_eq!(
+            sample_value(
+                &text,
+                r#"splitstream_queue_seconds_sum{model="vit",split="4"}"#
+            ),
+            Some(0.003)
+        );
     }
 
     #[tokio::test]

@@ -268,6 +268,23 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Source, OpenSourc
     })
 }
 
+/// A frame size as written on a command line.
+#[derive(Debug, thiserror::Error)]
+#[error("bad frame size {0:?}: write WIDTHxHEIGHT, e.g. 640x480")]
+pub struct ParseSizeError(String);
+
+/// Parses `640x480` (or `640X480`) into (width, height); both must be positive.
+pub fn parse_size(s: &str) -> Result<(u32, u32), ParseSizeError> {
+    let bad = || ParseSizeError(s.to_owned());
+    let (w, h) = s.trim().split_once(['x', 'X']).ok_or_else(bad)?;
+    let w: u32 = w.trim().parse().map_err(|_| bad())?;
+    let h: u32 = h.trim().parse().map_err(|_| bad())?;
+    if w == 0 || h == 0 {
+        return Err(bad());
+    }
+    Ok((w, h))
+}
+
 /// The lower-case extension of a path, if it has one.
 pub(crate) fn extension_of(path: &Path) -> Option<String> {
     path.extension()
@@ -283,6 +300,16 @@ pub(crate) fn now_pair() -> (Instant, SystemTime) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_parse_from_width_x_height() {
+        assert_eq!(parse_size("640x480").unwrap(), (640, 480));
+        assert_eq!(parse_size(" 32X24 ").unwrap(), (32, 24));
+        for bad in ["640", "0x480", "x", "640x-1", "axb", ""] {
+            let err = parse_size(bad).unwrap_err();
+            assert!(err.to_string().contains("WIDTHxHEIGHT"), "{bad}: {err}");
+        }
+    }
 
     #[test]
     fn urls_and_cameras_are_live_sources() {
