@@ -217,6 +217,9 @@ async fn run<T, F>(
                 }
             },
             _ = tokio::time::sleep_until(sleep_until), if wake.is_some() => {}
+            // Every branch off: input closed and nothing left that could make progress
+            // (not reachable by the checks above, but never a panic).
+            else => break,
         }
     }
     // Items that raced in after close (sent before the channel closed) are refused.

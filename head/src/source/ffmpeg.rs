@@ -229,6 +229,7 @@ impl VideoSource {
         if camera {
             cmd.args(["-f", "v4l2"]);
         }
+        cmd.args(&opts.input_args);
         cmd.arg("-i").arg(spec);
         // Always scale to the size we allocate for: a stream that changes resolution
         // midway would otherwise shift every later frame boundary.
@@ -493,6 +494,7 @@ fn probe(spec: &str, camera: bool, opts: &SourceOptions) -> Result<VideoInfo, Op
     if camera {
         cmd.args(["-f", "v4l2"]);
     }
+    cmd.args(&opts.input_args);
     cmd.arg(spec);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -846,5 +848,22 @@ mod tests {
         std::thread::sleep(Duration::from_millis(200));
         assert_eq!(src.by_ref().count(), 29);
         assert_eq!(src.dropped_frames(), 0);
+    }
+
+    #[test]
+    fn input_args_reach_ffmpeg() {
+        let dir = tempfile::tempdir().unwrap();
+        let Some(video) = make_video(dir.path(), "clip.mkv", 20, 10) else {
+            return;
+        };
+        // Seek 1.5 s into the 2 s clip: only the last frames are left. (`-ss` is an
+        // ffmpeg option, not a demuxer one, so the probe is skipped with a size.)
+        let opts = SourceOptions {
+            input_args: vec!["-ss".into(), "1.5".into()],
+            video_size: Some((64, 48)),
+            ..fast()
+        };
+        let n = open_source(video.to_str().unwrap(), &opts).unwrap().count();
+        assert!(n < 20 && n > 0, "{n} frames");
     }
 }

@@ -104,6 +104,12 @@ pub struct SourceOptions {
     /// the size is probed with `ffprobe`. Setting it skips the probe (useful for
     /// cameras, whose probe opens the device twice).
     pub video_size: Option<(u32, u32)>,
+    /// Extra `ffmpeg` input options, placed before `-i` and also given to `ffprobe`
+    /// (so use demuxer and protocol options, which both accept, or set `video_size`
+    /// to skip the probe):
+    /// `["-rtsp_transport", "tcp"]` for RTSP through firewalls, `["-input_format",
+    /// "mjpeg", "-framerate", "30"]` for a camera. Default none.
+    pub input_args: Vec<String>,
     /// The `ffmpeg` program. Default `ffmpeg` on the `PATH`.
     pub ffmpeg: PathBuf,
     /// The `ffprobe` program. Default `ffprobe` on the `PATH`.
@@ -137,6 +143,7 @@ impl Default for SourceOptions {
             skip_unreadable: false,
             pacing: Pacing::Realtime,
             video_size: None,
+            input_args: Vec::new(),
             ffmpeg: PathBuf::from("ffmpeg"),
             ffprobe: PathBuf::from("ffprobe"),
             max_side: 16_384,
