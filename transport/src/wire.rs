@@ -618,6 +618,23 @@ mod tests {
         assert!(matches!(err, ReadMessageError::End), "{err:?}");
     }
 
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic_any_decoder(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let _ = decode::<ToEdge>(&body);
+            let _ = decode::<ToDevice>(&body);
+            let _ = decode::<FrameHeader>(&body);
+            let _ = decode::<AnswerHeader>(&body);
+        }
+
+        #[test]
+        fn every_frame_header_round_trips(seq in 0u64.., epoch in 0u32.., t in 0u64.., len in 0u32..) {
+            let h = FrameHeader { seq, epoch, capture_us: t, sent_us: t / 2, deadline_us: t / 3, payload_len: len };
+            let bytes = encode(&h);
+            proptest::prop_assert_eq!(decode::<FrameHeader>(&bytes[4..]).unwrap(), h);
+        }
+    }
+
     #[test]
     fn token_never_shows_in_debug_output() {
         let text = format!("{:?}", sample_hello());
