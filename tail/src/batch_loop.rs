@@ -10,6 +10,59 @@
 //! Dropped items (refused, displaced, expired, or left when the session closes or the
 //! worker is gone) go to the `on_drop` callback, which answers them (typically through
 //! a responder inside `T`). Nothing is lost silently.
+//!
+//! How the edge wires it (the worker here doubles its inputs where the edge runs the
+//! tail):
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::{Duration, Instant};
+//! use splitstream_tail::batch_loop::{spawn_batch_loop, Dropped};
+//! use splitstream_tail::batcher::{BatchKey, BatcherConfig, Item, SessionId};
+//! use splitstream_tail::metrics::EdgeMetrics;
+//! use tokio::sync::{mpsc, oneshot};
+//!
+//! // What a frame carries through the batcher: its input and where to answer.
+//! struct Job { input: f32, answer: oneshot::Sender<Result<f32, &'static str>> }
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let metrics = Arc::new(EdgeMetrics::new());
+//! let (batch_tx, mut batches) = mpsc::channel(1);
+//! let m = metrics.clone();
+//! let (handle, _task) = spawn_batch_loop(BatcherConfig::default(), batch_tx, move |d: Dropped<Job>| {
+//!     m.dropped(d.reason);
+//!     let _ = d.item.payload.answer.send(Err(d.reason.as_str()));
+//! });
+//! let m = metrics.clone();
+//! tokio::spawn(async move {
+//!     while let Some(mut batch) = batches.recv().await {
+//!         m.batch_formed(&batch);
+//!         for late in batch.take_expired(Instant::now()) {
+//!             m.dropped(splitstream_tail::DropReason::Deadline);
+//!             let _ = late.item.payload.answer.send(Err("deadline"));
+//!         }
+//!         let started = Instant::now();
+//!         let outputs: Vec<f32> = batch.items.iter().map(|q| q.item.payload.input * 2.0).collect();
+//!         m.batch_computed(&batch.key, batch.items.len(), started.elapsed());
+//!         m.frames_done(&batch.key, batch.items.len() as u64);
+//!         for (q, y) in batch.items.into_iter().zip(outputs) {
+//!             let _ = q.item.payload.answer.send(Ok(y));
+//!         }
+//!     }
+//! });
+//!
+//! let (answer, result) = oneshot::channel();
+//! let item = Item {
+//!     session: SessionId(1),
+//!     key: BatchKey::new("vit-tiny", 4),
+//!     deadline: Some(Instant::now() + Duration::from_millis(500)),
+//!     payload: Job { input: 21.0, answer },
+//! };
+//! handle.submit(item).await.map_err(|(_, e)| e).unwrap();
+//! assert_eq!(result.await.unwrap(), Ok(42.0));
+//! handle.shutdown().await.unwrap();
+//! # });
+//! ```
 
 use std::time::{Duration, Instant};
 
