@@ -28,6 +28,7 @@
 //! `.aedat4`, `.hdf5`/`.h5`, ...). Nothing here needs to change shape for it.
 
 mod error;
+mod feed;
 mod ffmpeg;
 mod images;
 mod pace;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use error::{FrameError, OpenSourceError};
+pub use feed::{spawn_feed, FrameFeed};
 pub use ffmpeg::{VideoInfo, VideoSource};
 pub use images::ImageSource;
 pub use pace::Pacer;
