@@ -29,6 +29,7 @@
 //!   panicking; device failures are [`BackendError::Device`].
 
 pub mod cpu;
+pub mod wgpu;
 
 use crate::tensor::HostTensor;
 
