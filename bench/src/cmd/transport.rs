@@ -65,6 +65,9 @@ struct Cell {
     frames_per_run: usize,
     quic: Figures,
     tcp_tls: Figures,
+    /// Bare quinn streams with the same TLS and framing but no splitstream session
+    /// layer: separates the protocol's cost from ours.
+    quinn_raw: Figures,
     /// QUIC divided by TCP+TLS (latency: < 1 is QUIC faster; frames/s: > 1 is QUIC faster).
     ratio_quic_over_tcp: Ratio,
 }
@@ -110,11 +113,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 
 fn print_table(r: &Report) {
     println!(
-        "transport on {} ({} runs, medians; result {} B): QUIC (splitstream) vs TCP+TLS 1.3",
+        "transport on {} ({} runs, medians; result {} B): QUIC (splitstream) vs TCP+TLS 1.3; bare quinn for reference",
         r.address, r.runs, r.result_bytes
     );
     println!(
-        "{:>8} {:>4} | {:>9} {:>9} {:>10} | {:>9} {:>9} {:>10} | {:>6} {:>6} {:>6}",
+        "{:>8} {:>4} | {:>9} {:>9} {:>10} | {:>9} {:>9} {:>10} | {:>6} {:>6} {:>6} | {:>9} {:>10}",
         "payload",
         "dev",
         "quic p50",
@@ -125,11 +128,13 @@ fn print_table(r: &Report) {
         "tcp f/s",
         "p50 x",
         "p99 x",
-        "f/s x"
+        "f/s x",
+        "raw p50",
+        "raw f/s"
     );
     for c in &r.cells {
         println!(
-            "{:>8} {:>4} | {:>7.0}us {:>7.0}us {:>10.0} | {:>7.0}us {:>7.0}us {:>10.0} | {:>6.2} {:>6.2} {:>6.2}",
+            "{:>8} {:>4} | {:>7.0}us {:>7.0}us {:>10.0} | {:>7.0}us {:>7.0}us {:>10.0} | {:>6.2} {:>6.2} {:>6.2} | {:>7.0}us {:>10.0}",
             c.payload_bytes,
             c.devices,
             c.quic.p50_us,
@@ -141,6 +146,8 @@ fn print_table(r: &Report) {
             c.ratio_quic_over_tcp.p50,
             c.ratio_quic_over_tcp.p99,
             c.ratio_quic_over_tcp.frames_per_s,
+            c.quinn_raw.p50_us,
+            c.quinn_raw.frames_per_s,
         );
     }
 }
@@ -178,27 +185,29 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         ServerIdentity::self_signed(&["localhost"]).context("generating a certificate")?;
     let result = Bytes::from(vec![0x5a; args.result_bytes]);
     let quic = QuicSide::start(identity.clone(), max_devices, result.clone()).await?;
-    let tcp = TcpSide::start(&identity, max_devices, result).await?;
+    let tcp = TcpSide::start(&identity, max_devices, result.clone()).await?;
+    let raw = RawQuicSide::start(&identity, max_devices, result).await?;
 
-    // per (size, devices): per-run figures
-    let mut per_cell: Vec<(usize, usize, Vec<Figures>, Vec<Figures>)> = Vec::new();
+    // per (size, devices): per-run figures of QUIC, TCP+TLS and bare quinn
+    type PerRun = Vec<Figures>;
+    let mut per_cell: Vec<(usize, usize, PerRun, PerRun, PerRun)> = Vec::new();
     for &size in &args.sizes {
         for &devices in &args.devices {
-            per_cell.push((size, devices, Vec::new(), Vec::new()));
+            per_cell.push((size, devices, Vec::new(), Vec::new(), Vec::new()));
         }
     }
     for run in 0..args.runs {
-        for (size, devices, q, t) in per_cell.iter_mut() {
+        for (size, devices, q, t, r) in per_cell.iter_mut() {
             let per_device = (args.frames / *devices).max(1);
             let warmup = (per_device / 10).max(1);
             let payload = Bytes::from((0..*size).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
             // Alternate the order so neither side always runs on a warmer machine.
-            if run % 2 == 0 {
-                q.push(quic.cell(*devices, per_device, warmup, &payload).await?);
-                t.push(tcp.cell(*devices, per_device, warmup, &payload).await?);
-            } else {
-                t.push(tcp.cell(*devices, per_device, warmup, &payload).await?);
-                q.push(quic.cell(*devices, per_device, warmup, &payload).await?);
+            for side in 0..3 {
+                match (run + side) % 3 {
+                    0 => q.push(quic.cell(*devices, per_device, warmup, &payload).await?),
+                    1 => t.push(tcp.cell(*devices, per_device, warmup, &payload).await?),
+                    _ => r.push(raw.cell(*devices, per_device, warmup, &payload).await?),
+                }
             }
         }
     }
@@ -209,8 +218,8 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     };
     let cells = per_cell
         .into_iter()
-        .map(|(size, devices, q, t)| {
-            let (q, t) = (summarize(&q), summarize(&t));
+        .map(|(size, devices, q, t, r)| {
+            let (q, t, r) = (summarize(&q), summarize(&t), summarize(&r));
             Cell {
                 payload_bytes: size,
                 devices,
@@ -222,11 +231,13 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
                 },
                 quic: q,
                 tcp_tls: t,
+                quinn_raw: r,
             }
         })
         .collect();
     quic.shutdown().await;
     tcp.shutdown().await;
+    raw.shutdown();
     Ok(Report {
         bench: "transport",
         transport: "QUIC (quinn 0.11, splitstream-transport Server/Client, TLS 1.3 ring)",
@@ -493,5 +504,134 @@ impl TcpSide {
             *slot.lock().await = Some(stream);
         }
         Ok(figures(all, devices * (frames + warmup), wall))
+    }
+}
+
+/// Bare quinn: one bidi stream per frame, the same framing, TLS config and certificate,
+/// no handshake messages, sessions, deadlines or priorities.
+struct RawQuicSide {
+    server: quinn::Endpoint,
+    clients: Vec<(quinn::Endpoint, quinn::Connection)>,
+}
+
+async fn raw_edge_stream(
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+    answer: Arc<Vec<u8>>,
+) -> anyhow::Result<()> {
+    let header: FrameHeader = wire::read_message(&mut recv, 64 << 10).await?;
+    anyhow::ensure!(header.payload_len <= 4 << 20, "frame too large");
+    let _payload = wire::read_payload(&mut recv, header.payload_len).await?;
+    send.write_all(&answer).await?;
+    send.finish()?;
+    Ok(())
+}
+
+impl RawQuicSide {
+    async fn start(
+        identity: &ServerIdentity,
+        devices: usize,
+        result: Bytes,
+    ) -> anyhow::Result<Self> {
+        let crypto = tls::server_crypto(identity, &Default::default())?;
+        let quic = quinn::crypto::rustls::QuicServerConfig::try_from(crypto)?;
+        let server = quinn::Endpoint::server(
+            quinn::ServerConfig::with_crypto(Arc::new(quic)),
+            "127.0.0.1:0".parse()?,
+        )?;
+        let addr = server.local_addr()?;
+        let mut answer = wire::encode(&AnswerHeader::Result {
+            payload_len: result.len() as u32,
+        });
+        answer.extend_from_slice(&result);
+        let answer = Arc::new(answer);
+        let acceptor = server.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = acceptor.accept().await {
+                let answer = answer.clone();
+                tokio::spawn(async move {
+                    let Ok(conn) = incoming.await else { return };
+                    while let Ok((send, recv)) = conn.accept_bi().await {
+                        tokio::spawn(raw_edge_stream(send, recv, answer.clone()));
+                    }
+                });
+            }
+        });
+        let crypto = tls::client_crypto(&ServerTrust::Pinned(identity.fingerprint()), None)?;
+        let client_config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(crypto)?,
+        ));
+        let mut clients = Vec::with_capacity(devices);
+        for _ in 0..devices {
+            let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+            let conn = endpoint
+                .connect_with(client_config.clone(), addr, "localhost")?
+                .await
+                .context("bare quinn connection")?;
+            clients.push((endpoint, conn));
+        }
+        Ok(Self { server, clients })
+    }
+
+    async fn cell(
+        &self,
+        devices: usize,
+        frames: usize,
+        warmup: usize,
+        payload: &Bytes,
+    ) -> anyhow::Result<Figures> {
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (_, conn) in self.clients.iter().take(devices) {
+            let conn = conn.clone();
+            let payload = payload.clone();
+            tasks.spawn(async move {
+                let mut rtts = Vec::with_capacity(frames);
+                for i in 0..warmup + frames {
+                    let t = Instant::now();
+                    let (mut send, mut recv) = conn.open_bi().await?;
+                    let header = FrameHeader {
+                        seq: i as u64 + 1,
+                        epoch: 0,
+                        capture_us: 0,
+                        sent_us: 0,
+                        deadline_us: BUDGET.as_micros() as u64,
+                        payload_len: payload.len() as u32,
+                    };
+                    let mut head = wire::encode(&header);
+                    if payload.len() <= 16 << 10 {
+                        head.extend_from_slice(&payload);
+                        send.write_all(&head).await?;
+                    } else {
+                        send.write_all(&head).await?;
+                        send.write_all(&payload).await?;
+                    }
+                    send.finish()?;
+                    let answer: AnswerHeader = wire::read_message(&mut recv, 64 << 10).await?;
+                    let AnswerHeader::Result { payload_len } = answer else {
+                        anyhow::bail!("bare quinn frame not answered: {answer:?}");
+                    };
+                    anyhow::ensure!(payload_len <= 4 << 20, "result too large");
+                    let _result = wire::read_payload(&mut recv, payload_len).await?;
+                    if i >= warmup {
+                        rtts.push(t.elapsed());
+                    }
+                }
+                Ok(rtts)
+            });
+        }
+        let mut all = Vec::with_capacity(devices * frames);
+        while let Some(r) = tasks.join_next().await {
+            all.extend(r??);
+        }
+        Ok(figures(all, devices * (frames + warmup), started.elapsed()))
+    }
+
+    fn shutdown(self) {
+        for (endpoint, conn) in &self.clients {
+            conn.close(0u32.into(), b"done");
+            endpoint.close(0u32.into(), b"done");
+        }
+        self.server.close(0u32.into(), b"done");
     }
 }
