@@ -451,15 +451,23 @@ async fn exchange(
     header: FrameHeader,
     priority: i32,
     payload: Bytes,
-    mut cancel: oneshot::Receiver<()>,
+    cancel: oneshot::Receiver<()>,
     deadline: Instant,
     max_result: u32,
     max_control: u32,
 ) -> FrameOutcome {
     let deadline = tokio::time::Instant::from_std(deadline);
+    // Resolves only when the frame is overtaken; a dropped sender means "never", so the
+    // future can be polled across both phases below without completing twice.
+    let cancel = async move {
+        if cancel.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(cancel);
     let opened = tokio::select! {
         r = link.conn.open_bi() => r,
-        Ok(()) = &mut cancel => return FrameOutcome::Overtaken,
+        _ = &mut cancel => return FrameOutcome::Overtaken,
         _ = tokio::time::sleep_until(deadline) => return FrameOutcome::DeadlineMissed,
     };
     let Ok((mut send, mut recv)) = opened else {
@@ -480,7 +488,7 @@ async fn exchange(
     );
     let result = tokio::select! {
         r = io => Ok(r),
-        Ok(()) = &mut cancel => Err(Stopped::Overtaken),
+        _ = &mut cancel => Err(Stopped::Overtaken),
         _ = tokio::time::sleep_until(deadline) => Err(Stopped::Deadline),
     };
     match result {
