@@ -55,6 +55,9 @@ pub enum ConnectError {
     /// The peer does not speak `splitstream/1`.
     #[error("the peer at this address does not speak splitstream/1 (TLS ALPN mismatch): is it a splitstream edge of a compatible version?")]
     AlpnMismatch,
+    /// The edge refused the connection before TLS (it is at its connection limit).
+    #[error("the edge refused the connection (at its connection limit): retry later or use another edge")]
+    Refused,
     /// Another TLS failure.
     #[error("TLS handshake failed: {0}")]
     Tls(String),
@@ -597,6 +600,11 @@ fn map_connection_error(e: &quinn::ConnectionError, slot: &tls::FailureSlot) -> 
         }
         quinn::ConnectionError::TransportError(t) if t.code == no_alpn => {
             ConnectError::AlpnMismatch
+        }
+        quinn::ConnectionError::ConnectionClosed(c)
+            if c.error_code == quinn::TransportErrorCode::CONNECTION_REFUSED =>
+        {
+            ConnectError::Refused
         }
         quinn::ConnectionError::ConnectionClosed(c) => ConnectError::Tls(c.to_string()),
         quinn::ConnectionError::TransportError(t) => ConnectError::Tls(t.to_string()),

@@ -1060,3 +1060,23 @@ async fn mtls_edge_admits_a_device_with_a_ca_signed_certificate_and_refuses_one_
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edge_at_its_connection_limit_refuses_more_devices_with_a_clear_error() {
+    let id = ServerIdentity::self_signed(&["localhost"]).unwrap();
+    let fp = id.fingerprint();
+    let mut config = ServerConfig::new(loopback(), id, tokens(2));
+    config.limits = test_limits();
+    config.max_connections = 1;
+    let server = Server::bind(config, registry()).unwrap();
+    let addr = server.local_addr();
+    let _edge = serve(server, Arc::default(), Behaviour::Echo);
+    let first = Client::connect(client_config(addr, ServerTrust::Pinned(fp), "dev-0"))
+        .await
+        .unwrap();
+    let err = Client::connect(client_config(addr, ServerTrust::Pinned(fp), "dev-1"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ConnectError::Refused), "{err}");
+    one_good_frame(&first, b"still served").await;
+}
