@@ -18,6 +18,7 @@
 //! Senders and receivers of streams keep an [`Encoder`] and a [`Decoder`]: they reuse
 //! buffers and zstd contexts, and remember keyframes for temporal deltas.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 mod decoder;
 mod encoder;

@@ -55,10 +55,15 @@ struct Row {
     max_abs_err: Option<f64>,
     /// Mean absolute error.
     mean_abs_err: Option<f64>,
-    /// Encode speed, MB (1e6 bytes) of f32 input per second, median over runs.
+    /// Encode speed, MB (1e6 bytes) of f32 input per second of thread CPU time,
+    /// median over runs.
     encode_mb_s: f64,
-    /// Decode speed, MB of f32 output per second, median over runs.
+    /// Decode speed, MB of f32 output per second of thread CPU time, median over runs.
     decode_mb_s: f64,
+    /// Encode speed by wall-clock time (includes waiting for the core on a busy machine).
+    encode_wall_mb_s: f64,
+    /// Decode speed by wall-clock time.
+    decode_wall_mb_s: f64,
 }
 
 #[derive(Serialize)]
@@ -167,23 +172,37 @@ fn reference_dir(flag: Option<&Path>) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Median seconds per call of `f`, over `runs` samples of enough calls to take ~2 ms.
-fn median_secs(runs: usize, mut f: impl FnMut()) -> f64 {
+/// Seconds of CPU time this thread has used. The bench machine may be shared, and
+/// wall-clock time then counts other processes' turns on the core; thread CPU time
+/// counts only ours, which is what "MB/s on one core" means.
+fn thread_cpu_secs() -> f64 {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    t.tv_sec as f64 + t.tv_nsec as f64 * 1e-9
+}
+
+/// Median seconds per call of `f` as (thread CPU time, wall time), over `runs`
+/// samples of enough calls to take ~2 ms each.
+fn median_secs(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
     let start = Instant::now();
     f();
     let once = start.elapsed().as_secs_f64().max(1e-7);
     let iters = ((2e-3 / once).ceil() as usize).clamp(1, 1000);
-    let mut samples: Vec<f64> = (0..runs)
-        .map(|_| {
-            let t = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            t.elapsed().as_secs_f64() / iters as f64
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    samples[samples.len() / 2]
+    let mut cpu = Vec::with_capacity(runs);
+    let mut wall = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let (c, t) = (thread_cpu_secs(), Instant::now());
+        for _ in 0..iters {
+            f();
+        }
+        wall.push(t.elapsed().as_secs_f64() / iters as f64);
+        cpu.push((thread_cpu_secs() - c) / iters as f64);
+    }
+    (median(cpu), median(wall))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn mb_s(bytes: usize, secs: f64) -> f64 {
@@ -215,13 +234,13 @@ fn codec_row(
     let mut enc = Encoder::new();
     let mut frame = Vec::new();
     enc.encode_into(&view, &params, &mut frame)?;
-    let enc_s = median_secs(runs, || {
+    let (enc_s, enc_w) = median_secs(runs, || {
         let _ = enc.encode_into(&view, &params, &mut frame);
     });
     let mut dec = Decoder::new();
     let mut out = Tensor::default();
     dec.decode_into(&frame, &mut out)?;
-    let dec_s = median_secs(runs, || {
+    let (dec_s, dec_w) = median_secs(runs, || {
         let _ = dec.decode_into(&frame, &mut out);
     });
     let (max, mean) = errors(data, &out);
@@ -235,6 +254,8 @@ fn codec_row(
         mean_abs_err: Some(mean),
         encode_mb_s: mb_s(data.len() * 4, enc_s),
         decode_mb_s: mb_s(data.len() * 4, dec_s),
+        encode_wall_mb_s: mb_s(data.len() * 4, enc_w),
+        decode_wall_mb_s: mb_s(data.len() * 4, dec_w),
     })
 }
 
@@ -258,13 +279,13 @@ fn cast_row(label: &str, shape: &[usize], data: &[f32], bf16: bool, runs: usize)
         Ok(())
     };
     encode(&mut frame)?;
-    let enc_s = median_secs(runs, || {
+    let (enc_s, enc_w) = median_secs(runs, || {
         let _ = encode(&mut frame);
     });
     let mut dec = Decoder::new();
     let mut out = Tensor::default();
     dec.decode_into(&frame, &mut out)?;
-    let dec_s = median_secs(runs, || {
+    let (dec_s, dec_w) = median_secs(runs, || {
         let _ = dec.decode_into(&frame, &mut out);
     });
     let (max, mean) = errors(data, &out);
@@ -283,6 +304,8 @@ fn cast_row(label: &str, shape: &[usize], data: &[f32], bf16: bool, runs: usize)
         mean_abs_err: Some(mean),
         encode_mb_s: mb_s(data.len() * 4, enc_s),
         decode_mb_s: mb_s(data.len() * 4, dec_s),
+        encode_wall_mb_s: mb_s(data.len() * 4, enc_w),
+        decode_wall_mb_s: mb_s(data.len() * 4, dec_w),
     })
 }
 
@@ -307,12 +330,12 @@ fn delta_row(
     dec.decode(&frame)?;
     let view = TensorView::f32(shape, next)?;
     enc.encode_delta_into(&view, 1, ZSTD1, &mut frame)?;
-    let enc_s = median_secs(runs, || {
+    let (enc_s, enc_w) = median_secs(runs, || {
         let _ = enc.encode_delta_into(&view, 1, ZSTD1, &mut frame);
     });
     let mut out = Tensor::default();
     dec.decode_into(&frame, &mut out)?;
-    let dec_s = median_secs(runs, || {
+    let (dec_s, dec_w) = median_secs(runs, || {
         let _ = dec.decode_into(&frame, &mut out);
     });
     let (max, mean) = errors(next, &out);
@@ -326,6 +349,8 @@ fn delta_row(
         mean_abs_err: Some(mean),
         encode_mb_s: mb_s(next.len() * 4, enc_s),
         decode_mb_s: mb_s(next.len() * 4, dec_s),
+        encode_wall_mb_s: mb_s(next.len() * 4, enc_w),
+        decode_wall_mb_s: mb_s(next.len() * 4, dec_w),
     })
 }
 
@@ -336,7 +361,7 @@ fn zstd_row(label: &str, data: &[f32], level: i32, runs: usize) -> Result<Row> {
     let mut d = zstd::bulk::Decompressor::new()?;
     let mut packed = Vec::with_capacity(zstd::compress_bound(raw.len()));
     c.compress_to_buffer(&raw, &mut packed)?;
-    let enc_s = median_secs(runs, || {
+    let (enc_s, enc_w) = median_secs(runs, || {
         let _ = c.compress_to_buffer(&raw, &mut packed);
     });
     let mut back = Vec::with_capacity(raw.len());
@@ -344,7 +369,7 @@ fn zstd_row(label: &str, data: &[f32], level: i32, runs: usize) -> Result<Row> {
     if back != raw {
         bail!("zstd did not round-trip");
     }
-    let dec_s = median_secs(runs, || {
+    let (dec_s, dec_w) = median_secs(runs, || {
         let _ = d.decompress_to_buffer(&packed, &mut back);
     });
     Ok(Row {
@@ -357,6 +382,8 @@ fn zstd_row(label: &str, data: &[f32], level: i32, runs: usize) -> Result<Row> {
         mean_abs_err: Some(0.0),
         encode_mb_s: mb_s(raw.len(), enc_s),
         decode_mb_s: mb_s(raw.len(), dec_s),
+        encode_wall_mb_s: mb_s(raw.len(), enc_w),
+        decode_wall_mb_s: mb_s(raw.len(), dec_w),
     })
 }
 
@@ -530,10 +557,10 @@ fn jpeg_rows(dir: &Path, photo: &str, runs: usize, rows: &mut Vec<Row>) -> Resul
             Ok(())
         };
         encode(&mut buf)?;
-        let enc_s = median_secs(runs, || {
+        let (enc_s, enc_w) = median_secs(runs, || {
             let _ = encode(&mut buf);
         });
-        let dec_s = median_secs(runs, || {
+        let (dec_s, dec_w) = median_secs(runs, || {
             let _ = image::load_from_memory_with_format(&buf, image::ImageFormat::Jpeg);
         });
         rows.push(Row {
@@ -548,6 +575,8 @@ fn jpeg_rows(dir: &Path, photo: &str, runs: usize, rows: &mut Vec<Row>) -> Resul
             // given for scale only.
             encode_mb_s: mb_s(pixels, enc_s),
             decode_mb_s: mb_s(pixels, dec_s),
+            encode_wall_mb_s: mb_s(pixels, enc_w),
+            decode_wall_mb_s: mb_s(pixels, dec_w),
         });
     }
     Ok(())
@@ -579,7 +608,7 @@ fn print_table(report: &Report) {
         report.reference, report.runs
     );
     println!("ratio = raw f32 bytes / encoded bytes (JPEG: f32 tokens [1,197,192] / JPEG bytes)");
-    println!("MB/s = 1e6 bytes of f32 per second (JPEG: of RGB8 pixels)\n");
+    println!("MB/s = 1e6 bytes of f32 per second of this thread's CPU time (JPEG: of RGB8 pixels); wall clock in --json\n");
     println!(
         "{:<22} {:<30} {:>9} {:>7} {:>10} {:>10} {:>9} {:>9}",
         "tensor", "scheme", "bytes", "ratio", "max err", "mean err", "enc MB/s", "dec MB/s"
