@@ -56,17 +56,18 @@ struct Layout {
 /// Parses a numpy type string such as `<i8`, `|u1`, `|b1`, `|V3` into (size, signed,
 /// is_padding).
 fn parse_type(s: &str) -> Option<(usize, bool, bool)> {
-    let s = s.trim();
-    let (order, rest) = s.split_at(1);
-    if !matches!(order, "<" | "|" | "=") {
+    // Char-wise: the header is untrusted text and may hold multi-byte characters.
+    let mut chars = s.trim().chars();
+    let order = chars.next()?;
+    let kind = chars.next()?;
+    let size: usize = chars.as_str().parse().ok()?;
+    if !matches!(order, '<' | '|' | '=') {
         return None;
     }
-    let (kind, size) = rest.split_at(1);
-    let size: usize = size.parse().ok()?;
     match kind {
-        "i" if matches!(size, 1 | 2 | 4 | 8) => Some((size, true, false)),
-        "u" | "b" if matches!(size, 1 | 2 | 4 | 8) => Some((size, false, false)),
-        "V" if size <= 64 => Some((size, false, true)),
+        'i' if matches!(size, 1 | 2 | 4 | 8) => Some((size, true, false)),
+        'u' | 'b' if matches!(size, 1 | 2 | 4 | 8) => Some((size, false, false)),
+        'V' if size <= 64 => Some((size, false, true)),
         _ => None,
     }
 }

@@ -156,7 +156,7 @@ pub fn open_spec(
 ) -> Result<Box<dyn EventReader>, OpenError> {
     let reader = match spec {
         SourceSpec::Path(path) => return open_path(path, options),
-        SourceSpec::Stdin => open_reader(std::io::stdin(), None, options)?,
+        SourceSpec::Stdin => open_stream(std::io::stdin(), None, options)?,
         SourceSpec::DvTcp(addr) => open_dv_tcp(addr, options)?,
     };
     Ok(finish(reader, options))
@@ -175,12 +175,12 @@ pub fn open_path(path: &Path, options: &SourceOptions) -> Result<Box<dyn EventRe
         .and_then(|e| e.to_str())
         .map(str::to_ascii_lowercase);
     let reader = match &options.follow {
-        Some(follow) => open_reader(
+        Some(follow) => open_stream(
             FollowFile::new(file, follow.clone()),
             ext.as_deref(),
             options,
         )?,
-        None => open_reader(file, ext.as_deref(), options)?,
+        None => open_stream(file, ext.as_deref(), options)?,
     };
     Ok(finish(reader, options))
 }
@@ -260,8 +260,19 @@ fn looks_like_text(prefix: &[u8]) -> bool {
     (fields.len() == 2 || fields.len() >= 4) && fields.iter().all(|f| f.parse::<f64>().is_ok())
 }
 
-/// Opens any byte stream. `ext` is the file extension hint, if any.
+/// Opens any byte stream (batch size and pacing from `options` applied). `ext` is
+/// the file extension hint, if any.
 pub fn open_reader<R: Read + Send + 'static>(
+    src: R,
+    ext: Option<&str>,
+    options: &SourceOptions,
+) -> Result<Box<dyn EventReader>, OpenError> {
+    Ok(finish(open_stream(src, ext, options)?, options))
+}
+
+/// Detects the format and reads the header; batch size and pacing are applied by
+/// the callers.
+fn open_stream<R: Read + Send + 'static>(
     src: R,
     ext: Option<&str>,
     options: &SourceOptions,

@@ -214,3 +214,31 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn open_reader_honours_the_batch_cap() {
+    // Regression (found by the evt2/evt21/evt3 fuzzers): `open_reader` ignored
+    // `batch_events`, so one batch could hold a whole window of events.
+    for (format, ext, bytes) in all_formats() {
+        let options = SourceOptions {
+            batch_events: 16,
+            ..Default::default()
+        };
+        let mut reader = open_reader(Cursor::new(bytes), Some(ext), &options).expect("opens");
+        let mut batch = Vec::new();
+        while reader.read_batch(&mut batch).expect("decodes") > 0 {
+            assert!(batch.len() <= 16 + 32, "{format}: batch of {}", batch.len());
+        }
+    }
+}
+
+#[test]
+fn an_npy_header_with_multibyte_type_strings_is_an_error_not_a_panic() {
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    let dict =
+        "{'descr': [('t', '\u{e9}i8'), ('x', '<i2')], 'fortran_order': False, 'shape': (1,), }\n";
+    bytes.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(dict.as_bytes());
+    let err = drain(bytes, None, Some("npy")).expect_err("bad type");
+    assert!(err.contains("unsupported type"), "{err}");
+}
