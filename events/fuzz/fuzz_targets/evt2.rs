@@ -7,8 +7,15 @@ use splitstream_events::{open_reader, EventReader, Format, SourceOptions};
 
 fuzz_target!(|data: &[u8]| {
     // Small windows and batches reach the unit-boundary paths quickly.
-    let options = SourceOptions { format: Some(Format::Evt2), buffer_bytes: 4096, batch_events: 64, ..Default::default() };
-    let Ok(mut reader) = open_reader(std::io::Cursor::new(data.to_vec()), None, &options) else { return };
+    let options = SourceOptions {
+        format: Some(Format::Evt2),
+        buffer_bytes: 4096,
+        batch_events: 64,
+        ..Default::default()
+    };
+    let Ok(mut reader) = open_reader(std::io::Cursor::new(data.to_vec()), None, &options) else {
+        return;
+    };
     let mut batch = Vec::new();
     while let Ok(n) = reader.read_batch(&mut batch) {
         if n == 0 {
