@@ -4,7 +4,7 @@
 /// Bytes taken by `n` symbols of `bits` (1, 2, 4 or 8) bits.
 pub(crate) fn packed_len(n: usize, bits: u8) -> usize {
     let per_byte = 8 / usize::from(bits.clamp(1, 8));
-    n / per_byte + usize::from(n % per_byte != 0)
+    n.div_ceil(per_byte)
 }
 
 /// Appends `symbols` (each `< 2^bits`) packed to `bits` bits to `out`.
