@@ -40,6 +40,9 @@ pub enum ImageError {
         /// The decoder's message.
         detail: String,
     },
+    /// The batch of images is too large to hold.
+    #[error("cannot batch the images: {0}")]
+    Batch(crate::tensor::ShapeError),
     /// The image is empty or too large.
     #[error("image {path} is {width}x{height}; sides must be 1..={MAX_IMAGE_SIDE}")]
     Size {
@@ -174,8 +177,7 @@ pub fn load_batch(
     for p in paths {
         data.extend(transform.apply(&load_rgb(p)?));
     }
-    Ok(HostTensor::new([paths.len(), 3, crop, crop], data)
-        .unwrap_or_else(|_| unreachable!("each image contributes 3*crop*crop values")))
+    HostTensor::new([paths.len(), 3, crop, crop], data).map_err(ImageError::Batch)
 }
 
 /// Cubic convolution kernel with `a = -0.5` (Keys), PIL's bicubic filter.

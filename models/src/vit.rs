@@ -358,6 +358,10 @@ impl<B: Backend> Vit<B> {
 
     /// Runs the model up to split point `point`: `[B, C, H, W]` -> `[B, N, D]`.
     pub fn head(&self, input: &B::Tensor, point: usize) -> Result<B::Tensor, RunError> {
+        self.backend.scope(|| self.head_inner(input, point))
+    }
+
+    fn head_inner(&self, input: &B::Tensor, point: usize) -> Result<B::Tensor, RunError> {
         self.check_point(point)?;
         let mut x = self.embed(input)?;
         for block in &self.blocks[..point] {
@@ -369,6 +373,10 @@ impl<B: Backend> Vit<B> {
     /// Runs the model from split point `point` to the logits: `[B, N, D]` ->
     /// `[B, classes]`.
     pub fn tail(&self, activation: &B::Tensor, point: usize) -> Result<B::Tensor, RunError> {
+        self.backend.scope(|| self.tail_inner(activation, point))
+    }
+
+    fn tail_inner(&self, activation: &B::Tensor, point: usize) -> Result<B::Tensor, RunError> {
         self.check_point(point)?;
         let shape = activation.shape();
         let (n, d) = (self.config.num_tokens(), self.config.embed_dim);
@@ -393,27 +401,29 @@ impl<B: Backend> Vit<B> {
 
     /// The full forward pass: `[B, C, H, W]` -> `[B, classes]`.
     pub fn forward(&self, input: &B::Tensor) -> Result<B::Tensor, RunError> {
-        let x = self.head(input, self.config.depth)?;
-        self.tail(&x, self.config.depth)
+        self.backend.scope(|| {
+            let x = self.head_inner(input, self.config.depth)?;
+            self.tail_inner(&x, self.config.depth)
+        })
     }
 
     /// The full forward pass, keeping the activation at every split point (index =
     /// split point) as well as the final normed tokens and the logits.
     pub fn forward_traced(&self, input: &B::Tensor) -> Result<Trace<B>, RunError> {
+        self.backend.scope(|| self.forward_traced_inner(input))
+    }
+
+    fn forward_traced_inner(&self, input: &B::Tensor) -> Result<Trace<B>, RunError> {
         let be = &self.backend;
-        let mut points = vec![self.embed(input)?];
+        let mut points = Vec::with_capacity(self.blocks.len() + 1);
+        let mut x = self.embed(input)?;
         for block in &self.blocks {
-            let next = match points.last() {
-                Some(x) => block.forward(be, x, &self.config)?,
-                None => unreachable!("points starts non-empty"),
-            };
-            points.push(next);
+            let next = block.forward(be, &x, &self.config)?;
+            points.push(std::mem::replace(&mut x, next));
         }
-        let last = points
-            .last()
-            .unwrap_or_else(|| unreachable!("points starts non-empty"));
-        let normed = self.norm.forward(be, last, self.config.eps)?;
-        let logits = self.classify(last)?;
+        let normed = self.norm.forward(be, &x, self.config.eps)?;
+        let logits = self.classify(&x)?;
+        points.push(x);
         Ok(Trace {
             points,
             normed,
@@ -553,12 +563,6 @@ pub fn infer_config(weights: &Weights, options: &VitOptions) -> Result<VitConfig
         (None, Some(a)) => a.num_heads,
         (None, None) => embed_dim / DEFAULT_HEAD_DIM,
     };
-    if num_heads == 0 || embed_dim % num_heads != 0 {
-        return Err(LoadError::Config(format!(
-            "embed dim {embed_dim} does not split into {num_heads} heads; give the head count \
-             (--heads) or the architecture (--arch)"
-        )));
-    }
     if let Some(a) = arch {
         if a.embed_dim != embed_dim || a.depth != depth || a.distilled != distilled {
             return Err(LoadError::Config(format!(
@@ -571,6 +575,12 @@ pub fn infer_config(weights: &Weights, options: &VitOptions) -> Result<VitConfig
                 if a.distilled { ", distilled" } else { "" },
             )));
         }
+    }
+    if num_heads == 0 || embed_dim % num_heads != 0 {
+        return Err(LoadError::Config(format!(
+            "embed dim {embed_dim} does not split into {num_heads} heads; give the head count \
+             (--heads) or the architecture (--arch)"
+        )));
     }
     Ok(VitConfig {
         arch: arch.map(|a| a.name.to_string()),

@@ -21,7 +21,7 @@ pub const MAX_WEIGHTS_BYTES: u64 = 64 << 30;
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file could not be read.
-    #[error("cannot read weights file {path}: {source}")]
+    #[error("cannot read weights file {path}")]
     Io {
         /// The path given.
         path: String,

@@ -1,9 +1,183 @@
-//! `splitstream infer`. PLACEHOLDER: being built under issue 2.
+//! `splitstream infer`: run a ViT/DeiT checkpoint on images or on a preprocessed tensor
+//! and print the top-k classes of each item.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use splitstream_models::backend::cpu::CpuBackend;
+use splitstream_models::preprocess::{load_batch, EvalTransform};
+use splitstream_models::vit::{Vit, VitOptions};
+use splitstream_models::weights::{save_safetensors, Weights};
+use splitstream_models::HostTensor;
+
+/// Which backend runs the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum BackendChoice {
+    /// The best available (the CPU in this build).
+    Auto,
+    /// The CPU backend (AVX-512/AVX2 kernels when the CPU has them).
+    Cpu,
+}
 
 /// Arguments of `splitstream infer`.
 #[derive(clap::Args)]
-pub(crate) struct Args {}
+#[command(after_help = "Examples:
+  # classify two photos with a timm DeiT-Tiny checkpoint exported to safetensors
+  splitstream infer --weights deit_tiny_patch16_224.safetensors \\
+      --arch deit_tiny_patch16_224 --input cat.jpg --input dog.png --topk 3
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("splitstream infer is not built yet")
+  # run a preprocessed batch (tensor `input`, [B,3,224,224]) and keep the logits
+  splitstream infer --weights model.safetensors --input batch.safetensors \\
+      --output logits.safetensors --json
+
+  # a custom timm ViT whose head count is not the D/64 default
+  splitstream infer --weights vit_micro.safetensors --heads 4 --input cat.jpg")]
+pub(crate) struct Args {
+    /// Checkpoint in safetensors with timm's tensor names (f32, f16 or bf16).
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// timm architecture name (e.g. deit_tiny_patch16_224, vit_base_patch16_224);
+    /// checked against the weights. Without it the shapes decide and heads = dim / 64.
+    #[arg(long, value_name = "NAME")]
+    arch: Option<String>,
+    /// Attention heads, overriding the architecture's.
+    #[arg(long, value_name = "N")]
+    heads: Option<usize>,
+    /// An image (PNG, JPEG, WebP, BMP, GIF, TIFF; repeat for a batch), or one
+    /// .safetensors file with a tensor `input` [B,3,S,S] already preprocessed.
+    #[arg(long, value_name = "PATH", required = true)]
+    input: Vec<PathBuf>,
+    /// Write the logits [B, classes] as tensor `logits` to this safetensors file.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
+    /// Classes to print per item.
+    #[arg(long, default_value_t = 5, value_name = "K")]
+    topk: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Backend to run on.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    backend: BackendChoice,
+    /// CPU worker threads (0: one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+}
+
+fn is_safetensors(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+}
+
+/// The batch and a label per item.
+fn load_input(paths: &[PathBuf], size: usize) -> anyhow::Result<(HostTensor, Vec<String>)> {
+    if let [path] = paths {
+        if is_safetensors(path) {
+            let file = Weights::from_file(path)?;
+            let shape = file
+                .shape("input")
+                .map(<[usize]>::to_vec)
+                .with_context(|| {
+                    format!(
+                        "{} has no tensor `input` (expected [B,3,{size},{size}])",
+                        path.display()
+                    )
+                })?;
+            let input = file.get("input", &shape)?;
+            let labels = (0..shape.first().copied().unwrap_or(0))
+                .map(|i| format!("{}[{i}]", path.display()))
+                .collect();
+            return Ok((input, labels));
+        }
+    }
+    if let Some(p) = paths.iter().find(|p| is_safetensors(p)) {
+        bail!(
+            "{} is a safetensors file: give it alone as --input, not mixed with images",
+            p.display()
+        );
+    }
+    let size = u32::try_from(size).context("model input size out of range")?;
+    let batch = load_batch(paths, &EvalTransform::deit(size))?;
+    Ok((
+        batch,
+        paths.iter().map(|p| p.display().to_string()).collect(),
+    ))
+}
+
+fn softmax(row: &[f32]) -> Vec<f64> {
+    let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
+    let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.into_iter().map(|e| e / sum).collect()
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    let weights = Weights::from_file(&args.weights)?;
+    let options = VitOptions {
+        arch: args.arch.clone(),
+        num_heads: args.heads,
+        eps: None,
+    };
+    let backend = match args.backend {
+        BackendChoice::Auto | BackendChoice::Cpu => CpuBackend::new(args.threads)?,
+    };
+    let vit = Vit::load(backend, &weights, &options)
+        .with_context(|| format!("loading {}", args.weights.display()))?;
+    drop(weights);
+    let cfg = vit.config().clone();
+    let (input, labels) = load_input(&args.input, cfg.image_size)?;
+    let logits = vit.run(&input)?;
+    if let Some(out) = &args.output {
+        save_safetensors(out, &[("logits", &logits)])?;
+    }
+    let classes = logits.shape().last().copied().unwrap_or(0);
+    let top = logits.topk_rows(args.topk.min(classes));
+    if args.json {
+        let items: Vec<serde_json::Value> = labels
+            .iter()
+            .zip(&top)
+            .zip(logits.data().chunks(classes.max(1)))
+            .map(|((label, best), row)| {
+                let probs = softmax(row);
+                serde_json::json!({
+                    "input": label,
+                    "top": best.iter().map(|&(class, logit)| serde_json::json!({
+                        "class": class, "logit": logit, "prob": probs[class],
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let report = serde_json::json!({
+            "weights": args.weights.display().to_string(),
+            "arch": cfg.arch,
+            "backend": "cpu",
+            "embed_dim": cfg.embed_dim,
+            "depth": cfg.depth,
+            "heads": cfg.num_heads,
+            "classes": classes,
+            "items": items,
+            "output": args.output.as_ref().map(|p| p.display().to_string()),
+        });
+        println!("{report}");
+    } else {
+        for ((label, best), row) in labels
+            .iter()
+            .zip(&top)
+            .zip(logits.data().chunks(classes.max(1)))
+        {
+            let probs = softmax(row);
+            println!("{label}");
+            for (rank, &(class, logit)) in best.iter().enumerate() {
+                println!(
+                    "  {:>2}. class {class:>5}  logit {logit:>9.4}  p {:.4}",
+                    rank + 1,
+                    probs[class]
+                );
+            }
+        }
+        if let Some(out) = &args.output {
+            println!("logits {:?} written to {}", logits.shape(), out.display());
+        }
+    }
+    Ok(())
 }

@@ -1,9 +1,245 @@
-//! `splitstream-bench model`. PLACEHOLDER: being built under its issue.
+//! `splitstream-bench model`: ViT/DeiT latency and peak memory on the CPU backend,
+//! beside onnxruntime on the same model's ONNX export, in the same run.
+//!
+//! Ours runs in this process (peak RSS = this process's VmHWM, which holds nothing
+//! but the model and the bench); onnxruntime runs in a python child
+//! (`python/bench_onnxruntime.py`) that reports its own VmHWM. Each measurement prints
+//! one JSON line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use splitstream_models::backend::cpu::CpuBackend;
+use splitstream_models::vit::{find_arch, Vit, VitOptions};
+use splitstream_models::weights::Weights;
+use splitstream_models::HostTensor;
 
 /// Arguments of `splitstream-bench model`.
 #[derive(clap::Args)]
-pub(crate) struct Args {}
+#[command(after_help = "Examples:
+  # DeiT-Tiny, batch 1 and 8, 2 threads, against onnxruntime, 3 runs each
+  splitstream-bench model --weights ../shared/reference/deit_tiny_patch16_224.safetensors \\
+      --batch 1 --batch 8 --threads 2 --runs 3
 
-pub(crate) fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("splitstream-bench model is not built yet")
+  # ours only
+  splitstream-bench model --weights model.safetensors --arch vit_small_patch16_224 --no-peer")]
+pub(crate) struct Args {
+    /// Checkpoint in safetensors with timm names.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// timm architecture name (default: the weights file's stem when it is one).
+    #[arg(long, value_name = "NAME")]
+    arch: Option<String>,
+    /// Attention heads, overriding the architecture's.
+    #[arg(long, value_name = "N")]
+    heads: Option<usize>,
+    /// Batch size; repeat for several.
+    #[arg(long, default_values_t = [1], value_name = "B")]
+    batch: Vec<usize>,
+    /// Timed iterations per measurement.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    iters: usize,
+    /// Untimed iterations before timing.
+    #[arg(long, default_value_t = 5, value_name = "N")]
+    warmup: usize,
+    /// Threads for both (ours: worker pool; onnxruntime: intra-op threads).
+    #[arg(long, default_value_t = 2, value_name = "T")]
+    threads: usize,
+    /// Measurements per batch size (ours and the peer's alternate).
+    #[arg(long, default_value_t = 1, value_name = "R")]
+    runs: usize,
+    /// ONNX export for onnxruntime (default: the weights path with `.onnx`).
+    #[arg(long, value_name = "FILE")]
+    onnx: Option<PathBuf>,
+    /// Skip onnxruntime.
+    #[arg(long)]
+    no_peer: bool,
+    /// Python interpreter with onnxruntime and numpy.
+    #[arg(long, default_value = "python3", value_name = "EXE")]
+    python: String,
+    /// Only JSON lines on stdout (no summary on stderr).
+    #[arg(long)]
+    json: bool,
+}
+
+/// Peak resident set of this process in KiB (VmHWM), if the OS reports it.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Nearest-rank percentile of sorted values (same rule as the python peer).
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = (q * (sorted.len() - 1) as f64).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile(values, 0.5)
+}
+
+/// Deterministic noise input (a xorshift stream mapped to [-2, 2)).
+fn input(batch: usize, size: usize) -> anyhow::Result<HostTensor> {
+    let n = batch * 3 * size * size;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let data = (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state >> 40) as f32 / (1u64 << 24) as f32 * 4.0 - 2.0
+        })
+        .collect();
+    Ok(HostTensor::new([batch, 3, size, size], data)?)
+}
+
+fn measure_ours(vit: &Vit<CpuBackend>, batch: usize, args: &Args) -> anyhow::Result<Value> {
+    let x = input(batch, vit.config().image_size)?;
+    for _ in 0..args.warmup {
+        vit.run(&x)?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    for _ in 0..args.iters {
+        let t0 = Instant::now();
+        let logits = vit.run(&x)?;
+        times.push(t0.elapsed().as_secs_f64() * 1e3);
+        std::hint::black_box(logits);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(json!({
+        "median_ms": percentile(&times, 0.5),
+        "p90_ms": percentile(&times, 0.9),
+        "min_ms": times.first(),
+        "peak_rss_kib": peak_rss_kib(),
+    }))
+}
+
+fn measure_peer(onnx: &Path, batch: usize, size: usize, args: &Args) -> anyhow::Result<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../python/bench_onnxruntime.py");
+    let out = Command::new(&args.python)
+        .arg(&script)
+        .arg("--model")
+        .arg(onnx)
+        .args(["--batch", &batch.to_string()])
+        .args(["--iters", &args.iters.to_string()])
+        .args(["--warmup", &args.warmup.to_string()])
+        .args(["--threads", &args.threads.to_string()])
+        .args(["--size", &size.to_string()])
+        .output()
+        .with_context(|| format!("cannot start {} {}", args.python, script.display()))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let value: Value = serde_json::from_str(line).with_context(|| {
+        format!(
+            "onnxruntime peer gave no JSON (exit {}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )
+    })?;
+    if let Some(err) = value.get("error") {
+        bail!("onnxruntime peer: {err}");
+    }
+    Ok(value)
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if args.iters == 0 || args.runs == 0 || args.batch.contains(&0) {
+        bail!("--iters, --runs and --batch must be at least 1");
+    }
+    let arch = args.arch.clone().or_else(|| {
+        let stem = args.weights.file_stem()?.to_str()?;
+        find_arch(stem).map(|a| a.name.to_string())
+    });
+    let load_start = Instant::now();
+    let weights = Weights::from_file(&args.weights)?;
+    let options = VitOptions {
+        arch: arch.clone(),
+        num_heads: args.heads,
+        eps: None,
+    };
+    let backend = CpuBackend::new(args.threads)?;
+    let isa = format!("{:?}", backend.isa());
+    let vit = Vit::load(backend, &weights, &options)
+        .with_context(|| format!("loading {}", args.weights.display()))?;
+    drop(weights);
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let onnx = match (&args.onnx, args.no_peer) {
+        (_, true) => None,
+        (Some(p), false) => Some(p.clone()),
+        (None, false) => {
+            let p = args.weights.with_extension("onnx");
+            if !p.is_file() {
+                bail!(
+                    "no ONNX export at {}; give --onnx or --no-peer",
+                    p.display()
+                );
+            }
+            Some(p)
+        }
+    };
+    let size = vit.config().image_size;
+    for &batch in &args.batch {
+        let (mut ours_medians, mut peer_medians) = (Vec::new(), Vec::new());
+        for run in 0..args.runs {
+            let ours = measure_ours(&vit, batch, &args)?;
+            let peer = match &onnx {
+                Some(p) => Some(measure_peer(p, batch, size, &args)?),
+                None => None,
+            };
+            let ours_ms = ours["median_ms"].as_f64().unwrap_or(f64::NAN);
+            ours_medians.push(ours_ms);
+            let ratio = peer.as_ref().and_then(|p| {
+                let peer_ms = p["median_ms"].as_f64()?;
+                peer_medians.push(peer_ms);
+                Some(ours_ms / peer_ms)
+            });
+            let line = json!({
+                "bench": "model",
+                "model": arch.as_deref().unwrap_or("vit"),
+                "weights": args.weights.display().to_string(),
+                "backend": "cpu",
+                "isa": isa,
+                "batch": batch,
+                "threads": args.threads,
+                "iters": args.iters,
+                "run": run,
+                "load_ms": load_ms,
+                "median_ms": ours["median_ms"],
+                "p90_ms": ours["p90_ms"],
+                "min_ms": ours["min_ms"],
+                "peak_rss_kib": ours["peak_rss_kib"],
+                "peer": peer,
+                "ratio_median_vs_peer": ratio,
+            });
+            println!("{line}");
+        }
+        if !args.json {
+            let ours = median(&mut ours_medians);
+            if peer_medians.is_empty() {
+                eprintln!(
+                    "batch {batch}: ours {ours:.2} ms (median of {} runs)",
+                    args.runs
+                );
+            } else {
+                let peer = median(&mut peer_medians);
+                eprintln!(
+                    "batch {batch}: ours {ours:.2} ms, onnxruntime {peer:.2} ms, ratio {:.3} \
+                     (median of {} runs)",
+                    ours / peer,
+                    args.runs
+                );
+            }
+        }
+    }
+    Ok(())
 }

@@ -94,6 +94,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Short name for logs and reports (`"cpu"`, `"wgpu"`).
     fn name(&self) -> &'static str;
 
+    /// Runs `f`, a sequence of ops such as a whole forward pass, in the backend's
+    /// execution context. The CPU backend enters its thread pool once here instead of
+    /// once per op; a GPU backend may batch submissions. The default just calls `f`.
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        f()
+    }
+
     /// Copies a host tensor into the backend.
     fn upload(&self, host: &HostTensor) -> Result<Self::Tensor, BackendError>;
 

@@ -26,9 +26,8 @@ use crate::tensor::{checked_numel, HostTensor};
 /// Below this many elements an elementwise op runs on one thread (the fork-join costs
 /// more than it saves).
 const PARALLEL_MIN_ELEMS: usize = 16 * 1024;
-/// Query rows per attention task: small enough that batch 1 still splits across cores,
-/// large enough that each task's GEMMs stay efficient.
-const ATTENTION_ROWS: usize = 32;
+/// Fewest query rows per attention task (below, GEMM call overhead dominates).
+const ATTENTION_MIN_ROWS: usize = 8;
 
 /// A tensor in host memory, row-major.
 #[derive(Debug, Clone, PartialEq)]
@@ -135,6 +134,16 @@ impl CpuBackend {
         self.isa
     }
 
+    /// Runs `f` on a worker of this backend's pool: directly when already on one (inside
+    /// [`Backend::scope`]), else by entering the pool (a thread hop, ~10 us).
+    fn in_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        if self.pool.current_thread_index().is_some() {
+            f()
+        } else {
+            self.pool.install(f)
+        }
+    }
+
     /// Runs `f` on each chunk of `rows_per_chunk * row_len` elements of `out`, in
     /// parallel when the tensor is large enough.
     fn for_row_chunks(
@@ -153,7 +162,7 @@ impl CpuBackend {
         }
         // A few chunks per thread to even out the load.
         let chunk_rows = rows.div_ceil(self.threads * 4).max(1);
-        self.pool.install(|| {
+        self.in_pool(|| {
             out.par_chunks_mut(chunk_rows * row_len)
                 .enumerate()
                 .for_each(|(i, chunk)| f(i * chunk_rows, chunk));
@@ -175,6 +184,10 @@ impl Backend for CpuBackend {
 
     fn name(&self) -> &'static str {
         "cpu"
+    }
+
+    fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        self.in_pool(f)
     }
 
     fn upload(&self, host: &HostTensor) -> Result<CpuTensor, BackendError> {
@@ -290,7 +303,7 @@ impl Backend for CpuBackend {
             }
             None => vec![0.0; numel],
         };
-        self.pool.install(|| {
+        self.in_pool(|| {
             gemm(
                 rows,
                 n,
@@ -386,7 +399,7 @@ impl Backend for CpuBackend {
                 }
             }
             // dst[pos, o] stored channel-major (NCHW): row stride 1, column stride HW.
-            self.pool.install(|| {
+            self.in_pool(|| {
                 gemm(
                     positions,
                     o,
@@ -485,12 +498,16 @@ impl Backend for CpuBackend {
             return Ok(CpuTensor::new(vec![batch, tokens, d], out));
         }
         let isa = self.isa;
-        let chunks_per_item = tokens.div_ceil(ATTENTION_ROWS);
+        // About four tasks per thread overall, so a batch of 1 still keeps every core
+        // busy and the last task is short.
+        let tasks_per_item = (self.threads * 4).div_ceil(batch).max(1);
+        let rows_per_task = tokens.div_ceil(tasks_per_item).max(ATTENTION_MIN_ROWS);
+        let chunks_per_item = tokens.div_ceil(rows_per_task);
         // One task per (item, block of query rows); it owns those output rows whole
         // (all heads), so tasks write disjoint contiguous slices.
         let task = |(t, dst): (usize, &mut [f32])| {
             let b = t / chunks_per_item;
-            let q0 = (t % chunks_per_item) * ATTENTION_ROWS;
+            let q0 = (t % chunks_per_item) * rows_per_task;
             let rows = dst.len() / d;
             let base = b * tokens * three_d;
             let mut scores = vec![0.0f32; rows * tokens];
@@ -549,13 +566,13 @@ impl Backend for CpuBackend {
         // Chunks never straddle items: split each item's rows separately.
         let item_chunks = out
             .chunks_mut(tokens * d)
-            .flat_map(|item| item.chunks_mut(ATTENTION_ROWS * d))
+            .flat_map(|item| item.chunks_mut(rows_per_task * d))
             .enumerate();
         if self.threads == 1 {
             item_chunks.for_each(task);
         } else {
             let work: Vec<(usize, &mut [f32])> = item_chunks.collect();
-            self.pool.install(|| work.into_par_iter().for_each(task));
+            self.in_pool(|| work.into_par_iter().for_each(task));
         }
         Ok(CpuTensor::new(vec![batch, tokens, d], out))
     }
@@ -573,7 +590,7 @@ impl Backend for CpuBackend {
         let mut out = vec![0.0; a.data.len()];
         let period = b.data.len().max(1);
         if a.data.len() >= PARALLEL_MIN_ELEMS && self.threads > 1 && period == a.data.len() {
-            self.pool.install(|| {
+            self.in_pool(|| {
                 out.par_chunks_mut(PARALLEL_MIN_ELEMS / 2)
                     .zip(a.data.par_chunks(PARALLEL_MIN_ELEMS / 2))
                     .zip(b.data.par_chunks(PARALLEL_MIN_ELEMS / 2))
