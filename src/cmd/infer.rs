@@ -5,18 +5,41 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
+use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::preprocess::{load_batch, EvalTransform};
-use splitstream_models::vit::{Vit, VitOptions};
+use splitstream_models::vit::{Vit, VitConfig, VitOptions};
 use splitstream_models::weights::{save_safetensors, Weights};
-use splitstream_models::HostTensor;
+use splitstream_models::{Backend, HostTensor};
 
 /// Which backend runs the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum BackendChoice {
-    /// The best available (the CPU in this build).
+    /// A hardware GPU through wgpu when there is one, else the CPU (never a software
+    /// Vulkan driver such as lavapipe: slower than the CPU backend).
     Auto,
     /// The CPU backend (AVX-512/AVX2 kernels when the CPU has them).
     Cpu,
+    /// The wgpu backend on the best adapter, software ones included
+    /// (WGPU_ADAPTER_NAME, WGPU_BACKEND choose).
+    Wgpu,
+}
+
+/// Loads the model on `backend` and runs the input through it: the config, the
+/// logits, the item labels and the backend's name.
+fn classify<B: Backend>(
+    backend: B,
+    weights: Weights,
+    options: &VitOptions,
+    args: &Args,
+) -> anyhow::Result<(VitConfig, HostTensor, Vec<String>, &'static str)> {
+    let name = backend.name();
+    let vit = Vit::load(backend, &weights, options)
+        .with_context(|| format!("loading {}", args.weights.display()))?;
+    drop(weights);
+    let cfg = vit.config().clone();
+    let (input, labels) = load_input(&args.input, cfg.image_size)?;
+    let logits = vit.run(&input)?;
+    Ok((cfg, logits, labels, name))
 }
 
 /// Arguments of `splitstream infer`.
@@ -118,15 +141,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         num_heads: args.heads,
         eps: None,
     };
-    let backend = match args.backend {
-        BackendChoice::Auto | BackendChoice::Cpu => CpuBackend::new(args.threads)?,
+    let gpu_options = WgpuOptions::from_env();
+    let (cfg, logits, labels, backend_name) = match args.backend {
+        BackendChoice::Cpu => classify(CpuBackend::new(args.threads)?, weights, &options, &args)?,
+        BackendChoice::Wgpu => classify(WgpuBackend::new(&gpu_options)?, weights, &options, &args)?,
+        BackendChoice::Auto => match WgpuBackend::auto(&gpu_options)? {
+            Some(gpu) => classify(gpu, weights, &options, &args)?,
+            None => classify(CpuBackend::new(args.threads)?, weights, &options, &args)?,
+        },
     };
-    let vit = Vit::load(backend, &weights, &options)
-        .with_context(|| format!("loading {}", args.weights.display()))?;
-    drop(weights);
-    let cfg = vit.config().clone();
-    let (input, labels) = load_input(&args.input, cfg.image_size)?;
-    let logits = vit.run(&input)?;
     if let Some(out) = &args.output {
         save_safetensors(out, &[("logits", &logits)])?;
     }
@@ -150,7 +173,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let report = serde_json::json!({
             "weights": args.weights.display().to_string(),
             "arch": cfg.arch,
-            "backend": "cpu",
+            "backend": backend_name,
             "embed_dim": cfg.embed_dim,
             "depth": cfg.depth,
             "heads": cfg.num_heads,
