@@ -4,10 +4,14 @@
 //! - [`source`]: where frames come from (image files, folders and globs, videos,
 //!   cameras and streams through `ffmpeg`, preprocessed tensors in safetensors files),
 //!   chosen from one spec string by [`source::open_source`];
+//! - [`device`]: running frames locally, split or offloaded, with local fallback;
 //! - [`offload`]: the frame as JPEG for offload mode;
+//! - [`synthetic`]: a seeded, untrained ViT checkpoint for the demo and tests;
 //! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod device;
 pub mod offload;
 pub mod source;
 pub mod stats;
+pub mod synthetic;

@@ -126,6 +126,10 @@ pub struct ModelConfig {
     /// Which backend runs the tail. Default `auto`.
     #[serde(default)]
     pub backend: BackendChoice,
+    /// Attention heads, when neither the file's `num_heads` metadata nor the
+    /// `D / 64` default is right.
+    #[serde(default)]
+    pub heads: Option<usize>,
 }
 
 fn yes() -> bool {

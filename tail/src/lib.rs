@@ -6,13 +6,18 @@
 //! - [`metrics`]: the edge's Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`config`]: the edge's TOML configuration;
 //! - [`offload`]: decoding offloaded JPEG frames, capped;
+//! - [`model`]: loading served models on the CPU or wgpu backend;
+//! - [`edge`]: the running edge (sessions, batch loop, tail worker), what
+//!   `splitstream-edge` and the demo start;
 //! - [`DropReason`]: why a frame is answered `Dropped`.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod batch_loop;
 pub mod batcher;
 pub mod config;
+pub mod edge;
 pub mod metrics;
+pub mod model;
 pub mod offload;
 mod reason;
 

@@ -1,0 +1,283 @@
+//! `splitstream-device`: runs a model's head on this device and its tail on an edge.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use splitstream_head::device::{load_model, CodecChoice, Device, RunMode};
+use splitstream_head::offload::JpegSettings;
+use splitstream_head::source::{open_source, Pacing, SourceOptions};
+use splitstream_head::stats::{JsonLines, RunStats};
+use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
+
+/// Classify frames with a ViT/DeiT, running it locally, split with an edge, or
+/// offloaded to it. One JSON line per frame on stdout, a summary at the end. When the
+/// edge is unreachable or fails, frames are computed locally: none is lost.
+#[derive(Parser)]
+#[command(
+    name = "splitstream-device",
+    version,
+    about,
+    after_help = "Examples:
+  # split after block 2 with 8-bit quantization, pinning the edge's fingerprint
+  splitstream-device --weights vit.safetensors --name demo-vit --edge 10.0.0.5:4433 \\
+      --fingerprint AB:CD:...:EF --device-id cam-1 --token $(cat token) \\
+      --input 'frames/*.jpg' --mode split --at 2 --codec u8
+
+  # offload whole frames as JPEG from a camera at 10 fps (through ffmpeg)
+  splitstream-device --weights vit.safetensors --edge edge.local:4433 --ca ca.pem \\
+      --token ... --input /dev/video0 --fps 10 --mode offload
+
+  # all on the device (no edge needed)
+  splitstream-device --weights vit.safetensors --input photo.jpg --mode local
+
+Inputs: an image, a folder, a glob, a video file, a camera or rtsp:// URL (ffmpeg),
+or a .safetensors file of preprocessed [1,3,S,S] tensors.
+Codecs: lossless, lossless-zstd, u8, u8-zstd, u8-channel, u4."
+)]
+struct Args {
+    /// Model weights (safetensors, timm names); the edge must load the same file.
+    #[arg(long, value_name = "FILE")]
+    weights: PathBuf,
+    /// Model name the edge serves it under; default: the file name without extension.
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
+    /// Attention heads (default: the file's num_heads metadata, else D/64).
+    #[arg(long, value_name = "N")]
+    heads: Option<usize>,
+    /// What to classify (see below).
+    #[arg(long, value_name = "SPEC")]
+    input: String,
+    /// Where frames run: local, split or offload.
+    #[arg(long, value_name = "MODE", default_value = "split", value_parser = ["local", "split", "offload"])]
+    mode: String,
+    /// Split point for --mode split: head blocks run on the device (0 = embedding only).
+    #[arg(long, value_name = "K")]
+    at: Option<usize>,
+    /// Bottleneck codec for --mode split.
+    #[arg(long, value_name = "NAME", default_value = "u8")]
+    codec: String,
+    /// JPEG quality for --mode offload.
+    #[arg(long, value_name = "Q", default_value_t = 90)]
+    jpeg_quality: u8,
+    /// The edge's address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    edge: Option<String>,
+    /// Pin the edge's certificate SHA-256 fingerprint (as it prints at start).
+    #[arg(long, value_name = "HEX", conflicts_with = "ca")]
+    fingerprint: Option<String>,
+    /// Trust edge certificates signed by this CA (PEM).
+    #[arg(long, value_name = "FILE")]
+    ca: Option<PathBuf>,
+    /// Name on the edge's certificate (with --ca).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    server_name: String,
+    /// Device id, as in the edge's token file.
+    #[arg(long, value_name = "ID", default_value = "device")]
+    device_id: String,
+    /// The device's token (default: the SPLITSTREAM_TOKEN environment variable).
+    #[arg(long, value_name = "TOKEN")]
+    token: Option<String>,
+    /// Latency budget per frame at the edge, ms; past it the frame runs locally.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    budget_ms: u64,
+    /// Frame rate to pace the input at (default: as fast as possible for files).
+    #[arg(long, value_name = "FPS")]
+    fps: Option<f64>,
+    /// Loop the input forever.
+    #[arg(long)]
+    repeat: bool,
+    /// Stop after this many frames.
+    #[arg(long, value_name = "N")]
+    frames: Option<u64>,
+    /// CPU threads for the model (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let bytes = std::fs::read(&args.weights)
+        .with_context(|| format!("cannot read weights {}", args.weights.display()))?;
+    let name = match &args.name {
+        Some(n) => n.clone(),
+        None => args
+            .weights
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("model")
+            .to_owned(),
+    };
+    let (model, id) = load_model(
+        &name,
+        bytes,
+        &args.weights.display().to_string(),
+        args.heads,
+        args.threads,
+    )?;
+    let depth = model.config().depth;
+    let mode = match args.mode.as_str() {
+        "local" => RunMode::Local,
+        "split" => {
+            let Some(point) = args.at else {
+                bail!("--mode split needs --at K (0..={depth}: head blocks on the device)");
+            };
+            if point > depth {
+                bail!("--at {point}: the model has {depth} blocks, so 0..={depth}");
+            }
+            let Some(codec) = CodecChoice::parse(&args.codec) else {
+                bail!(
+                    "--codec {}: use one of {}",
+                    args.codec,
+                    CodecChoice::ALL.map(|c| c.name()).join(", ")
+                );
+            };
+            RunMode::Split { point, codec }
+        }
+        _ => RunMode::Offload {
+            jpeg: JpegSettings {
+                quality: args.jpeg_quality.clamp(1, 100),
+                ..JpegSettings::default()
+            },
+        },
+    };
+
+    let client = match (mode.wire(), &args.edge) {
+        (None, _) => None,
+        (Some(_), None) => bail!("--mode {} needs --edge ADDR", args.mode),
+        (Some((split, codec)), Some(edge)) => {
+            let addr = resolve(edge)?;
+            let trust = match (&args.fingerprint, &args.ca) {
+                (Some(fp), _) => ServerTrust::Pinned(fp.parse().map_err(|_| {
+                    anyhow::anyhow!("--fingerprint {fp}: expected 64 hex digits (colons allowed), as the edge prints")
+                })?),
+                (None, Some(ca)) => ServerTrust::CaFile(ca.clone()),
+                (None, None) => bail!("give --fingerprint HEX (printed by the edge) or --ca FILE to trust the edge"),
+            };
+            let token = args
+                .token
+                .clone()
+                .or_else(|| std::env::var("SPLITSTREAM_TOKEN").ok());
+            let Some(token) = &token else {
+                bail!("give --token (or SPLITSTREAM_TOKEN): the device's token from the edge's token file");
+            };
+            let stream = StreamConfig {
+                model: id.clone(),
+                split,
+                codec,
+            };
+            let mut cfg =
+                ClientConfig::new(addr, trust, args.device_id.clone(), token.clone(), stream);
+            cfg.server_name = args.server_name.clone();
+            match Client::connect(cfg).await {
+                Ok(c) => Some(Arc::new(c)),
+                Err(e) => {
+                    eprintln!("warning: {e}; every frame runs locally");
+                    None
+                }
+            }
+        }
+    };
+
+    let opts = SourceOptions {
+        pacing: if args.fps.is_some() {
+            Pacing::Realtime
+        } else {
+            Pacing::AsFastAsPossible
+        },
+        fps: args.fps,
+        repeat: args.repeat,
+        ..SourceOptions::default()
+    };
+    let source = open_source(&args.input, &opts)?;
+    let total = match (source.len_hint(), args.frames) {
+        (Some(n), Some(m)) => Some(n.min(m)),
+        (a, b) => a.or(b),
+    };
+    let bar = std::io::stderr().is_terminal().then(|| {
+        let bar = match total {
+            Some(n) => indicatif::ProgressBar::new(n),
+            None => indicatif::ProgressBar::new_spinner(),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} frames {per_sec} {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+
+    let mut device = Device::new(
+        model,
+        mode,
+        client.clone(),
+        Duration::from_millis(args.budget_ms),
+    );
+    let mut out = JsonLines::new(std::io::stdout().lock());
+    let mut stats = RunStats::new();
+    let started = Instant::now();
+    for (n, frame) in source.enumerate() {
+        if args.frames.is_some_and(|max| n as u64 >= max) {
+            break;
+        }
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("warning: skipping a frame: {e}");
+                continue;
+            }
+        };
+        let result = device.process(&frame).await;
+        stats.record(&result.record);
+        out.write(&result.record)?;
+        if let Some(bar) = &bar {
+            bar.inc(1);
+        }
+    }
+    if let Some(bar) = &bar {
+        bar.finish_and_clear();
+    }
+    let summary = stats.summary(Some(started.elapsed()));
+    out.write_summary(&summary)?;
+    eprintln!("{summary}");
+    drop(device);
+    if let Some(client) = client.and_then(|c| Arc::try_unwrap(c).ok()) {
+        client.close().await;
+    }
+    Ok(())
+}
+
+fn resolve(edge: &str) -> anyhow::Result<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    edge.to_socket_addrs()
+        .with_context(|| format!("--edge {edge}: not host:port"))?
+        .next()
+        .with_context(|| format!("--edge {edge}: the name resolves to no address"))
+}

@@ -1,0 +1,284 @@
+//! `splitstream-edge`: serves the tails of split models to devices over QUIC.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use clap::Parser;
+use splitstream_tail::config::{BackendChoice, EdgeConfig, ModelConfig};
+use splitstream_tail::edge::{EdgeOptions, RunningEdge};
+use splitstream_tail::metrics::{EdgeMetrics, Health, MetricsServer};
+use splitstream_tail::model::ServedModel;
+use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
+
+/// Serve the tails (and whole models, for offloaded frames) of ViT/DeiT checkpoints to
+/// devices over QUIC, batching frames across devices.
+#[derive(Parser)]
+#[command(
+    name = "splitstream-edge",
+    version,
+    about,
+    after_help = "Examples:
+  # one model, self-signed certificate (its fingerprint is printed for devices to pin)
+  splitstream-edge --weights vit.safetensors --name demo-vit --tokens tokens.txt
+
+  # everything from a config file, with the port overridden
+  splitstream-edge --config edge.toml --listen 0.0.0.0:5000
+
+  # tokens.txt holds one device per line:  cam-1 3f1c9a0e6b2d47a8c5e1f0b9d8a7c6e5
+  # (make a token with: openssl rand -hex 16)
+
+Metrics: GET http://127.0.0.1:9464/metrics (Prometheus), /healthz (200 while serving).
+SIGINT/SIGTERM: stop accepting, answer every frame in flight, close."
+)]
+struct Args {
+    /// TOML config (see tail/edge.example.toml for every key); flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on [default 0.0.0.0:4433].
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Device token file ("DEVICE_ID TOKEN" per line).
+    #[arg(long, value_name = "FILE")]
+    tokens: Option<PathBuf>,
+    /// PEM certificate chain (with --key); without both, a self-signed one is made.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// PEM private key (with --cert).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Serve this safetensors checkpoint (timm names) in addition to the config's models.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Name devices ask for (--weights); default: the file name without extension.
+    #[arg(long, value_name = "NAME", requires = "weights")]
+    name: Option<String>,
+    /// Attention heads of --weights (default: the file's num_heads metadata, else D/64).
+    #[arg(long, value_name = "N", requires = "weights")]
+    heads: Option<usize>,
+    /// Backend for --weights: cpu, wgpu or auto (a hardware GPU if any, else cpu).
+    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["cpu", "wgpu", "auto"])]
+    backend: String,
+    /// Split points devices may use for --weights (comma separated; default all).
+    #[arg(long, value_name = "K,..", value_delimiter = ',', requires = "weights")]
+    splits: Vec<u32>,
+    /// Most frames computed together.
+    #[arg(long, value_name = "N")]
+    max_batch: Option<usize>,
+    /// Longest a frame waits for company, ms.
+    #[arg(long, value_name = "MS")]
+    max_wait_ms: Option<u64>,
+    /// Address of the /metrics and /healthz HTTP server.
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<SocketAddr>,
+    /// Do not serve metrics.
+    #[arg(long)]
+    no_metrics: bool,
+    /// CPU threads per CPU-backend model (0: one per core).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    threads: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
+    let mut cfg = match &args.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read config {}", path.display()))?;
+            // Parse without validating: flags may still add the model it lacks.
+            let mut cfg: EdgeConfig = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "config {}: {e} (see tail/edge.example.toml)",
+                    path.display()
+                )
+            })?;
+            let base = path.parent().unwrap_or(std::path::Path::new("."));
+            let join = |p: &mut PathBuf| {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            };
+            cfg.tls.cert.as_mut().map(join);
+            cfg.tls.key.as_mut().map(join);
+            cfg.tokens_file.as_mut().map(join);
+            for m in &mut cfg.models {
+                join(&mut m.weights);
+            }
+            cfg
+        }
+        None => toml::from_str("").context("default config")?,
+    };
+    if let Some(l) = args.listen {
+        cfg.listen = l;
+    }
+    if let Some(t) = &args.tokens {
+        cfg.tokens_file = Some(t.clone());
+    }
+    if let (Some(c), Some(k)) = (&args.cert, &args.key) {
+        cfg.tls.cert = Some(c.clone());
+        cfg.tls.key = Some(k.clone());
+    }
+    if let Some(w) = &args.weights {
+        let name = match &args.name {
+            Some(n) => n.clone(),
+            None => w
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("model")
+                .to_owned(),
+        };
+        cfg.models.retain(|m| m.name != name);
+        cfg.models.push(ModelConfig {
+            name,
+            weights: w.clone(),
+            bottleneck: None,
+            splits: args.splits.clone(),
+            offload: true,
+            backend: match args.backend.as_str() {
+                "cpu" => BackendChoice::Cpu,
+                "wgpu" => BackendChoice::Wgpu,
+                _ => BackendChoice::Auto,
+            },
+            heads: args.heads,
+        });
+    }
+    if let Some(n) = args.max_batch {
+        cfg.batching.max_batch = n;
+    }
+    if let Some(ms) = args.max_wait_ms {
+        cfg.batching.max_wait_ms = ms;
+    }
+    if let Some(m) = args.metrics {
+        cfg.metrics.listen = m;
+    }
+    if args.no_metrics {
+        cfg.metrics.enabled = false;
+    }
+    cfg.validate()
+        .map_err(|e| anyhow::anyhow!("{e} (give --weights or a --config with [[model]])"))?;
+    Ok(cfg)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let cfg = config(&args)?;
+    let Some(tokens_file) = &cfg.tokens_file else {
+        bail!("no token file: give --tokens FILE (one \"DEVICE_ID TOKEN\" per line) or tokens_file in the config");
+    };
+    let tokens = TokenStore::load(tokens_file)?;
+    let identity = match (&cfg.tls.cert, &cfg.tls.key) {
+        (Some(c), Some(k)) => ServerIdentity::from_pem_files(c, k)?,
+        _ => {
+            let names: Vec<&str> = cfg
+                .tls
+                .self_signed_names
+                .iter()
+                .map(String::as_str)
+                .collect();
+            ServerIdentity::self_signed(&names)?
+        }
+    };
+    let mut models = Vec::new();
+    for m in &cfg.models {
+        if m.bottleneck.is_some() {
+            tracing::warn!(
+                "model {}: learned bottlenecks are not run by this edge yet; serving plain splits",
+                m.name
+            );
+        }
+        let mut served =
+            ServedModel::from_file(&m.name, &m.weights, m.heads, m.backend, args.threads)?;
+        served.splits = m.splits.iter().map(|&k| k as usize).collect();
+        served.offload = m.offload;
+        let c = served.model.config();
+        println!(
+            "model {} ({} blocks, {} classes, backend {}) weights sha256 {}",
+            m.name,
+            c.depth,
+            c.num_classes,
+            served.model.backend_name(),
+            served.id.weights_hex()
+        );
+        models.push(served);
+    }
+    let mut server = ServerConfig::new(cfg.listen, identity, tokens);
+    server.limits.max_in_flight = cfg.limits.max_in_flight;
+    server.limits.max_frame_payload = cfg.limits.max_frame_payload;
+    server.max_connections = cfg.limits.max_sessions as usize;
+    let metrics = Arc::new(EdgeMetrics::new());
+    let options = EdgeOptions {
+        batcher: cfg.batcher(),
+        ..EdgeOptions::default()
+    };
+    let edge = RunningEdge::start(server, models, options, metrics.clone())?;
+    println!(
+        "listening on {} (QUIC, ALPN splitstream/1)",
+        edge.local_addr()
+    );
+    println!("certificate fingerprint {}", edge.fingerprint());
+
+    let health = Health::new();
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_task = if cfg.metrics.enabled {
+        let server =
+            MetricsServer::bind(cfg.metrics.listen, metrics.clone(), health.clone()).await?;
+        println!("metrics on http://{}/metrics", server.local_addr()?);
+        Some(tokio::spawn(server.serve(async {
+            let _ = metrics_stopped.await;
+        })))
+    } else {
+        None
+    };
+
+    shutdown_signal().await?;
+    eprintln!("shutting down: answering frames in flight");
+    health.set_draining();
+    edge.shutdown().await;
+    let _ = stop_metrics.send(());
+    if let Some(t) = metrics_task {
+        let _ = t.await;
+    }
+    eprintln!("edge stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.context("cannot watch SIGINT")?,
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c()
+        .await
+        .context("cannot watch Ctrl-C")?;
+    Ok(())
+}

@@ -1,0 +1,553 @@
+//! The running edge: QUIC sessions in, frames through the batcher, tails on a worker
+//! thread, answers on each frame's own stream.
+//!
+//! ```text
+//! Server::accept -> one task per session: next_frame -> BatchHandle::submit
+//!   batch loop (deterministic Batcher) -> Batch (same model and split point)
+//!   worker thread: decode codec frames / JPEGs -> one [B, ...] tensor -> tail or full
+//!   model -> logits row per frame as a lossless codec frame -> Responder::answer
+//! ```
+//!
+//! Anything that cannot be computed is answered `Dropped` with its reason (deadline,
+//! queue full, undecodable payload, shutdown): nothing is left unanswered. The compute
+//! runs on its own OS thread so a long tail never stalls the QUIC tasks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use splitstream_codec::{CodecParams, DecodeLimits, TensorView};
+use splitstream_models::preprocess::EvalTransform;
+use splitstream_models::HostTensor;
+use splitstream_transport::acceptor::ModelEntry;
+use splitstream_transport::{
+    Acceptor, BindError, Capabilities, DropReason as WireDrop, Fingerprint, RejectReason,
+    Responder, Server, ServerConfig, Session, StreamConfig,
+};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::batch_loop::{spawn_batch_loop, BatchHandle, Dropped};
+use crate::batcher::{Batch, BatchKey, BatcherConfig, Item, SessionId};
+use crate::metrics::EdgeMetrics;
+use crate::model::{parse_split_name, ServedModel, BOTTLENECK_CODECS, JPEG_CODEC, OFFLOAD_SPLIT};
+use crate::offload::{decode_jpeg, DEFAULT_MAX_SIDE};
+use crate::reason::DropReason;
+
+/// The batch key's split for offloaded frames (the whole model runs).
+const OFFLOAD_POINT: u32 = u32::MAX;
+
+/// What runs on the edge besides the transport's own configuration.
+#[derive(Clone, Debug)]
+pub struct EdgeOptions {
+    /// Dynamic batching.
+    pub batcher: BatcherConfig,
+    /// Largest side of an offloaded JPEG accepted.
+    pub max_jpeg_side: u32,
+    /// How long shutdown waits for connections to close after answering everything.
+    pub close_grace: Duration,
+}
+
+impl Default for EdgeOptions {
+    fn default() -> Self {
+        Self {
+            batcher: BatcherConfig::default(),
+            max_jpeg_side: DEFAULT_MAX_SIDE,
+            close_grace: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Errors starting the edge.
+#[derive(Debug, thiserror::Error)]
+pub enum StartEdgeError {
+    /// The QUIC endpoint could not start.
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// Two models share a name.
+    #[error("two models are named '{0}': give each [[model]] its own name")]
+    DuplicateModel(String),
+    /// The worker thread could not start.
+    #[error("cannot start the tail worker thread: {0}")]
+    Worker(std::io::Error),
+}
+
+/// Counters an operator or a test reads without parsing Prometheus text.
+#[derive(Debug, Default)]
+pub struct EdgeCounters {
+    /// Batches computed.
+    pub batches: AtomicU64,
+    /// Frames answered with a result.
+    pub answered: AtomicU64,
+    /// Frames answered `Dropped`.
+    pub dropped: AtomicU64,
+    /// The largest batch computed so far.
+    pub largest_batch: AtomicUsize,
+    /// Batches of more than one frame.
+    pub multi_frame_batches: AtomicU64,
+}
+
+/// The edge's say over sessions: the models it loaded, their splits, codecs, offload.
+struct Registry {
+    models: HashMap<String, (ModelEntry, bool)>,
+}
+
+impl Acceptor for Registry {
+    fn check(
+        &self,
+        _device_id: &str,
+        config: &StreamConfig,
+        _caps: &Capabilities,
+    ) -> Result<(), RejectReason> {
+        let arch = &config.model.arch;
+        let (entry, offload) = self
+            .models
+            .get(arch)
+            .ok_or_else(|| RejectReason::UnknownModel { arch: arch.clone() })?;
+        if entry.weights_sha256 != config.model.weights_sha256 {
+            return Err(RejectReason::WeightsMismatch {
+                arch: arch.clone(),
+                device_sha256: config.model.weights_hex(),
+                edge_sha256: config_hex(&entry.weights_sha256),
+            });
+        }
+        if config.split == OFFLOAD_SPLIT {
+            if !offload {
+                return Err(RejectReason::Policy(format!(
+                    "model '{arch}' is not served for offload: use split mode"
+                )));
+            }
+            if config.codec.scheme != JPEG_CODEC {
+                return Err(RejectReason::UnsupportedCodec {
+                    scheme: config.codec.scheme.clone(),
+                    supported: vec![JPEG_CODEC.to_owned()],
+                });
+            }
+            return Ok(());
+        }
+        if !entry.splits.contains(&config.split) {
+            return Err(RejectReason::UnsupportedSplit {
+                split: config.split.clone(),
+                supported: entry.splits.iter().cloned().collect(),
+            });
+        }
+        if !entry.codecs.contains(&config.codec.scheme) {
+            return Err(RejectReason::UnsupportedCodec {
+                scheme: config.codec.scheme.clone(),
+                supported: entry.codecs.iter().cloned().collect(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn config_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A frame on its way through the batcher.
+struct Job {
+    payload: Bytes,
+    responder: Responder,
+}
+
+/// A running edge. Dropping it without [`RunningEdge::shutdown`] aborts it.
+pub struct RunningEdge {
+    local_addr: std::net::SocketAddr,
+    fingerprint: Fingerprint,
+    metrics: Arc<EdgeMetrics>,
+    counters: Arc<EdgeCounters>,
+    stop: watch::Sender<bool>,
+    accept_task: Option<JoinHandle<Option<Server>>>,
+    batch_handle: BatchHandle<Job>,
+    loop_task: Option<JoinHandle<()>>,
+    worker_done: Option<oneshot::Receiver<()>>,
+    close_grace: Duration,
+}
+
+impl std::fmt::Debug for RunningEdge {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningEdge")
+            .field("local_addr", &self.local_addr)
+            .field("fingerprint", &self.fingerprint)
+            .finish()
+    }
+}
+
+impl RunningEdge {
+    /// Binds the QUIC endpoint and starts serving `models`. Call from a tokio runtime.
+    pub fn start(
+        server: ServerConfig,
+        models: Vec<ServedModel>,
+        options: EdgeOptions,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Result<Self, StartEdgeError> {
+        let mut registry = Registry {
+            models: HashMap::new(),
+        };
+        let mut table: HashMap<Arc<str>, ServedModel> = HashMap::new();
+        for m in models {
+            let name = m.id.arch.clone();
+            let entry = ModelEntry {
+                weights_sha256: m.id.weights_sha256,
+                splits: m
+                    .served_splits()
+                    .into_iter()
+                    .map(crate::model::split_name)
+                    .collect(),
+                codecs: BOTTLENECK_CODECS.iter().map(|s| s.to_string()).collect(),
+            };
+            if registry
+                .models
+                .insert(name.clone(), (entry, m.offload))
+                .is_some()
+            {
+                return Err(StartEdgeError::DuplicateModel(name));
+            }
+            table.insert(Arc::from(name.as_str()), m);
+        }
+        let table = Arc::new(table);
+        let server = Server::bind(server, registry)?;
+        let local_addr = server.local_addr();
+        let fingerprint = server.fingerprint();
+        let counters = Arc::new(EdgeCounters::default());
+
+        let (batch_tx, batch_rx) = mpsc::channel(1);
+        let m = metrics.clone();
+        let c = counters.clone();
+        let (batch_handle, loop_task) =
+            spawn_batch_loop(options.batcher.clone(), batch_tx, move |d: Dropped<Job>| {
+                m.dropped(d.reason);
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                let _ = d.item.payload.responder.drop_frame(wire_reason(d.reason));
+            });
+
+        let (done_tx, done_rx) = oneshot::channel();
+        let worker = Worker {
+            models: table.clone(),
+            metrics: metrics.clone(),
+            counters: counters.clone(),
+            max_jpeg_side: options.max_jpeg_side,
+        };
+        std::thread::Builder::new()
+            .name("splitstream-tail".into())
+            .spawn(move || {
+                worker.run(batch_rx);
+                let _ = done_tx.send(());
+            })
+            .map_err(StartEdgeError::Worker)?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let accept_task = tokio::spawn(accept_loop(
+            server,
+            stop_rx,
+            batch_handle.clone(),
+            table,
+            metrics.clone(),
+        ));
+        Ok(Self {
+            local_addr,
+            fingerprint,
+            metrics,
+            counters,
+            stop,
+            accept_task: Some(accept_task),
+            batch_handle,
+            loop_task: Some(loop_task),
+            worker_done: Some(done_rx),
+            close_grace: options.close_grace,
+        })
+    }
+
+    /// The UDP address it listens on.
+    pub fn local_addr(&self) -> std::net::SocketAddr {
+        self.local_addr
+    }
+
+    /// The certificate fingerprint devices pin.
+    pub fn fingerprint(&self) -> Fingerprint {
+        self.fingerprint
+    }
+
+    /// The Prometheus metrics.
+    pub fn metrics(&self) -> &Arc<EdgeMetrics> {
+        &self.metrics
+    }
+
+    /// Plain counters (batches, largest batch, answered, dropped).
+    pub fn counters(&self) -> &Arc<EdgeCounters> {
+        &self.counters
+    }
+
+    /// Graceful shutdown: stop accepting sessions and frames, compute or answer
+    /// everything queued, then close the connections.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        let server = match self.accept_task.take() {
+            Some(t) => t.await.ok().flatten(),
+            None => None,
+        };
+        let _ = self.batch_handle.shutdown().await;
+        if let Some(t) = self.loop_task.take() {
+            let _ = t.await;
+        }
+        if let Some(done) = self.worker_done.take() {
+            let _ = done.await;
+        }
+        if let Some(server) = server {
+            server.shutdown(self.close_grace).await;
+        }
+    }
+
+    /// Stops abruptly, as a crash would: tasks are aborted, nothing in flight is
+    /// answered, the endpoint goes away.
+    pub fn kill(mut self) {
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.loop_task.take() {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for RunningEdge {
+    fn drop(&mut self) {
+        if let Some(t) = self.accept_task.take() {
+            t.abort();
+        }
+        if let Some(t) = self.loop_task.take() {
+            t.abort();
+        }
+    }
+}
+
+fn wire_reason(reason: DropReason) -> WireDrop {
+    match reason {
+        DropReason::Deadline => WireDrop::DeadlineExpired,
+        DropReason::QueueFull | DropReason::Shed => WireDrop::Overloaded,
+        DropReason::Overtaken => WireDrop::Other("overtaken by a newer frame".into()),
+        DropReason::BadFrame => WireDrop::Undecodable,
+        DropReason::Error => WireDrop::Other("the tail failed on the edge".into()),
+        DropReason::SessionClosed => WireDrop::Abandoned,
+        DropReason::Shutdown => WireDrop::ShuttingDown,
+    }
+}
+
+async fn accept_loop(
+    mut server: Server,
+    mut stop: watch::Receiver<bool>,
+    batches: BatchHandle<Job>,
+    models: Arc<HashMap<Arc<str>, ServedModel>>,
+    metrics: Arc<EdgeMetrics>,
+) -> Option<Server> {
+    let mut sessions = Vec::new();
+    let session_stop = stop.clone();
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            session = server.accept() => match session {
+                Some(session) => {
+                    metrics.session_opened();
+                    sessions.push(tokio::spawn(serve_session(
+                        session,
+                        session_stop.clone(),
+                        batches.clone(),
+                        models.clone(),
+                        metrics.clone(),
+                    )));
+                }
+                None => break,
+            },
+        }
+    }
+    // Frames already read are submitted (and answered) before the batch loop drains.
+    for s in sessions {
+        let _ = s.await;
+    }
+    Some(server)
+}
+
+async fn serve_session(
+    mut session: Session,
+    mut stop: watch::Receiver<bool>,
+    batches: BatchHandle<Job>,
+    models: Arc<HashMap<Arc<str>, ServedModel>>,
+    metrics: Arc<EdgeMetrics>,
+) {
+    let id = SessionId(session.info().session_id);
+    tracing::info!(device = %session.info().device_id, session = id.0, "session opened");
+    loop {
+        let frame = tokio::select! {
+            _ = stop.wait_for(|s| *s) => break,
+            f = session.next_frame() => match f { Some(f) => f, None => break },
+        };
+        let config = &frame.meta.config;
+        let Some(model) = models.get(config.model.arch.as_str()) else {
+            let _ = frame.responder.drop_frame(WireDrop::StaleConfig);
+            continue;
+        };
+        let point = if config.split == OFFLOAD_SPLIT {
+            Some(OFFLOAD_POINT)
+        } else {
+            parse_split_name(&config.split).and_then(|k| u32::try_from(k).ok())
+        };
+        let Some(point) = point else {
+            metrics.dropped(DropReason::BadFrame);
+            let _ = frame.responder.drop_frame(WireDrop::StaleConfig);
+            continue;
+        };
+        let item = Item {
+            session: id,
+            key: BatchKey::new(Arc::from(model.id.arch.as_str()), point),
+            deadline: Some(frame.meta.deadline),
+            payload: Job {
+                payload: frame.payload,
+                responder: frame.responder,
+            },
+        };
+        if let Err((item, _)) = batches.submit(item).await {
+            metrics.dropped(DropReason::Shutdown);
+            let _ = item.payload.responder.drop_frame(WireDrop::ShuttingDown);
+        }
+    }
+    let _ = batches.end_session(id).await;
+    metrics.session_closed();
+    tracing::info!(session = id.0, "session closed");
+}
+
+struct Worker {
+    models: Arc<HashMap<Arc<str>, ServedModel>>,
+    metrics: Arc<EdgeMetrics>,
+    counters: Arc<EdgeCounters>,
+    max_jpeg_side: u32,
+}
+
+impl Worker {
+    fn run(self, mut batches: mpsc::Receiver<Batch<Job>>) {
+        while let Some(batch) = batches.blocking_recv() {
+            self.compute(batch);
+        }
+    }
+
+    fn drop_job(&self, job: Job, reason: DropReason) {
+        self.metrics.dropped(reason);
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let _ = job.responder.drop_frame(wire_reason(reason));
+    }
+
+    fn compute(&self, mut batch: Batch<Job>) {
+        self.metrics.batch_formed(&batch);
+        let now = Instant::now();
+        for late in batch.take_expired(now) {
+            self.drop_job(late.item.payload, DropReason::Deadline);
+        }
+        let key = batch.key.clone();
+        let Some(model) = self.models.get(&key.model) else {
+            for q in batch.items {
+                self.drop_job(q.item.payload, DropReason::Error);
+            }
+            return;
+        };
+        let cfg = model.model.config();
+        // Decode every payload into one row of the batch; bad ones are answered now.
+        let (per_item, shape_tail): (usize, Vec<usize>) = if key.split == OFFLOAD_POINT {
+            let s = cfg.image_size;
+            (3 * s * s, vec![3, s, s])
+        } else {
+            let (n, d) = (cfg.num_tokens(), cfg.embed_dim);
+            (n * d, vec![n, d])
+        };
+        let limits = DecodeLimits {
+            max_elements: per_item,
+            max_bytes: per_item * 4,
+        };
+        let transform = EvalTransform::deit(cfg.image_size as u32);
+        let mut data = Vec::with_capacity(per_item * batch.items.len());
+        let mut jobs = Vec::with_capacity(batch.items.len());
+        for q in batch.items {
+            self.metrics.queue_delay(&key, q.waited(now));
+            let job = q.item.payload;
+            if job.responder.is_cancelled() {
+                self.drop_job(job, DropReason::Overtaken);
+                continue;
+            }
+            let row = if key.split == OFFLOAD_POINT {
+                decode_jpeg(&job.payload, self.max_jpeg_side)
+                    .ok()
+                    .map(|img| transform.apply(&img))
+            } else {
+                splitstream_codec::decode(&job.payload, &limits)
+                    .ok()
+                    // [1, N, D] or [N, D]: the element count is what must match.
+                    .filter(|t| t.shape.iter().product::<usize>() == per_item)
+                    .map(|t| t.to_f32())
+            };
+            match row {
+                Some(row) if row.len() == per_item => {
+                    data.extend_from_slice(&row);
+                    jobs.push(job);
+                }
+                _ => self.drop_job(job, DropReason::BadFrame),
+            }
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let n = jobs.len();
+        let mut shape = vec![n];
+        shape.extend_from_slice(&shape_tail);
+        let started = Instant::now();
+        let result = HostTensor::new(shape, data)
+            .map_err(|e| e.to_string())
+            .and_then(|x| {
+                let out = if key.split == OFFLOAD_POINT {
+                    model.model.full(&x)
+                } else {
+                    model.model.tail(&x, key.split as usize)
+                };
+                out.map_err(|e| e.to_string())
+            });
+        let logits = match result {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!("tail of {} failed: {e}", key.model);
+                for job in jobs {
+                    self.drop_job(job, DropReason::Error);
+                }
+                return;
+            }
+        };
+        self.metrics.batch_computed(&key, n, started.elapsed());
+        self.metrics.frames_done(&key, n as u64);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.largest_batch.fetch_max(n, Ordering::Relaxed);
+        if n > 1 {
+            self.counters
+                .multi_frame_batches
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        let classes = logits.shape().get(1).copied().unwrap_or(0);
+        for (i, job) in jobs.into_iter().enumerate() {
+            let row = logits
+                .data()
+                .get(i * classes..(i + 1) * classes)
+                .unwrap_or(&[]);
+            let shape = [1, row.len()];
+            let encoded = TensorView::f32(&shape, row)
+                .map_err(|e| e.to_string())
+                .and_then(|v| {
+                    splitstream_codec::encode(&v, &CodecParams::LOSSLESS).map_err(|e| e.to_string())
+                });
+            match encoded {
+                Ok(bytes) => {
+                    self.counters.answered.fetch_add(1, Ordering::Relaxed);
+                    let _ = job.responder.answer(Bytes::from(bytes));
+                }
+                Err(_) => self.drop_job(job, DropReason::Error),
+            }
+        }
+    }
+}
