@@ -58,10 +58,9 @@ async fn wrong_token_is_refused_with_its_reason() {
     let mode = RunMode::Offload {
         jpeg: Default::default(),
     };
-    let err = connect(&edge, &id, &mode, "dev-0", "not-the-token-at-all")
-        .await
-        .err()
-        .expect("refused");
+    let Err(err) = connect(&edge, &id, &mode, "dev-0", "not-the-token-at-all").await else {
+        panic!("a wrong token must be refused");
+    };
     println!("refused: {err}");
     assert!(
         matches!(err, ConnectError::Rejected(RejectReason::BadToken)),
