@@ -37,7 +37,10 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let result = match cli.command.unwrap_or(Command::Demo(cmd::demo::Args::default())) {
+    let result = match cli
+        .command
+        .unwrap_or(Command::Demo(cmd::demo::Args::default()))
+    {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Infer(args) => cmd::infer::run(args),
         Command::Events(command) => cmd::events::run(command),

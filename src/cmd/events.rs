@@ -139,9 +139,11 @@ fn parse_format(s: &str) -> Result<Format, String> {
             "nbin" | "nmnist" | "bin" => Format::NBin,
             "text" | "csv" | "txt" => Format::Text,
             "npy" => Format::Npy,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "unknown format `{s}`: evt2, evt21, evt3, aedat4, aedat2, aedat31, nbin, text, npy"
-            )),
+            ))
+            }
         },
     )
 }
