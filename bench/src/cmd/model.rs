@@ -1,5 +1,5 @@
-//! `splitstream-bench model`: ViT/DeiT latency and peak memory on the CPU backend,
-//! beside onnxruntime on the same model's ONNX export, in the same run.
+//! `splitstream-bench model`: ViT/DeiT latency and peak memory on the CPU or wgpu
+//! backend, beside onnxruntime on the same model's ONNX export, in the same run.
 //!
 //! Ours runs in this process (peak RSS = this process's VmHWM, which holds nothing
 //! but the model and the bench); onnxruntime runs in a python child
@@ -13,6 +13,8 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use splitstream_models::backend::cpu::CpuBackend;
+use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
+use splitstream_models::backend::Backend;
 use splitstream_models::vit::{find_arch, Vit, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::HostTensor;
@@ -25,7 +27,11 @@ use splitstream_models::HostTensor;
       --batch 1 --batch 8 --threads 2 --runs 3
 
   # ours only
-  splitstream-bench model --weights model.safetensors --arch vit_small_patch16_224 --no-peer")]
+  splitstream-bench model --weights model.safetensors --arch vit_small_patch16_224 --no-peer
+
+  # on the GPU through wgpu (WGPU_ADAPTER_NAME / WGPU_BACKEND pick the adapter)
+  splitstream-bench model --weights deit_small_patch16_224.safetensors --backend wgpu \\
+      --batch 1 --batch 8 --batch 64 --no-peer")]
 pub(crate) struct Args {
     /// Checkpoint in safetensors with timm names.
     #[arg(long, value_name = "FILE")]
@@ -45,6 +51,10 @@ pub(crate) struct Args {
     /// Untimed iterations before timing.
     #[arg(long, default_value_t = 5, value_name = "N")]
     warmup: usize,
+    /// Backend to run ours on: `cpu`, `wgpu` (best adapter, software ones included), or
+    /// `auto` (a hardware GPU through wgpu when there is one, else the CPU).
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    backend: BackendChoice,
     /// Threads for both (ours: worker pool; onnxruntime: intra-op threads).
     #[arg(long, default_value_t = 2, value_name = "T")]
     threads: usize,
@@ -63,6 +73,14 @@ pub(crate) struct Args {
     /// Only JSON lines on stdout (no summary on stderr).
     #[arg(long)]
     json: bool,
+}
+
+/// Which backend runs our side.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum BackendChoice {
+    Auto,
+    Cpu,
+    Wgpu,
 }
 
 /// Peak resident set of this process in KiB (VmHWM), if the OS reports it.
@@ -103,7 +121,7 @@ fn input(batch: usize, size: usize) -> anyhow::Result<HostTensor> {
     Ok(HostTensor::new([batch, 3, size, size], data)?)
 }
 
-fn measure_ours(vit: &Vit<CpuBackend>, batch: usize, args: &Args) -> anyhow::Result<Value> {
+fn measure_ours<B: Backend>(vit: &Vit<B>, batch: usize, args: &Args) -> anyhow::Result<Value> {
     let x = input(batch, vit.config().image_size)?;
     for _ in 0..args.warmup {
         vit.run(&x)?;
@@ -167,9 +185,48 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         num_heads: args.heads,
         eps: None,
     };
-    let backend = CpuBackend::new(args.threads)?;
-    let isa = format!("{:?}", backend.isa());
-    let vit = Vit::load(backend, &weights, &options)
+    let cpu = |threads| -> anyhow::Result<(CpuBackend, Value)> {
+        let backend = CpuBackend::new(threads)?;
+        let isa = json!(format!("{:?}", backend.isa()));
+        Ok((backend, isa))
+    };
+    let gpu_options = WgpuOptions::from_env();
+    match args.backend {
+        BackendChoice::Cpu => {
+            let (backend, isa) = cpu(args.threads)?;
+            bench_on(backend, isa, weights, &options, arch, load_start, &args)
+        }
+        BackendChoice::Wgpu => {
+            let backend = WgpuBackend::new(&gpu_options)?;
+            let adapter = json!(backend.describe());
+            bench_on(backend, adapter, weights, &options, arch, load_start, &args)
+        }
+        BackendChoice::Auto => match WgpuBackend::auto(&gpu_options)? {
+            Some(backend) => {
+                let adapter = json!(backend.describe());
+                bench_on(backend, adapter, weights, &options, arch, load_start, &args)
+            }
+            None => {
+                let (backend, isa) = cpu(args.threads)?;
+                bench_on(backend, isa, weights, &options, arch, load_start, &args)
+            }
+        },
+    }
+}
+
+/// Loads the model on `backend` and measures it (and the peer) for every batch size.
+/// `device` says what ran: the CPU's instruction set or the GPU adapter.
+fn bench_on<B: Backend>(
+    backend: B,
+    device: Value,
+    weights: Weights,
+    options: &VitOptions,
+    arch: Option<String>,
+    load_start: Instant,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let backend_name = backend.name();
+    let vit = Vit::load(backend, &weights, options)
         .with_context(|| format!("loading {}", args.weights.display()))?;
     drop(weights);
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
@@ -191,9 +248,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     for &batch in &args.batch {
         let (mut ours_medians, mut peer_medians) = (Vec::new(), Vec::new());
         for run in 0..args.runs {
-            let ours = measure_ours(&vit, batch, &args)?;
+            let ours = measure_ours(&vit, batch, args)?;
             let peer = match &onnx {
-                Some(p) => Some(measure_peer(p, batch, size, &args)?),
+                Some(p) => Some(measure_peer(p, batch, size, args)?),
                 None => None,
             };
             let ours_ms = ours["median_ms"].as_f64().unwrap_or(f64::NAN);
@@ -207,8 +264,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 "bench": "model",
                 "model": arch.as_deref().unwrap_or("vit"),
                 "weights": args.weights.display().to_string(),
-                "backend": "cpu",
-                "isa": isa,
+                "backend": backend_name,
+                "device": device,
                 "batch": batch,
                 "threads": args.threads,
                 "iters": args.iters,
