@@ -118,10 +118,11 @@ pub fn seeded_vit_safetensors(spec: &VitSpec, seed: u64) -> Vec<u8> {
                 .map(|v| (n.clone(), v))
         })
         .collect();
-    let metadata = std::collections::HashMap::from([
-        ("num_heads".to_owned(), spec.num_heads.to_string()),
-        ("note".to_owned(), format!("untrained, seeded ({seed})")),
-    ]);
+    // One metadata entry only: safetensors writes the metadata map in HashMap order,
+    // and the file's bytes must not vary between runs (their SHA-256 is the model id
+    // the edge admits devices by).
+    let metadata =
+        std::collections::HashMap::from([("num_heads".to_owned(), spec.num_heads.to_string())]);
     // Shapes and byte lengths are consistent by construction, so this cannot fail.
     safetensors::serialize(views, Some(metadata)).unwrap_or_default()
 }
