@@ -222,7 +222,7 @@ fn spikes(n: usize) -> Vec<f32> {
             state ^= state << 13;
             state ^= state >> 17;
             state ^= state << 5;
-            f32::from(u8::from(state % 10 == 0))
+            f32::from(u8::from(state.is_multiple_of(10)))
         })
         .collect()
 }
