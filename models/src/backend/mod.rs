@@ -193,3 +193,53 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Token `index` of every item: `[B, N, D]` -> `[B, D]` (timm's `x[:, index]`).
     fn select_token(&self, x: &Self::Tensor, index: usize) -> Result<Self::Tensor, BackendError>;
 }
+
+/// The checked geometry of a 2-D convolution over `[B, C, H, W]`.
+pub(crate) struct Conv2dGeometry {
+    pub(crate) batch: usize,
+    pub(crate) channels: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    /// Output height.
+    pub(crate) ho: usize,
+    /// Output width.
+    pub(crate) wo: usize,
+}
+
+/// Checks a convolution's input against its layer and computes the output size. Shared
+/// by every backend, so that they all refuse the same inputs with the same words.
+pub(crate) fn conv2d_geometry(
+    shape: &[usize],
+    in_channels: usize,
+    [kh, kw]: [usize; 2],
+    [sh, sw]: [usize; 2],
+    [ph, pw]: [usize; 2],
+) -> Result<Conv2dGeometry, BackendError> {
+    let &[batch, channels, h, w] = shape else {
+        return Err(BackendError::shape(
+            "conv2d",
+            format!("input must be [B, C, H, W], got {shape:?}"),
+        ));
+    };
+    if channels != in_channels {
+        return Err(BackendError::shape(
+            "conv2d",
+            format!("input has {channels} channels, the layer takes {in_channels}"),
+        ));
+    }
+    let (hp, wp) = (h + 2 * ph, w + 2 * pw);
+    if hp < kh || wp < kw {
+        return Err(BackendError::shape(
+            "conv2d",
+            format!("input {h}x{w} (padded {hp}x{wp}) is smaller than the {kh}x{kw} kernel"),
+        ));
+    }
+    Ok(Conv2dGeometry {
+        batch,
+        channels,
+        h,
+        w,
+        ho: (hp - kh) / sh + 1,
+        wo: (wp - kw) / sw + 1,
+    })
+}

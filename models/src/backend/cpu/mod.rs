@@ -20,7 +20,7 @@ use rayon::prelude::*;
 pub use kernels::Isa;
 use matmul::{gemm, View};
 
-use super::{Activation, Backend, BackendError, DeviceTensor};
+use super::{conv2d_geometry, Activation, Backend, BackendError, Conv2dGeometry, DeviceTensor};
 use crate::tensor::{checked_numel, HostTensor};
 
 /// Below this many elements an elementwise op runs on one thread (the fork-join costs
@@ -327,32 +327,23 @@ impl Backend for CpuBackend {
     }
 
     fn conv2d(&self, x: &CpuTensor, layer: &CpuConv2d) -> Result<CpuTensor, BackendError> {
-        let &[batch, channels, h, w] = x.shape.as_slice() else {
-            return Err(BackendError::shape(
-                "conv2d",
-                format!("input must be [B, C, H, W], got {:?}", x.shape),
-            ));
-        };
-        if channels != layer.in_channels {
-            return Err(BackendError::shape(
-                "conv2d",
-                format!(
-                    "input has {channels} channels, the layer takes {}",
-                    layer.in_channels
-                ),
-            ));
-        }
+        let Conv2dGeometry {
+            batch,
+            channels,
+            h,
+            w,
+            ho,
+            wo,
+        } = conv2d_geometry(
+            &x.shape,
+            layer.in_channels,
+            layer.kernel,
+            layer.stride,
+            layer.padding,
+        )?;
         let [kh, kw] = layer.kernel;
         let [sh, sw] = layer.stride;
         let [ph, pw] = layer.padding;
-        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-        if hp < kh || wp < kw {
-            return Err(BackendError::shape(
-                "conv2d",
-                format!("input {h}x{w} (padded {hp}x{wp}) is smaller than the {kh}x{kw} kernel"),
-            ));
-        }
-        let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
         let positions = ho * wo;
         let patch = channels * kh * kw;
         let o = layer.out_channels;

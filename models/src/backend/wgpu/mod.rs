@@ -39,7 +39,7 @@ use kernels::{Kernel, MAX_HEAD_DIM};
 use pool::{size_class, Pool, PooledBuffer};
 use queue::{device_error, Command, Dispatch, Pending, PARAM_WORDS};
 
-use super::{Activation, Backend, BackendError, DeviceTensor};
+use super::{conv2d_geometry, Activation, Backend, BackendError, Conv2dGeometry, DeviceTensor};
 use crate::tensor::{checked_numel, HostTensor};
 
 /// Matmul output tile (must match `matmul.wgsl`).
@@ -620,32 +620,23 @@ impl Backend for WgpuBackend {
     }
 
     fn conv2d(&self, x: &WgpuTensor, layer: &WgpuConv2d) -> Result<WgpuTensor, BackendError> {
-        let &[batch, channels, h, w] = x.shape.as_slice() else {
-            return Err(BackendError::shape(
-                "conv2d",
-                format!("input must be [B, C, H, W], got {:?}", x.shape),
-            ));
-        };
-        if channels != layer.in_channels {
-            return Err(BackendError::shape(
-                "conv2d",
-                format!(
-                    "input has {channels} channels, the layer takes {}",
-                    layer.in_channels
-                ),
-            ));
-        }
+        let Conv2dGeometry {
+            batch,
+            channels,
+            h,
+            w,
+            ho,
+            wo,
+        } = conv2d_geometry(
+            &x.shape,
+            layer.in_channels,
+            layer.kernel,
+            layer.stride,
+            layer.padding,
+        )?;
         let [kh, kw] = layer.kernel;
         let [sh, sw] = layer.stride;
         let [ph, pw] = layer.padding;
-        let (hp, wp) = (h + 2 * ph, w + 2 * pw);
-        if hp < kh || wp < kw {
-            return Err(BackendError::shape(
-                "conv2d",
-                format!("input {h}x{w} (padded {hp}x{wp}) is smaller than the {kh}x{kw} kernel"),
-            ));
-        }
-        let (ho, wo) = ((hp - kh) / sh + 1, (wp - kw) / sw + 1);
         let positions = ho * wo;
         let patch = channels * kh * kw;
         let out = self.output("conv2d", vec![batch, layer.linear.outputs, ho, wo])?;
