@@ -43,6 +43,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 from safetensors.torch import save_file
+from safetensors.torch import load_file
+from timm.layers import resample_abs_pos_embed, resample_patch_embed
 from timm.models.vision_transformer import VisionTransformer
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
@@ -60,6 +62,31 @@ def model_config(args) -> dict:
         qkv_bias=True,
         num_classes=10,
     )
+
+
+def init_from_checkpoint(model: VisionTransformer, path: Path, patch: int) -> None:
+    """Start from a pretrained timm ViT/DeiT checkpoint (e.g. DeiT-Tiny): its patch
+    embedding resampled to `patch` (FlexiViT's pseudo-inverse resize), its position
+    embedding resampled to the new grid, its first `depth` blocks; the classifier is new.
+    A ViT trained from scratch on a few thousand images barely leaves chance in the
+    epochs a CPU affords; pretrained features make the same budget enough."""
+    src = load_file(str(path))
+    dst = model.state_dict()
+    grid = 224 // patch
+    out = {}
+    for name, value in src.items():
+        if name == "patch_embed.proj.weight":
+            value = resample_patch_embed(value, [patch, patch])
+        elif name == "pos_embed":
+            value = resample_abs_pos_embed(value, [grid, grid], num_prefix_tokens=1)
+        if name in dst and dst[name].shape == value.shape:
+            out[name] = value
+    missing = [k for k in dst if k not in out]
+    unexpected_shape = [k for k in src if k in dst and k not in out and not k.startswith("head.")]
+    if unexpected_shape:
+        raise SystemExit(f"--init {path}: shapes differ for {unexpected_shape[:4]}; match --embed-dim/--heads to it")
+    model.load_state_dict(out, strict=False)
+    print(f"initialised from {path.name}; new: {missing}", flush=True)
 
 
 def normalise(batch_uint8: torch.Tensor) -> torch.Tensor:
@@ -137,7 +164,7 @@ def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
     return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
 
 
-def run_epochs(params, epochs, n, batch, lr, gen, step_fn, label):
+def run_epochs(params, epochs, n, batch, lr, gen, step_fn, label, after_epoch=None):
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
     total = epochs * (n // batch)
     step = 0
@@ -154,7 +181,8 @@ def run_epochs(params, epochs, n, batch, lr, gen, step_fn, label):
             opt.step()
             losses.append(loss.item())
             step += 1
-        print(f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} ({time.time() - t0:.0f}s)", flush=True)
+        extra = after_epoch() if after_epoch else ""
+        print(f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} ({time.time() - t0:.0f}s){extra}", flush=True)
 
 
 def load_test(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,8 +203,9 @@ def accuracy(fn, images: torch.Tensor, labels: torch.Tensor) -> float:
     return 100.0 * correct / len(labels)
 
 
-def export(state: dict, path: Path, metadata: dict) -> None:
-    tensors = {k: v.detach().contiguous().float() for k, v in state.items()}
+def export(state: dict, path: Path, metadata: dict, dtype: str) -> None:
+    cast = torch.float16 if dtype == "f16" else torch.float32
+    tensors = {k: v.detach().contiguous().to(cast) for k, v in state.items()}
     save_file(tensors, str(path), metadata={k: str(v) for k, v in metadata.items()})
     print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
 
@@ -198,6 +227,14 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=3e-4, help="AdamW peak learning rate (at 1e-3 the teacher stayed at chance loss for 2 epochs here)")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from this pretrained timm checkpoint (safetensors), e.g. DeiT-Tiny; "
+        "its first --depth blocks are kept and its patch embedding resampled to --patch",
+    )
+    parser.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="weight type of the exported files")
     parser.add_argument("--limit", type=int, default=0, help="use only this many training images (smoke runs)")
     args = parser.parse_args()
 
@@ -216,13 +253,23 @@ def main() -> None:
 
     cfg = model_config(args)
     teacher = VisionTransformer(**cfg)
+    if args.init:
+        init_from_checkpoint(teacher, args.init, args.patch)
+
+    def teacher_eval():
+        teacher.eval()
+        acc = accuracy(teacher, test_x, test_y)
+        teacher.train()
+        return f", test accuracy {acc:.2f}%"
 
     def teacher_step(idx):
         x = augment(normalise(train_x[idx]), gen)
         return F.cross_entropy(teacher(x), train_y[idx], label_smoothing=0.1)
 
     teacher.train()
-    run_epochs(list(teacher.parameters()), args.teacher_epochs, n, args.batch, args.lr, gen, teacher_step, "teacher")
+    run_epochs(
+        list(teacher.parameters()), args.teacher_epochs, n, args.batch, args.lr, gen, teacher_step, "teacher", teacher_eval
+    )
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
@@ -271,25 +318,52 @@ def main() -> None:
         kd = F.kl_div(F.log_softmax(logits, dim=-1), soft, reduction="batchmean")
         return 0.5 * ce + 0.5 * kd
 
+    def stage2_eval():
+        student.eval()
+        bottleneck.eval()
+        acc = accuracy(lambda x: split_forward(x, 8), test_x, test_y)
+        student.train()
+        bottleneck.train()
+        return f", split 8-bit test accuracy {acc:.2f}%"
+
     student.train()
-    run_epochs(tail_params, args.stage2_epochs, n, args.batch, args.lr * 0.5, gen, stage2_step, "stage2")
+    run_epochs(tail_params, args.stage2_epochs, n, args.batch, args.lr * 0.5, gen, stage2_step, "stage2", stage2_eval)
     student.eval()
     bottleneck.eval()
+
+    # The files ship in f16 (two models within the 10 MB the repository allows); round
+    # now so the accuracies below are those of the exported weights.
+    if args.dtype == "f16":
+        with torch.no_grad():
+            for module in (teacher, student, bottleneck):
+                for p in module.parameters():
+                    p.copy_(p.half().float())
+        teacher_acc = accuracy(teacher, test_x, test_y)
 
     results = {"teacher": teacher_acc}
     for bits in [32, 8, 4, 2]:
         results[f"bottlefit_{bits}bit"] = accuracy(lambda x: split_forward(x, bits), test_x, test_y)
     print(json.dumps(results), flush=True)
 
-    meta = {"arch": "vit", "patch_size": args.patch, "num_heads": args.heads, "num_classes": 10, "seed": args.seed}
+    # crop_pct 1.0: the images are already 224x224 and the model was trained on them
+    # whole; an eval transform honouring it resizes nothing and crops nothing.
+    meta = {
+        "arch": "vit",
+        "patch_size": args.patch,
+        "num_heads": args.heads,
+        "num_classes": 10,
+        "crop_pct": "1.0",
+        "seed": args.seed,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
-    export(teacher.state_dict(), args.out / "demo_vit.safetensors", meta)
+    export(teacher.state_dict(), args.out / "demo_vit.safetensors", meta, args.dtype)
     state = dict(student.state_dict())
     state.update({f"bottleneck.{name}": v for name, v in bottleneck.state_dict().items()})
     export(
         state,
         args.out / "demo_vit_bottlefit.safetensors",
         {**meta, "bottleneck": "token", "split": k, "rank": args.rank, "decoder": "mlp_gelu"},
+        args.dtype,
     )
     with open(args.out / "training.json", "w") as f:
         json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "test_accuracy": results}, f, indent=2)
