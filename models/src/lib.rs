@@ -6,7 +6,9 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod backend;
+pub mod bottleneck;
 pub mod preprocess;
+pub mod split;
 pub mod tensor;
 
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
