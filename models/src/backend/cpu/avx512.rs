@@ -13,7 +13,7 @@ use super::kernels::{
 
 /// Mask selecting the first `n` (< 16) lanes, or all for `n >= 16`.
 #[inline(always)]
-fn tail_mask(n: usize) -> __mmask16 {
+pub(crate) fn tail_mask(n: usize) -> __mmask16 {
     if n >= 16 {
         0xffff
     } else {
@@ -113,47 +113,64 @@ pub(crate) unsafe fn softmax_row(row: &mut [f32]) {
     }
 }
 
+/// The erf coefficient table as one register per polynomial degree.
+///
 /// # Safety
-/// The CPU must support AVX-512F.
-#[target_feature(enable = "avx512f")]
-pub(crate) unsafe fn gelu(x: &mut [f32]) {
+/// The CPU must support AVX-512F (callers are `avx512f` functions).
+#[inline(always)]
+pub(crate) unsafe fn erf_coeffs() -> [__m512; ERF_DEGREE + 1] {
     let table = erf_table();
     let mut coeffs = [_mm512_setzero_ps(); ERF_DEGREE + 1];
     for (c, row) in coeffs.iter_mut().zip(table.iter()) {
         *c = _mm512_loadu_ps(row.as_ptr());
     }
-    let sign_bit = _mm512_set1_epi32(i32::MIN);
+    coeffs
+}
+
+/// Exact (erf) GELU of 16 lanes; `coeffs` from [`erf_coeffs`].
+///
+/// # Safety
+/// The CPU must support AVX-512F (callers are `avx512f` functions).
+#[inline(always)]
+pub(crate) unsafe fn gelu16(v: __m512, coeffs: &[__m512; ERF_DEGREE + 1]) -> __m512 {
     let half = _mm512_set1_ps(0.5);
     let one = _mm512_set1_ps(1.0);
+    let t = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
+    let a = _mm512_abs_ps(t);
+    let scaled = _mm512_min_ps(
+        _mm512_mul_ps(a, _mm512_set1_ps(ERF_STEPS)),
+        _mm512_set1_ps(15.0),
+    );
+    let j = _mm512_cvttps_epi32(scaled);
+    let centre = _mm512_mul_ps(
+        _mm512_add_ps(_mm512_cvtepi32_ps(j), half),
+        _mm512_set1_ps(1.0 / ERF_STEPS),
+    );
+    let u = _mm512_sub_ps(a, centre);
+    let mut poly = _mm512_permutexvar_ps(j, coeffs[ERF_DEGREE]);
+    for n in (0..ERF_DEGREE).rev() {
+        poly = _mm512_fmadd_ps(poly, u, _mm512_permutexvar_ps(j, coeffs[n]));
+    }
+    let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, _mm512_set1_ps(ERF_LIMIT));
+    let poly = _mm512_mask_blend_ps(big, poly, one);
+    // erf is odd: give |erf| the sign of t.
+    let sign = _mm512_and_si512(_mm512_castps_si512(t), _mm512_set1_epi32(i32::MIN));
+    let erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(poly), sign));
+    _mm512_mul_ps(_mm512_mul_ps(v, half), _mm512_add_ps(one, erf))
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn gelu(x: &mut [f32]) {
+    let coeffs = erf_coeffs();
     let d = x.len();
     let p = x.as_mut_ptr();
     let mut i = 0;
     while i < d {
         let m = tail_mask(d - i);
         let v = _mm512_maskz_loadu_ps(m, p.add(i));
-        let t = _mm512_mul_ps(v, _mm512_set1_ps(std::f32::consts::FRAC_1_SQRT_2));
-        let a = _mm512_abs_ps(t);
-        let scaled = _mm512_min_ps(
-            _mm512_mul_ps(a, _mm512_set1_ps(ERF_STEPS)),
-            _mm512_set1_ps(15.0),
-        );
-        let j = _mm512_cvttps_epi32(scaled);
-        let centre = _mm512_mul_ps(
-            _mm512_add_ps(_mm512_cvtepi32_ps(j), half),
-            _mm512_set1_ps(1.0 / ERF_STEPS),
-        );
-        let u = _mm512_sub_ps(a, centre);
-        let mut poly = _mm512_permutexvar_ps(j, coeffs[ERF_DEGREE]);
-        for n in (0..ERF_DEGREE).rev() {
-            poly = _mm512_fmadd_ps(poly, u, _mm512_permutexvar_ps(j, coeffs[n]));
-        }
-        let big = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(a, _mm512_set1_ps(ERF_LIMIT));
-        let poly = _mm512_mask_blend_ps(big, poly, one);
-        // erf is odd: give |erf| the sign of t.
-        let sign = _mm512_and_si512(_mm512_castps_si512(t), sign_bit);
-        let erf = _mm512_castsi512_ps(_mm512_or_si512(_mm512_castps_si512(poly), sign));
-        let y = _mm512_mul_ps(_mm512_mul_ps(v, half), _mm512_add_ps(one, erf));
-        _mm512_mask_storeu_ps(p.add(i), m, y);
+        _mm512_mask_storeu_ps(p.add(i), m, gelu16(v, &coeffs));
         i += 16;
     }
 }

@@ -7,10 +7,15 @@
 //! and run single-threaded GEMMs inside. Nothing nests, so the pool is never
 //! oversubscribed.
 
+#[cfg(target_arch = "x86_64")]
+mod attention512;
 mod avx2;
 mod avx512;
+mod avx512_gemm;
 mod kernels;
 mod matmul;
+#[cfg(target_arch = "x86_64")]
+mod packed;
 mod portable;
 
 use std::sync::Arc;
@@ -54,14 +59,26 @@ impl DeviceTensor for CpuTensor {
     }
 }
 
-/// A dense layer ready for GEMM: the weight transposed to `[in, out]` row-major once at
-/// load, so the product streams it row by row, and the bias.
+/// A dense layer ready for GEMM, in the layout of the kernel that will run it (chosen
+/// once at load by the backend's instruction set).
 #[derive(Debug)]
 pub struct CpuLinear {
-    weight_t: Vec<f32>,
-    bias: Option<Vec<f32>>,
+    form: LinearForm,
     inputs: usize,
     outputs: usize,
+}
+
+#[derive(Debug)]
+enum LinearForm {
+    /// AVX-512: panels for our micro-kernel, bias and GELU in its epilogue.
+    #[cfg(target_arch = "x86_64")]
+    Packed(packed::PackedLinear),
+    /// Elsewhere: the weight transposed to `[in, out]` row-major for the `gemm` crate,
+    /// so the product streams it row by row, and the bias.
+    Plain {
+        weight_t: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    },
 }
 
 /// A convolution ready for im2col + GEMM.
@@ -219,6 +236,19 @@ impl Backend for CpuBackend {
             }
         }
         let w = weight.data();
+        #[cfg(target_arch = "x86_64")]
+        if self.isa == Isa::Avx512 {
+            return Ok(CpuLinear {
+                form: LinearForm::Packed(packed::PackedLinear::pack(
+                    w,
+                    bias.map(|b| b.data()),
+                    outputs,
+                    inputs,
+                )),
+                inputs,
+                outputs,
+            });
+        }
         let mut weight_t = vec![0.0; w.len()];
         for (o, row) in w.chunks_exact(inputs.max(1)).enumerate() {
             for (i, &v) in row.iter().enumerate() {
@@ -226,8 +256,10 @@ impl Backend for CpuBackend {
             }
         }
         Ok(CpuLinear {
-            weight_t,
-            bias: bias.map(|b| b.data().to_vec()),
+            form: LinearForm::Plain {
+                weight_t,
+                bias: bias.map(|b| b.data().to_vec()),
+            },
             inputs,
             outputs,
         })
@@ -292,8 +324,24 @@ impl Backend for CpuBackend {
         }
         let numel = checked_numel(&shape)
             .ok_or_else(|| BackendError::shape("linear", format!("output {shape:?} too large")))?;
+        let (weight_t, bias) = match &layer.form {
+            #[cfg(target_arch = "x86_64")]
+            LinearForm::Packed(packed) => {
+                let mut out = vec![0.0; numel];
+                let gelu = activation == Activation::Gelu;
+                self.in_pool(|| {
+                    // SAFETY: `Packed` layers are only made when `self.isa` is Avx512,
+                    // which `Isa::or_supported` grants only when the CPU has avx512f.
+                    unsafe {
+                        packed::linear_avx512(&x.data, rows, packed, gelu, &mut out, self.threads)
+                    }
+                });
+                return Ok(CpuTensor::new(shape, out));
+            }
+            LinearForm::Plain { weight_t, bias } => (weight_t, bias),
+        };
         // Bias fused by pre-filling the destination and accumulating into it.
-        let mut out = match &layer.bias {
+        let mut out = match bias {
             Some(b) => {
                 let mut v = Vec::with_capacity(numel);
                 for _ in 0..rows {
@@ -310,10 +358,10 @@ impl Backend for CpuBackend {
                 inputs,
                 &mut out,
                 View::row_major(0, n),
-                layer.bias.is_some(),
+                bias.is_some(),
                 &x.data,
                 View::row_major(0, inputs),
-                &layer.weight_t,
+                weight_t,
                 View::row_major(0, n),
                 1.0,
                 self.threads,
@@ -489,6 +537,22 @@ impl Backend for CpuBackend {
             return Ok(CpuTensor::new(vec![batch, tokens, d], out));
         }
         let isa = self.isa;
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512 && hd.is_multiple_of(packed::NR) {
+            let shape = attention512::AttentionShape {
+                batch,
+                tokens,
+                heads: num_heads,
+                head_dim: hd,
+            };
+            self.in_pool(|| {
+                // SAFETY: `isa` is only Avx512 when the CPU reported avx512f.
+                unsafe {
+                    attention512::attention_avx512(&qkv.data, shape, scale, &mut out, self.threads)
+                }
+            });
+            return Ok(CpuTensor::new(vec![batch, tokens, d], out));
+        }
         // About four tasks per thread overall, so a batch of 1 still keeps every core
         // busy and the last task is short.
         let tasks_per_item = (self.threads * 4).div_ceil(batch).max(1);
@@ -725,8 +789,14 @@ mod tests {
 
     #[test]
     fn attention_matches_naive_per_head_softmax() {
-        let be = CpuBackend::new(2).unwrap();
-        let (b, n, heads, hd) = (2, 37, 3, 4);
+        // hd 4 takes the generic path; 32 and 64 the AVX-512 kernel where the CPU has it.
+        for (threads, b, n, heads, hd) in [(2, 2, 37, 3, 4), (2, 2, 37, 2, 32), (1, 1, 29, 3, 64)] {
+            attention_matches_naive(threads, b, n, heads, hd);
+        }
+    }
+
+    fn attention_matches_naive(threads: usize, b: usize, n: usize, heads: usize, hd: usize) {
+        let be = CpuBackend::new(threads).unwrap();
         let d = heads * hd;
         let qkv = t(&[b, n, 3 * d], |i| ((i * 37) % 23) as f32 * 0.1 - 1.1);
         let got = be
