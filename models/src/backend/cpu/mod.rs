@@ -18,6 +18,7 @@ mod matmul;
 mod packed;
 mod portable;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
@@ -187,6 +188,26 @@ impl CpuBackend {
     }
 }
 
+/// Runs pool work (steals jobs) until `done`, yielding the core in between.
+fn stay_awake(done: &AtomicBool) {
+    while !done.load(Ordering::Acquire) {
+        if rayon::yield_now() != Some(rayon::Yield::Executed) {
+            // Yield rather than spin: should the scheduler have put this worker on the
+            // caller's core (a busy machine), the caller gets the core back at once.
+            std::thread::yield_now();
+        }
+    }
+}
+
+/// Sets its flag when dropped.
+struct SetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for SetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
+}
+
 fn last_dim(op: &'static str, x: &CpuTensor) -> Result<usize, BackendError> {
     x.shape
         .last()
@@ -204,7 +225,29 @@ impl Backend for CpuBackend {
     }
 
     fn scope<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        self.in_pool(f)
+        if self.threads == 1 || self.pool.current_thread_index().is_some() {
+            return self.in_pool(f);
+        }
+        // The other workers stay awake for the whole pass, polling for work, instead of
+        // sleeping between ops: an op at batch 1 lasts 10-300 us, about what waking a
+        // parked thread can take (longer in a VM or on a busy machine), so with sleeping
+        // workers the small ops ran on one core. (onnxruntime's pool spins likewise.)
+        let done = AtomicBool::new(false);
+        self.pool.install(|| {
+            let caller = rayon::current_thread_index();
+            rayon::scope(|s| {
+                // One job per worker, each run only by its own worker; the caller's
+                // returns at once (it would otherwise wait on `f`, which runs below it).
+                s.spawn_broadcast(|_, ctx| {
+                    if Some(ctx.index()) != caller {
+                        stay_awake(&done);
+                    }
+                });
+                // Set `done` even if `f` panics, so the scope can end and re-raise it.
+                let _stop = SetOnDrop(&done);
+                f()
+            })
+        })
     }
 
     fn upload(&self, host: &HostTensor) -> Result<CpuTensor, BackendError> {
