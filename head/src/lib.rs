@@ -6,12 +6,14 @@
 //!   chosen from one spec string by [`source::open_source`];
 //! - [`device`]: running frames locally, split or offloaded, with local fallback;
 //! - [`offload`]: the frame as JPEG for offload mode;
+//! - [`policy`]: where each frame runs (local, split, offload), from battery, link and edge;
 //! - [`synthetic`]: a seeded, untrained ViT checkpoint for the demo and tests;
 //! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod device;
 pub mod offload;
+pub mod policy;
 pub mod source;
 pub mod stats;
 pub mod synthetic;
