@@ -15,6 +15,8 @@
 //! Every output element is produced by the same operations whatever the task split, so
 //! the result is deterministic.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use super::avx512_gemm::{self, Epilogue};
@@ -33,21 +35,21 @@ pub(crate) struct AttentionShape {
     pub(crate) head_dim: usize,
 }
 
-/// `out[B, N, D] = attention(qkv [B, N, 3D])`, split over the current rayon pool.
+/// `attention(qkv [B, N, 3D])` `[B, N, D]`, split over the current rayon pool, written
+/// straight into fresh memory (every element is stored once by the `P V` tiles).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 ///
 /// # Panics
-/// If `qkv` or `out` do not have the sizes `shape` implies, or `head_dim` is not a
+/// If `qkv` does not have the size `shape` implies, or `head_dim` is not a
 /// multiple of [`NR`] (internal invariants: the caller checks shapes first).
 pub(crate) unsafe fn attention_avx512(
     qkv: &[f32],
     shape: AttentionShape,
     scale: f32,
-    out: &mut [f32],
     threads: usize,
-) {
+) -> Vec<f32> {
     let AttentionShape {
         batch,
         tokens,
@@ -61,9 +63,10 @@ pub(crate) unsafe fn attention_avx512(
         "attention: head dim {hd} not a multiple of {NR}"
     );
     assert_eq!(qkv.len(), batch * tokens * three_d, "attention: qkv size");
-    assert_eq!(out.len(), batch * tokens * d, "attention: output size");
-    if out.is_empty() {
-        return;
+    let numel = batch * tokens * d;
+    let mut out = Vec::with_capacity(numel);
+    if numel == 0 {
+        return out;
     }
     // 1. scale * K^T per (item, head), in panels of NR tokens: [panel][hd][NR].
     let panels = tokens.div_ceil(NR);
@@ -91,7 +94,7 @@ pub(crate) unsafe fn attention_avx512(
     let rows_per_task = tokens.div_ceil(tasks_per_item).div_ceil(MR).max(1) * MR;
     let chunks_per_item = tokens.div_ceil(rows_per_task);
     let kt = &kt;
-    let task = |(t, dst): (usize, &mut [f32])| {
+    let task = |(t, dst): (usize, &mut [MaybeUninit<f32>])| {
         let b = t / chunks_per_item;
         let q0 = (t % chunks_per_item) * rows_per_task;
         let rows = dst.len() / d;
@@ -160,7 +163,7 @@ pub(crate) unsafe fn attention_avx512(
                             v.as_ptr().add(c0),
                             three_d,
                             ZERO_BIAS.as_ptr(),
-                            dst.as_mut_ptr().add(r * d + h * hd + c0),
+                            dst.as_mut_ptr().cast::<f32>().add(r * d + h * hd + c0),
                             d,
                             ep,
                         );
@@ -171,14 +174,19 @@ pub(crate) unsafe fn attention_avx512(
         }
     };
     // Chunks never straddle items: split each item's rows separately.
-    let item_chunks = out
+    let item_chunks = out.spare_capacity_mut()[..numel]
         .chunks_mut(tokens * d)
         .flat_map(|item| item.chunks_mut(rows_per_task * d))
         .enumerate();
     if threads > 1 {
-        let work: Vec<(usize, &mut [f32])> = item_chunks.collect();
+        let work: Vec<(usize, &mut [MaybeUninit<f32>])> = item_chunks.collect();
         work.into_par_iter().for_each(task);
     } else {
         item_chunks.for_each(task);
     }
+    // SAFETY: the chunks cover all `numel` elements, and each task's `P V` tiles store
+    // every row of its chunk for every head and every column of the head (`head_dim` is
+    // a whole number of NR-column tiles, stored unmasked).
+    unsafe { out.set_len(numel) };
+    out
 }

@@ -158,13 +158,6 @@ pub(crate) fn gelu(isa: Isa, x: &mut [f32]) {
     }
 }
 
-/// `out[i] = a[i] + b[i]` (plain loop: LLVM vectorises it at every level).
-pub(crate) fn add(a: &[f32], b: &[f32], out: &mut [f32]) {
-    for ((o, x), y) in out.iter_mut().zip(a).zip(b) {
-        *o = x + y;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

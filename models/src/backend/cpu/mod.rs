@@ -370,14 +370,11 @@ impl Backend for CpuBackend {
         let (weight_t, bias) = match &layer.form {
             #[cfg(target_arch = "x86_64")]
             LinearForm::Packed(packed) => {
-                let mut out = vec![0.0; numel];
                 let gelu = activation == Activation::Gelu;
-                self.in_pool(|| {
+                let out = self.in_pool(|| {
                     // SAFETY: `Packed` layers are only made when `self.isa` is Avx512,
                     // which `Isa::or_supported` grants only when the CPU has avx512f.
-                    unsafe {
-                        packed::linear_avx512(&x.data, rows, packed, gelu, &mut out, self.threads)
-                    }
+                    unsafe { packed::linear_avx512(&x.data, rows, packed, gelu, self.threads) }
                 });
                 return Ok(CpuTensor::new(shape, out));
             }
@@ -575,10 +572,6 @@ impl Backend for CpuBackend {
         }
         let d = three_d / 3;
         let hd = d / num_heads;
-        let mut out = vec![0.0f32; batch * tokens * d];
-        if out.is_empty() {
-            return Ok(CpuTensor::new(vec![batch, tokens, d], out));
-        }
         let isa = self.isa;
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 && hd.is_multiple_of(packed::NR) {
@@ -588,12 +581,14 @@ impl Backend for CpuBackend {
                 heads: num_heads,
                 head_dim: hd,
             };
-            self.in_pool(|| {
+            let out = self.in_pool(|| {
                 // SAFETY: `isa` is only Avx512 when the CPU reported avx512f.
-                unsafe {
-                    attention512::attention_avx512(&qkv.data, shape, scale, &mut out, self.threads)
-                }
+                unsafe { attention512::attention_avx512(&qkv.data, shape, scale, self.threads) }
             });
+            return Ok(CpuTensor::new(vec![batch, tokens, d], out));
+        }
+        let mut out = vec![0.0f32; batch * tokens * d];
+        if out.is_empty() {
             return Ok(CpuTensor::new(vec![batch, tokens, d], out));
         }
         // About four tasks per thread overall, so a batch of 1 still keeps every core
@@ -685,20 +680,24 @@ impl Backend for CpuBackend {
                 format!("cannot add {:?} and {:?}", a.shape, b.shape),
             ));
         }
-        let mut out = vec![0.0; a.data.len()];
-        let period = b.data.len().max(1);
-        if a.data.len() >= PARALLEL_MIN_ELEMS && self.threads > 1 && period == a.data.len() {
+        // Collected straight into the new buffer (no zero-fill pass first).
+        let same = b.data.len() == a.data.len();
+        let out: Vec<f32> = if same && a.data.len() >= PARALLEL_MIN_ELEMS && self.threads > 1 {
             self.in_pool(|| {
-                out.par_chunks_mut(PARALLEL_MIN_ELEMS / 2)
-                    .zip(a.data.par_chunks(PARALLEL_MIN_ELEMS / 2))
-                    .zip(b.data.par_chunks(PARALLEL_MIN_ELEMS / 2))
-                    .for_each(|((o, x), y)| kernels::add(x, y, o));
-            });
+                a.data
+                    .par_iter()
+                    .zip(&b.data)
+                    .with_min_len(PARALLEL_MIN_ELEMS / 2)
+                    .map(|(x, y)| x + y)
+                    .collect()
+            })
         } else {
-            for (o, x) in out.chunks_mut(period).zip(a.data.chunks(period)) {
-                kernels::add(x, &b.data, o);
+            let mut out = Vec::with_capacity(a.data.len());
+            for x in a.data.chunks(b.data.len().max(1)) {
+                out.extend(x.iter().zip(&b.data).map(|(x, y)| x + y));
             }
-        }
+            out
+        };
         Ok(CpuTensor::new(a.shape.clone(), out))
     }
 

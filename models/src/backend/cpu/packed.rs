@@ -91,31 +91,32 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above; no task reads what another writes.
 unsafe impl Sync for OutPtr {}
 
-/// `out[rows, outputs] = act(x[rows, inputs] W^T + b)` with the AVX-512 micro-kernel,
+/// `act(x[rows, inputs] W^T + b)` `[rows, outputs]` with the AVX-512 micro-kernel,
 /// split over `threads` workers of the current rayon pool.
+///
+/// The result is written straight into fresh, uninitialised memory: every element is
+/// stored exactly once by the tiles (no zero-fill pass, which cost as much as a small
+/// GEMM at batch 1).
 ///
 /// # Safety
 /// The CPU must support AVX-512F.
 ///
 /// # Panics
-/// If `x` or `out` is shorter than the shapes say (callers derive them from checked
-/// tensor shapes, so this is an internal invariant).
+/// If `x` is shorter than the shapes say (callers derive them from checked tensor
+/// shapes, so this is an internal invariant).
 pub(crate) unsafe fn linear_avx512(
     x: &[f32],
     rows: usize,
     layer: &PackedLinear,
     gelu: bool,
-    out: &mut [f32],
     threads: usize,
-) {
+) -> Vec<f32> {
     let (k, n) = (layer.inputs, layer.outputs);
     assert!(x.len() >= rows * k, "linear: input shorter than its shape");
-    assert!(
-        out.len() >= rows * n,
-        "linear: output shorter than its shape"
-    );
-    if rows == 0 || n == 0 {
-        return;
+    let numel = rows * n;
+    let mut out = Vec::with_capacity(numel);
+    if numel == 0 {
+        return out;
     }
     // Row blocks of about MC rows (a multiple of MR), panel groups one per thread.
     let row_tasks = rows.div_ceil(MC);
@@ -124,7 +125,7 @@ pub(crate) unsafe fn linear_avx512(
     let groups = threads.clamp(1, layer.panels);
     let per_group = layer.panels.div_ceil(groups);
     let groups = layer.panels.div_ceil(per_group);
-    let dst = OutPtr(out.as_mut_ptr());
+    let dst = OutPtr(out.spare_capacity_mut().as_mut_ptr().cast::<f32>());
     let task = |t: usize| {
         let (rt, g) = (t / groups, t % groups);
         let r0 = rt * mc;
@@ -132,7 +133,7 @@ pub(crate) unsafe fn linear_avx512(
         let p0 = g * per_group;
         let p1 = (p0 + per_group).min(layer.panels);
         // SAFETY: rows r0..r1 < rows and panels p0..p1 < panels are in bounds of `x`
-        // (rows * k), the packed weight and `out` (rows * n, checked above); this task
+        // (rows * k), the packed weight and `out` (capacity rows * n); this task
         // alone writes rows r0..r1 x columns p0*NR..min(p1*NR, n) of `out`; the CPU
         // supports AVX-512F (this function's contract).
         unsafe { block(x, k, n, r0, r1, p0, p1, layer, gelu, dst) };
@@ -143,6 +144,11 @@ pub(crate) unsafe fn linear_avx512(
     } else {
         (0..tasks).for_each(task);
     }
+    // SAFETY: the tasks' rectangles (row blocks x panel groups) tile all `rows` rows
+    // and all `panels` panels, and `block` stores every valid column (`cols`) of every
+    // row of each of its tiles, so all `numel` elements are initialised.
+    unsafe { out.set_len(numel) };
+    out
 }
 
 /// Rows `r0..r1` x panels `p0..p1` of the product, K-blocked by [`KC`].
@@ -241,22 +247,19 @@ mod tests {
             let layer = PackedLinear::pack(&w, Some(&b), n, k);
             let want = naive(&x, &w, &b, rows, n, k);
             for threads in [1, 2] {
-                let mut out = vec![f32::NAN; rows * n];
                 // SAFETY: avx512f was detected above.
-                pool.install(|| unsafe {
-                    linear_avx512(&x, rows, &layer, false, &mut out, threads)
-                });
+                let out =
+                    pool.install(|| unsafe { linear_avx512(&x, rows, &layer, false, threads) });
+                assert_eq!(out.len(), rows * n);
                 for (g, w) in out.iter().zip(&want) {
                     assert!(
                         (*g as f64 - w).abs() < 1e-4 * w.abs().max(1.0),
                         "{rows}x{n}x{k}: {g} vs {w}"
                     );
                 }
-                let mut act = vec![f32::NAN; rows * n];
                 // SAFETY: as above.
-                pool.install(|| unsafe {
-                    linear_avx512(&x, rows, &layer, true, &mut act, threads)
-                });
+                let act =
+                    pool.install(|| unsafe { linear_avx512(&x, rows, &layer, true, threads) });
                 for (g, z) in act.iter().zip(&want) {
                     let want = 0.5 * z * (1.0 + libm::erf(z / std::f64::consts::SQRT_2));
                     assert!((*g as f64 - want).abs() < 1e-4 * want.abs().max(1.0));
