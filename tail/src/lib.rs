@@ -9,6 +9,7 @@
 //! - [`model`]: loading served models on the CPU or wgpu backend;
 //! - [`edge`]: the running edge (sessions, batch loop, tail worker), what
 //!   `splitstream-edge` and the demo start;
+//! - [`governor`]: the POLCA-style power governor (thresholds, hysteresis, GPU caps);
 //! - [`DropReason`]: why a frame is answered `Dropped`.
 #![warn(missing_docs, unreachable_pub)]
 
@@ -16,6 +17,7 @@ pub mod batch_loop;
 pub mod batcher;
 pub mod config;
 pub mod edge;
+pub mod governor;
 pub mod metrics;
 pub mod model;
 pub mod offload;
