@@ -16,12 +16,14 @@
 //! [`driver`] is the tokio shell that samples a `splitstream_power::PowerSource`,
 //! applies GPU caps and publishes a [`PowerState`]; [`config`] is the `[power]`
 //! table; [`gate`] what a state means for a frame, a batch and a status message;
-//! [`rate`] the token bucket of the rate cap.
+//! [`load`] the worker's load and queue delay for status; [`rate`] the token bucket
+//! of the rate cap.
 
 pub mod config;
 pub mod core;
 pub mod driver;
 pub mod gate;
+pub mod load;
 pub mod priority;
 pub mod rate;
 
@@ -29,6 +31,7 @@ pub use self::config::{GpuCapChoice, PowerConfig};
 pub use self::core::{Action, Governor, GovernorConfig, Level, SessionCap, Transition};
 pub use self::driver::{GovernorDriver, GovernorObserver, NoObserver, PowerState};
 pub use self::gate::{plan_batch, SessionGate, ShedReason};
+pub use self::load::LoadTracker;
 pub use self::priority::Priority;
 
 use splitstream_power::trace::{TraceClock, TraceSource};
