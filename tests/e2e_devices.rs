@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, RunMode};
+use splitstream_head::device::{CodecChoice, RunMode, SplitAt};
 use splitstream_head::stats::Mode;
 use splitstream_tail::batcher::BatcherConfig;
 
@@ -22,7 +22,7 @@ async fn four_devices_share_batches_on_one_edge() {
     };
     let edge = start_edge(bytes, 4, batcher);
     let mode = RunMode::Split {
-        point: 2,
+        at: SplitAt::Point(2),
         codec: CodecChoice::Lossless,
     };
     let frames = frames(5);

@@ -5,7 +5,7 @@
 mod e2e_support;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, RunMode};
+use splitstream_head::device::{CodecChoice, RunMode, SplitAt};
 use splitstream_head::offload::{encode_jpeg, JpegSettings};
 use splitstream_head::source::Payload;
 use splitstream_head::stats::Mode;
@@ -43,7 +43,7 @@ async fn remote(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_with_lossless_codec_equals_local_exactly() {
     let (split, local, records) = remote(RunMode::Split {
-        point: 2,
+        at: SplitAt::Point(2),
         codec: CodecChoice::Lossless,
     })
     .await;
@@ -66,7 +66,7 @@ async fn split_with_lossless_codec_equals_local_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_with_8bit_codec_stays_within_tolerance_of_local() {
     let (split, local, records) = remote(RunMode::Split {
-        point: 2,
+        at: SplitAt::Point(2),
         codec: CodecChoice::U8,
     })
     .await;

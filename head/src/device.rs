@@ -10,93 +10,28 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use image::RgbImage;
 use splitstream_codec::{Bits, CodecParams, DecodeLimits, Entropy, TensorView};
-use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::preprocess::EvalTransform;
-use splitstream_models::vit::Vit;
-use splitstream_models::{Backend, HostTensor};
+use splitstream_models::HostTensor;
+use splitstream_transport::names::{jpeg_spec, OFFLOAD_SPLIT};
 use splitstream_transport::{Client, CodecSpec, FrameOutcome, OutgoingFrame};
+
+pub use crate::model::{load_model, DeviceModel, LoadModelError, ModelRunError};
+pub use splitstream_transport::{CodecChoice, SplitAt};
 
 use crate::offload::{encode_jpeg, JpegSettings};
 use crate::source::{Frame, Payload};
 use crate::stats::{FrameRecord, Mode, Outcome};
 
-/// The model the device runs (CPU backend).
-pub type DeviceModel = Arc<Vit<CpuBackend>>;
-
-/// Split name on the wire for offloaded frames (matches the edge's).
-pub const OFFLOAD_SPLIT: &str = "offload";
-/// Codec scheme name on the wire for offloaded frames.
-pub const JPEG_CODEC: &str = "jpeg";
-
-/// The wire name of split point `point`: `embed` for 0, `block{k-1}` for `k`.
-pub fn split_name(point: usize) -> String {
-    match point {
-        0 => "embed".to_owned(),
-        k => format!("block{}", k - 1),
-    }
-}
-
-/// A bottleneck codec choice, by the name devices and edges agree on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CodecChoice {
-    /// f32, bit exact.
-    Lossless,
-    /// f32, bit exact, zstd level 1 on byte planes.
-    LosslessZstd,
-    /// 8-bit affine, one scale and offset per tensor (BottleFit's).
-    U8,
-    /// 8-bit affine per tensor, zstd level 1.
-    U8Zstd,
-    /// 8-bit affine, one scale and offset per embedding channel.
-    U8Channel,
-    /// 4-bit affine per channel.
-    U4,
-}
-
-impl CodecChoice {
-    /// Every choice, for `--help` and tables.
-    pub const ALL: [CodecChoice; 6] = [
-        Self::Lossless,
-        Self::LosslessZstd,
-        Self::U8,
-        Self::U8Zstd,
-        Self::U8Channel,
-        Self::U4,
-    ];
-
-    /// Name on the wire and on the command line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Lossless => "lossless",
-            Self::LosslessZstd => "lossless-zstd",
-            Self::U8 => "u8",
-            Self::U8Zstd => "u8-zstd",
-            Self::U8Channel => "u8-channel",
-            Self::U4 => "u4",
-        }
-    }
-
-    /// The choice of this name.
-    pub fn parse(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|c| c.name() == name)
-    }
-
-    /// The codec parameters.
-    pub fn params(self) -> CodecParams {
-        let zstd = Entropy::Zstd { level: 1 };
-        match self {
-            Self::Lossless => CodecParams::LOSSLESS,
-            Self::LosslessZstd => CodecParams::LOSSLESS.with_entropy(zstd),
-            Self::U8 => CodecParams::affine(Bits::B8, Entropy::None),
-            Self::U8Zstd => CodecParams::affine(Bits::B8, zstd),
-            Self::U8Channel => CodecParams::affine_per_channel(Bits::B8, 2, Entropy::None),
-            Self::U4 => CodecParams::affine_per_channel(Bits::B4, 2, Entropy::None),
-        }
-    }
-
-    /// The transport's description of it.
-    pub fn spec(self) -> CodecSpec {
-        CodecSpec::new(self.name(), Vec::new())
+/// The codec parameters the device encodes a bottleneck with for each choice.
+pub fn codec_params(codec: CodecChoice) -> CodecParams {
+    let zstd = Entropy::Zstd { level: 1 };
+    match codec {
+        CodecChoice::Lossless => CodecParams::LOSSLESS,
+        CodecChoice::LosslessZstd => CodecParams::LOSSLESS.with_entropy(zstd),
+        CodecChoice::U8 => CodecParams::affine(Bits::B8, Entropy::None),
+        CodecChoice::U8Zstd => CodecParams::affine(Bits::B8, zstd),
+        CodecChoice::U8Channel => CodecParams::affine_per_channel(Bits::B8, 2, Entropy::None),
+        CodecChoice::U4 => CodecParams::affine_per_channel(Bits::B4, 2, Entropy::None),
     }
 }
 
@@ -105,10 +40,11 @@ impl CodecChoice {
 pub enum RunMode {
     /// The whole model on the device.
     Local,
-    /// The head to split point `point` on the device, the tail on the edge.
+    /// The head to a split point on the device (with the learned bottleneck's encoder
+    /// when the split is a bottleneck), the tail on the edge.
     Split {
-        /// Split point (head stages on the device).
-        point: usize,
+        /// Where the model is cut.
+        at: SplitAt,
         /// Bottleneck codec.
         codec: CodecChoice,
     },
@@ -133,11 +69,8 @@ impl RunMode {
     pub fn wire(&self) -> Option<(String, CodecSpec)> {
         match self {
             Self::Local => None,
-            Self::Split { point, codec } => Some((split_name(*point), codec.spec())),
-            Self::Offload { .. } => Some((
-                OFFLOAD_SPLIT.to_owned(),
-                CodecSpec::new(JPEG_CODEC, Vec::new()),
-            )),
+            Self::Split { at, codec } => Some((at.name(), codec.spec())),
+            Self::Offload { .. } => Some((OFFLOAD_SPLIT.to_owned(), jpeg_spec())),
         }
     }
 }
@@ -220,7 +153,7 @@ impl Device {
             seq,
             mode: self.mode.mode(),
             split: match &self.mode {
-                RunMode::Split { point, .. } => u32::try_from(*point).ok(),
+                RunMode::Split { at, .. } => u32::try_from(at.point()).ok(),
                 _ => None,
             },
             result: Outcome::Failed {
@@ -266,19 +199,13 @@ impl Device {
                 rec.head_ms = ms(t0.elapsed());
                 Ok(l.into_data())
             }
-            RunMode::Split { point, codec } => {
-                let act = self
-                    .blocking(move |m| {
-                        let be = m.backend();
-                        let x = be.upload(&input)?;
-                        let a = m.head(&x, point)?;
-                        Ok::<_, splitstream_models::vit::RunError>(be.readback(&a)?)
-                    })
-                    .await?;
+            RunMode::Split { at, codec } => {
+                let act = self.blocking(move |m| m.head(&input, at)).await?;
                 let encoded = TensorView::f32(act.shape(), act.data())
                     .map_err(|e| e.to_string())
                     .and_then(|v| {
-                        splitstream_codec::encode(&v, &codec.params()).map_err(|e| e.to_string())
+                        splitstream_codec::encode(&v, &codec_params(codec))
+                            .map_err(|e| e.to_string())
                     });
                 rec.head_ms = ms(t0.elapsed());
                 let remote = match encoded {
@@ -292,14 +219,7 @@ impl Device {
                         rec.fallback = Some(why);
                         rec.mode = Mode::Local;
                         let t = Instant::now();
-                        let l = self
-                            .blocking(move |m| {
-                                let be = m.backend();
-                                let x = be.upload(&act)?;
-                                let y = m.tail(&x, point)?;
-                                Ok::<_, splitstream_models::vit::RunError>(be.readback(&y)?)
-                            })
-                            .await?;
+                        let l = self.blocking(move |m| m.tail(&act, at)).await?;
                         rec.tail_ms = ms(t.elapsed());
                         Ok(l.into_data())
                     }
@@ -362,9 +282,7 @@ impl Device {
 
     async fn blocking<F>(&self, f: F) -> Result<HostTensor, ComputeError>
     where
-        F: FnOnce(&Vit<CpuBackend>) -> Result<HostTensor, splitstream_models::vit::RunError>
-            + Send
-            + 'static,
+        F: FnOnce(&DeviceModel) -> Result<HostTensor, ModelRunError> + Send + 'static,
     {
         let model = self.model.clone();
         tokio::task::spawn_blocking(move || f(&model))
@@ -390,59 +308,4 @@ pub fn classify(logits: &[f32]) -> Outcome {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
-}
-
-/// The head count a safetensors file declares in its `__metadata__` (`"num_heads"`);
-/// `None` when absent or unreadable.
-pub fn metadata_num_heads(bytes: &[u8]) -> Option<usize> {
-    let len_bytes: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    let len = usize::try_from(u64::from_le_bytes(len_bytes)).ok()?;
-    // safetensors caps its header at 100 MB; refuse before slicing anything larger.
-    if len > 100 << 20 {
-        return None;
-    }
-    let header = bytes.get(8..8usize.checked_add(len)?)?;
-    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
-    json.get("__metadata__")?
-        .get("num_heads")?
-        .as_str()?
-        .trim()
-        .parse()
-        .ok()
-}
-
-/// Why the device's model did not load.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot load the model from {source_name}: {detail}")]
-pub struct LoadModelError {
-    /// Where the weights came from.
-    pub source_name: String,
-    /// What was wrong.
-    pub detail: String,
-}
-
-/// Loads a timm ViT from safetensors bytes on the CPU backend (`threads` workers, 0:
-/// one per core), with its wire identity (`name` + SHA-256 of the bytes). The head
-/// count comes from `num_heads`, else the file's metadata, else the D/64 default.
-pub fn load_model(
-    name: &str,
-    bytes: Vec<u8>,
-    source_name: &str,
-    num_heads: Option<usize>,
-    threads: usize,
-) -> Result<(DeviceModel, splitstream_transport::ModelId), LoadModelError> {
-    let err = |detail: String| LoadModelError {
-        source_name: source_name.to_owned(),
-        detail,
-    };
-    let id = splitstream_transport::ModelId::from_weights_bytes(name, &bytes);
-    let options = splitstream_models::vit::VitOptions {
-        num_heads: num_heads.or_else(|| metadata_num_heads(&bytes)),
-        ..Default::default()
-    };
-    let weights = splitstream_models::weights::Weights::from_bytes(bytes, source_name)
-        .map_err(|e| err(e.to_string()))?;
-    let backend = CpuBackend::new(threads).map_err(|e| err(e.to_string()))?;
-    let vit = Vit::load(backend, &weights, &options).map_err(|e| err(e.to_string()))?;
-    Ok((Arc::new(vit), id))
 }

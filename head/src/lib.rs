@@ -5,6 +5,7 @@
 //!   cameras and streams through `ffmpeg`, preprocessed tensors in safetensors files),
 //!   chosen from one spec string by [`source::open_source`];
 //! - [`device`]: running frames locally, split or offloaded, with local fallback;
+//! - [`model`]: the network the device runs (a ViT, or one with a learned bottleneck);
 //! - [`offload`]: the frame as JPEG for offload mode;
 //! - [`policy`]: where each frame runs (local, split, offload), from battery, link and edge;
 //! - [`synthetic`]: a seeded, untrained ViT checkpoint for the demo and tests;
@@ -12,6 +13,7 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod device;
+pub mod model;
 pub mod offload;
 pub mod policy;
 pub mod source;

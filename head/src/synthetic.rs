@@ -54,6 +54,42 @@ impl SplitMix {
 /// images then differ clearly, so agreement between two runs is a real check.
 pub fn seeded_vit_safetensors(spec: &VitSpec, seed: u64) -> Vec<u8> {
     let mut rng = SplitMix(seed);
+    let tensors = vit_tensors(spec, &mut rng);
+    serialize(tensors, &[("num_heads", spec.num_heads.to_string())])
+}
+
+/// The seeded ViT with a learned-bottleneck-shaped pair at split point `point`: a
+/// token encoder `nn.Linear(D, rank)` and a linear decoder `nn.Linear(rank, D)`
+/// (`bottleneck.*` tensors; `split`, `rank`, `num_heads` in the metadata), seeded
+/// like the rest. Untrained, so the code loses information; what matters to tests is
+/// that device and edge compute the same function of it.
+pub fn seeded_split_safetensors(spec: &VitSpec, seed: u64, point: usize, rank: usize) -> Vec<u8> {
+    let mut rng = SplitMix(seed);
+    let mut tensors = vit_tensors(spec, &mut rng);
+    let d = spec.embed_dim;
+    let bound = (6.0 / (d + rank) as f32).sqrt();
+    let mut uniform = |name: &str, shape: Vec<usize>, bound: f32| {
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|_| rng.symmetric() * bound).collect();
+        tensors.push((format!("bottleneck.{name}"), shape, data));
+    };
+    uniform("encoder.weight", vec![rank, d], bound);
+    uniform("encoder.bias", vec![rank], 0.01);
+    uniform("decoder.weight", vec![d, rank], bound);
+    uniform("decoder.bias", vec![d], 0.01);
+    serialize(
+        tensors,
+        &[
+            ("num_heads", spec.num_heads.to_string()),
+            ("rank", rank.to_string()),
+            ("split", point.to_string()),
+        ],
+    )
+}
+
+type Tensors = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+fn vit_tensors(spec: &VitSpec, rng: &mut SplitMix) -> Tensors {
     let d = spec.embed_dim;
     let p = spec.patch_size;
     let tokens = 1 + (spec.image_size / p) * (spec.image_size / p);
@@ -105,7 +141,13 @@ pub fn seeded_vit_safetensors(spec: &VitSpec, seed: u64) -> Vec<u8> {
         norm(format!("blocks.{i}.norm2"));
     }
     norm("norm".into());
+    tensors
+}
 
+/// safetensors bytes with the metadata entries in the given order (safetensors
+/// itself writes its metadata map in HashMap order, and the bytes must not vary
+/// between runs: their SHA-256 is the model id the edge admits devices by).
+fn serialize(tensors: Tensors, metadata: &[(&str, String)]) -> Vec<u8> {
     let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
         .into_iter()
         .map(|(n, s, v)| (n, s, v.iter().flat_map(|x| x.to_le_bytes()).collect()))
@@ -118,13 +160,35 @@ pub fn seeded_vit_safetensors(spec: &VitSpec, seed: u64) -> Vec<u8> {
                 .map(|v| (n.clone(), v))
         })
         .collect();
-    // One metadata entry only: safetensors writes the metadata map in HashMap order,
-    // and the file's bytes must not vary between runs (their SHA-256 is the model id
-    // the edge admits devices by).
-    let metadata =
-        std::collections::HashMap::from([("num_heads".to_owned(), spec.num_heads.to_string())]);
     // Shapes and byte lengths are consistent by construction, so this cannot fail.
-    safetensors::serialize(views, Some(metadata)).unwrap_or_default()
+    let plain = safetensors::serialize(views, None).unwrap_or_default();
+    with_metadata(&plain, metadata).unwrap_or(plain)
+}
+
+/// Re-writes a safetensors header with `__metadata__` added (keys in the given
+/// order; the tensor entries keep their order and offsets, which are relative to the
+/// data section).
+fn with_metadata(plain: &[u8], metadata: &[(&str, String)]) -> Option<Vec<u8>> {
+    let len = usize::try_from(u64::from_le_bytes(plain.get(..8)?.try_into().ok()?)).ok()?;
+    let header = std::str::from_utf8(plain.get(8..8 + len)?).ok()?.trim_end();
+    let body = header.strip_prefix('{')?;
+    let entries: Vec<String> = metadata
+        .iter()
+        .map(|(k, v)| format!("{}:{}", serde_json::json!(k), serde_json::json!(v)))
+        .collect();
+    let mut new = format!("{{\"__metadata__\":{{{}}}", entries.join(","));
+    if body != "}" {
+        new.push(',');
+    }
+    new.push_str(body);
+    // The data section starts 8-aligned, as safetensors writes it.
+    while new.len() % 8 != 0 {
+        new.push(' ');
+    }
+    let mut out = (new.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(new.as_bytes());
+    out.extend_from_slice(plain.get(8 + len..)?);
+    Some(out)
 }
 
 #[cfg(test)]
@@ -142,5 +206,19 @@ mod tests {
             (c.depth, c.num_heads, c.num_classes, c.num_tokens()),
             (4, 3, 10, 50)
         );
+        assert_eq!(model.bottleneck(), None);
+    }
+
+    #[test]
+    fn seeded_split_checkpoint_is_deterministic_and_carries_its_bottleneck() {
+        let a = seeded_split_safetensors(&DEMO_VIT, 7, 2, 16);
+        assert_eq!(a, seeded_split_safetensors(&DEMO_VIT, 7, 2, 16));
+        let (model, _) = crate::device::load_model("demo", a, "seeded", None, 1).unwrap();
+        assert_eq!(model.config().num_heads, 3);
+        assert_eq!(
+            model.bottleneck(),
+            Some(crate::model::BottleneckInfo { point: 2, rank: 16 })
+        );
+        assert!(model.split_at(1).is_err(), "only the bottleneck's point");
     }
 }

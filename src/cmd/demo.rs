@@ -1,36 +1,50 @@
 //! `splitstream demo` (also what `splitstream` runs with no subcommand): an edge and a
 //! device in one process, on loopback over real QUIC with a freshly generated
-//! certificate, on the demo test set that ships in `assets/demo/test`. Streams every
-//! image in each mode and prints a table: agreement with local (or accuracy, for a
-//! trained model), latency percentiles, bytes per frame.
+//! certificate, on the demo model and test set that ship in `assets/demo`:
+//!
+//! - `demo_vit.safetensors`, the teacher ViT: what `local` runs, split without a
+//!   bottleneck (lossless and 8-bit) and offloaded as JPEG;
+//! - `demo_vit_bottlefit.safetensors`, the student ViT with its learned bottleneck
+//!   (`bottleneck.*`; `split` and `rank` in its metadata): split at the bottleneck,
+//!   its code sent in 8 and 4 bits;
+//! - `test/*.jpg` and `test/labels.csv`, 300 held-out images.
+//!
+//! Every image runs in each mode; the table gives accuracy against the labels,
+//! agreement with local (top-1), latency percentiles and bytes per frame.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use splitstream_head::device::{load_model, CodecChoice, Device, RunMode};
+use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode, SplitAt};
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
-use splitstream_head::synthetic::{seeded_vit_safetensors, DEMO_VIT};
 use splitstream_tail::config::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
 use splitstream_transport::{
-    Client, ClientConfig, ServerConfig, ServerIdentity, ServerTrust, StreamConfig, TokenStore,
+    Client, ClientConfig, ModelId, ServerConfig, ServerIdentity, ServerTrust, StreamConfig,
+    TokenStore,
 };
 
 /// Arguments of `splitstream demo`.
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   cargo run --release                 # the demo, from a fresh clone
-  splitstream demo --frames 100       # fewer frames per mode")]
+  splitstream demo --frames 100       # fewer frames per mode
+  splitstream demo --model-dir DIR    # other demo_vit*.safetensors files")]
 pub(crate) struct Args {
-    /// The demo folder (test/*.jpg, test/labels.csv, demo_vit.safetensors when trained).
+    /// The demo folder (test/*.jpg, test/labels.csv); default: assets/demo of the
+    /// project this binary was built from, else ./assets/demo.
     #[arg(long, value_name = "DIR")]
     assets: Option<PathBuf>,
+    /// Where demo_vit.safetensors and demo_vit_bottlefit.safetensors are (default:
+    /// the demo folder).
+    #[arg(long, value_name = "DIR")]
+    model_dir: Option<PathBuf>,
     /// Frames per mode (at most the test set's 300).
     #[arg(long, value_name = "N", default_value_t = 300)]
     frames: usize,
@@ -40,12 +54,16 @@ impl Default for Args {
     fn default() -> Self {
         Self {
             assets: None,
+            model_dir: None,
             frames: 300,
         }
     }
 }
 
-const MODEL_NAME: &str = "demo-vit";
+const TEACHER: &str = "demo-vit";
+const STUDENT: &str = "demo-vit-bottlefit";
+const TEACHER_FILE: &str = "demo_vit.safetensors";
+const STUDENT_FILE: &str = "demo_vit_bottlefit.safetensors";
 const DEVICE_ID: &str = "demo-device";
 
 struct Sample {
@@ -63,8 +81,18 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     runtime.block_on(demo(args))
 }
 
+/// The demo folder: as given, else the project's `assets/demo` (located from where
+/// this binary was built), else `assets/demo` under the current folder.
 fn assets_dir(given: Option<PathBuf>) -> PathBuf {
-    given.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo"))
+    if let Some(dir) = given {
+        return dir;
+    }
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo");
+    if built.is_dir() {
+        built
+    } else {
+        PathBuf::from("assets/demo")
+    }
 }
 
 fn load_samples(dir: &Path, max: usize) -> anyhow::Result<Vec<Sample>> {
@@ -127,41 +155,52 @@ struct ModeRun {
     fallbacks: u64,
 }
 
+/// A model loaded for the device and served by the edge.
+struct DemoModel {
+    device: DeviceModel,
+    id: ModelId,
+}
+
+fn load_pair(dir: &Path, name: &str, file: &str) -> anyhow::Result<(DemoModel, ServedModel)> {
+    let path = dir.join(file);
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "cannot read the demo model {}: run from the project folder, or give \
+             --model-dir DIR holding {TEACHER_FILE} and {STUDENT_FILE}",
+            path.display()
+        )
+    })?;
+    let shown = path.display().to_string();
+    // One CPU thread each: the edge and the device share this machine's cores.
+    let (device, id) = load_model(name, bytes.clone(), &shown, None, 1)?;
+    let served = ServedModel::from_bytes(name, bytes, &shown, None, BackendChoice::Cpu, 1)?;
+    Ok((DemoModel { device, id }, served))
+}
+
 async fn demo(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = assets_dir(args.assets);
+    let model_dir = args.model_dir.unwrap_or_else(|| dir.clone());
     let samples = load_samples(&dir, args.frames.max(1))?;
-    let trained_path = dir.join("demo_vit.safetensors");
-    let (bytes, source, trained) = if trained_path.exists() {
-        let b = std::fs::read(&trained_path)
-            .with_context(|| format!("cannot read {}", trained_path.display()))?;
-        (b, trained_path.display().to_string(), true)
-    } else {
-        (
-            seeded_vit_safetensors(&DEMO_VIT, 7),
-            "seeded ViT (in memory)".to_owned(),
-            false,
-        )
-    };
-    let heads = Some(DEMO_VIT.num_heads);
-    // One CPU thread each: the edge and the device share this machine's cores.
-    let (model, id) = load_model(MODEL_NAME, bytes.clone(), &source, heads, 1)?;
-    let served = ServedModel::from_bytes(MODEL_NAME, bytes, &source, heads, BackendChoice::Cpu, 1)?;
-    let depth = model.config().depth;
-    let middle = depth / 2;
-    println!(
-        "splitstream demo: {} images, model {source} ({} blocks, {} classes)",
-        samples.len(),
-        depth,
-        model.config().num_classes
-    );
-    if !trained {
-        println!(
-            "NOTE: no trained model at {}: this run uses an UNTRAINED seeded ViT, so accuracy is \
-             not meaningful; the table reports agreement with local instead.",
-            trained_path.display()
+    let (teacher, teacher_served) = load_pair(&model_dir, TEACHER, TEACHER_FILE)?;
+    let (student, student_served) = load_pair(&model_dir, STUDENT, STUDENT_FILE)?;
+    let Some(bottleneck) = student.device.bottleneck() else {
+        bail!(
+            "{} has no learned bottleneck (bottleneck.* tensors with split and rank metadata)",
+            model_dir.join(STUDENT_FILE).display()
         );
-    }
+    };
+    let c = teacher.device.config();
+    println!(
+        "splitstream demo: {} test images; teacher {TEACHER_FILE} ({} blocks, {} classes), \
+         student {STUDENT_FILE} (bottleneck after point {}, rank {} of {} channels)",
+        samples.len(),
+        c.depth,
+        c.num_classes,
+        bottleneck.point,
+        bottleneck.rank,
+        c.embed_dim,
+    );
 
     let mut tokens = TokenStore::new();
     let token = token();
@@ -169,43 +208,68 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let identity = ServerIdentity::self_signed(&["localhost"])?;
     let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let metrics = Arc::new(EdgeMetrics::new());
-    let edge = RunningEdge::start(server, vec![served], EdgeOptions::default(), metrics)?;
+    let edge = RunningEdge::start(
+        server,
+        vec![teacher_served, student_served],
+        EdgeOptions::default(),
+        metrics,
+    )?;
     println!(
         "edge on {} (QUIC, self-signed certificate, fingerprint {})",
         edge.local_addr(),
         edge.fingerprint()
     );
 
-    let modes = [
-        ("local".to_owned(), RunMode::Local),
+    let k = bottleneck.point;
+    let modes: Vec<(String, &DemoModel, RunMode)> = vec![
+        ("local (teacher)".to_owned(), &teacher, RunMode::Local),
         (
-            format!("split@{middle} lossless"),
+            format!("split@{k} bottleneck u8"),
+            &student,
             RunMode::Split {
-                point: middle,
+                at: SplitAt::Bottleneck(k),
+                codec: CodecChoice::U8,
+            },
+        ),
+        (
+            format!("split@{k} bottleneck u4"),
+            &student,
+            RunMode::Split {
+                at: SplitAt::Bottleneck(k),
+                codec: CodecChoice::U4,
+            },
+        ),
+        (
+            format!("split@{k} lossless"),
+            &teacher,
+            RunMode::Split {
+                at: SplitAt::Point(k),
                 codec: CodecChoice::Lossless,
             },
         ),
         (
-            format!("split@{middle} u8"),
+            format!("split@{k} u8"),
+            &teacher,
             RunMode::Split {
-                point: middle,
+                at: SplitAt::Point(k),
                 codec: CodecChoice::U8,
             },
         ),
         (
             "offload jpeg".to_owned(),
+            &teacher,
             RunMode::Offload {
                 jpeg: JpegSettings::default(),
             },
         ),
     ];
     let mut runs = Vec::new();
-    for (label, mode) in modes {
+    for (label, model, mode) in modes {
         let client = match mode.wire() {
             None => None,
             Some((split, codec)) => {
                 let stream = StreamConfig {
-                    model: id.clone(),
+                    model: model.id.clone(),
                     split,
                     codec,
                 };
@@ -216,10 +280,17 @@ async fn demo(args: Args) -> anyhow::Result<()> {
                     token.clone(),
                     stream,
                 );
-                Some(Arc::new(Client::connect(cfg).await?))
+                Some(Arc::new(Client::connect(cfg).await.with_context(|| {
+                    format!("{label}: the device could not open a session")
+                })?))
             }
         };
-        let mut device = Device::new(model.clone(), mode, client.clone(), Duration::from_secs(2));
+        let mut device = Device::new(
+            model.device.clone(),
+            mode,
+            client.clone(),
+            Duration::from_secs(2),
+        );
         let mut run = ModeRun {
             label,
             logits: Vec::new(),
@@ -254,52 +325,42 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     edge.shutdown().await;
 
     let reference = &runs[0].logits;
-    let quality = if trained {
-        "accuracy"
-    } else {
-        "agree w/ local"
-    };
     println!();
     println!(
-        "| {:<20} | {:>14} | {:>13} | {:>8} | {:>8} | {:>8} | {:>11} | {:>9} |",
-        "mode", quality, "max |dlogit|", "p50 ms", "p95 ms", "p99 ms", "bytes/frame", "fallbacks"
+        "| {:<26} | {:>8} | {:>9} | {:>8} | {:>8} | {:>11} | {:>9} |",
+        "mode", "accuracy", "agreement", "p50 ms", "p95 ms", "bytes/frame", "fallbacks"
     );
     println!(
         "|{}|",
-        [22, 16, 15, 10, 10, 10, 13, 11]
+        [28, 10, 11, 10, 10, 13, 11]
             .map(|w| "-".repeat(w))
             .join("|")
     );
     for run in &runs {
-        let n = run.logits.len().max(1);
-        let (agree, max_diff) = compare(reference, &run.logits);
-        let q = if trained {
-            let correct = run
-                .logits
-                .iter()
-                .zip(&samples)
-                .filter(|(l, s)| argmax(l) == Some(s.label))
-                .count();
-            format!("{:.1}%", 100.0 * correct as f64 / n as f64)
-        } else {
-            format!("{:.1}%", 100.0 * agree as f64 / n as f64)
-        };
+        let n = run.logits.len().max(1) as f64;
+        let correct = run
+            .logits
+            .iter()
+            .zip(&samples)
+            .filter(|(l, s)| argmax(l) == Some(s.label))
+            .count();
+        let agree = agreement(reference, &run.logits);
         let p = Percentiles::of(&run.latency_ms);
         println!(
-            "| {:<20} | {:>14} | {:>13.2e} | {:>8.2} | {:>8.2} | {:>8.2} | {:>11.0} | {:>9} |",
+            "| {:<26} | {:>7.1}% | {:>8.1}% | {:>8.2} | {:>8.2} | {:>11.0} | {:>9} |",
             run.label,
-            q,
-            max_diff,
+            100.0 * correct as f64 / n,
+            100.0 * agree as f64 / n,
             p.p50,
             p.p95,
-            p.p99,
-            run.bytes as f64 / n as f64,
+            run.bytes as f64 / n,
             run.fallbacks
         );
     }
     println!();
     println!(
-        "{} frames per mode; largest edge batch {largest_batch}; total {:.1} s",
+        "{} frames per mode; accuracy against the labels, agreement = same top-1 as local \
+         (teacher); largest edge batch {largest_batch}; total {:.1} s",
         samples.len(),
         started.elapsed().as_secs_f64()
     );
@@ -313,17 +374,11 @@ fn argmax(v: &[f32]) -> Option<usize> {
         .map(|(i, _)| i)
 }
 
-/// Frames whose top-1 equals the reference's, and the largest logit difference.
-fn compare(reference: &[Vec<f32>], other: &[Vec<f32>]) -> (usize, f32) {
-    let mut agree = 0;
-    let mut max_diff = 0f32;
-    for (a, b) in reference.iter().zip(other) {
-        if argmax(a).is_some() && argmax(a) == argmax(b) {
-            agree += 1;
-        }
-        for (x, y) in a.iter().zip(b) {
-            max_diff = max_diff.max((x - y).abs());
-        }
-    }
-    (agree, max_diff)
+/// Frames whose top-1 equals the reference's.
+fn agreement(reference: &[Vec<f32>], other: &[Vec<f32>]) -> usize {
+    reference
+        .iter()
+        .zip(other)
+        .filter(|(a, b)| argmax(a).is_some() && argmax(a) == argmax(b))
+        .count()
 }

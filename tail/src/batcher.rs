@@ -35,22 +35,50 @@ use crate::reason::DropReason;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SessionId(pub u64);
 
-/// What items must share to be batched: the model and the split point.
+/// What the edge computes for a key's items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Route {
+    /// The tail from split point `k` (head stages the device ran), on activations.
+    Tail(u32),
+    /// The learned bottleneck's decoder at split point `k`, then the tail, on codes.
+    Decode(u32),
+    /// The whole model, on an offloaded frame.
+    Full,
+}
+
+impl Route {
+    /// The `split` label of metrics: the point (`4`), the point and `-bottleneck`, or
+    /// `offload`.
+    pub fn label(self) -> String {
+        match self {
+            Self::Tail(k) => k.to_string(),
+            Self::Decode(k) => format!("{k}-bottleneck"),
+            Self::Full => "offload".to_owned(),
+        }
+    }
+}
+
+/// What items must share to be batched: the model and what runs of it (so the same
+/// layers run on tensors of the same shape).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BatchKey {
     /// The model's name (as in the edge config).
     pub model: Arc<str>,
-    /// How many head stages ran on the device; 0 is a full offload (the edge runs the
-    /// whole model from the preprocessed frame).
-    pub split: u32,
+    /// What runs.
+    pub route: Route,
 }
 
 impl BatchKey {
-    /// A key for `model` at `split`.
+    /// A key for the tail of `model` from split point `split`.
     pub fn new(model: impl Into<Arc<str>>, split: u32) -> Self {
+        Self::routed(model, Route::Tail(split))
+    }
+
+    /// A key for `route` of `model`.
+    pub fn routed(model: impl Into<Arc<str>>, route: Route) -> Self {
         Self {
             model: model.into(),
-            split,
+            route,
         }
     }
 }
@@ -432,7 +460,7 @@ impl<T> Batcher<T> {
         for x in &items {
             self.dec_session(x.item.session);
         }
-        tracing::trace!(model = %key.model, split = key.split, size = items.len(), ?trigger, "batch formed");
+        tracing::trace!(model = %key.model, route = ?key.route, size = items.len(), ?trigger, "batch formed");
         Some(Batch {
             key,
             items,

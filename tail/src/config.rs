@@ -111,11 +111,10 @@ pub struct ModelConfig {
     /// The name devices ask for, and the `model` label in metrics: letters, digits,
     /// `.`, `_`, `-`.
     pub name: String,
-    /// The model's weights (safetensors, names as in timm / Hugging Face).
+    /// The model's weights (safetensors, names as in timm / Hugging Face). A file
+    /// with `bottleneck.*` tensors (and `split`, `rank` metadata) carries a learned
+    /// bottleneck: devices then split at its point and send its code.
     pub weights: PathBuf,
-    /// A learned bottleneck (encoder/decoder pair at a split point), if any.
-    #[serde(default)]
-    pub bottleneck: Option<PathBuf>,
     /// Split points devices may use (how many head stages run on the device). Default
     /// empty: every split point the model has.
     #[serde(default)]
@@ -364,7 +363,6 @@ impl EdgeConfig {
         self.tokens_file.as_mut().map(join);
         for m in &mut self.models {
             join(&mut m.weights);
-            m.bottleneck.as_mut().map(join);
         }
     }
 

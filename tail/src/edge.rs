@@ -30,14 +30,11 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::batch_loop::{spawn_batch_loop, BatchHandle, Dropped};
-use crate::batcher::{Batch, BatchKey, BatcherConfig, Item, SessionId};
+use crate::batcher::{Batch, BatchKey, BatcherConfig, Item, Route, SessionId};
 use crate::metrics::EdgeMetrics;
-use crate::model::{parse_split_name, ServedModel, BOTTLENECK_CODECS, JPEG_CODEC, OFFLOAD_SPLIT};
+use crate::model::{CodecChoice, ServedModel, JPEG_CODEC, OFFLOAD_SPLIT};
 use crate::offload::{decode_jpeg, DEFAULT_MAX_SIDE};
 use crate::reason::DropReason;
-
-/// The batch key's split for offloaded frames (the whole model runs).
-const OFFLOAD_POINT: u32 = u32::MAX;
 
 /// What runs on the edge besides the transport's own configuration.
 #[derive(Clone, Debug)]
@@ -192,12 +189,11 @@ impl RunningEdge {
             let name = m.id.arch.clone();
             let entry = ModelEntry {
                 weights_sha256: m.id.weights_sha256,
-                splits: m
-                    .served_splits()
-                    .into_iter()
-                    .map(crate::model::split_name)
+                splits: m.served_split_names().into_iter().collect(),
+                codecs: CodecChoice::ALL
+                    .iter()
+                    .map(|c| c.name().to_owned())
                     .collect(),
-                codecs: BOTTLENECK_CODECS.iter().map(|s| s.to_string()).collect(),
             };
             if registry
                 .models
@@ -389,19 +385,14 @@ async fn serve_session(
             let _ = frame.responder.drop_frame(WireDrop::StaleConfig);
             continue;
         };
-        let point = if config.split == OFFLOAD_SPLIT {
-            Some(OFFLOAD_POINT)
-        } else {
-            parse_split_name(&config.split).and_then(|k| u32::try_from(k).ok())
-        };
-        let Some(point) = point else {
+        let Some(route) = model.route(&config.split) else {
             metrics.dropped(DropReason::BadFrame);
             let _ = frame.responder.drop_frame(WireDrop::StaleConfig);
             continue;
         };
         let item = Item {
             session: id,
-            key: BatchKey::new(Arc::from(model.id.arch.as_str()), point),
+            key: BatchKey::routed(Arc::from(model.id.arch.as_str()), route),
             deadline: Some(frame.meta.deadline),
             payload: Job {
                 payload: frame.payload,
@@ -452,17 +443,17 @@ impl Worker {
             return;
         };
         let cfg = model.model.config();
-        // Decode every payload into one row of the batch; bad ones are answered now.
-        let (per_item, shape_tail): (usize, Vec<usize>) = if key.split == OFFLOAD_POINT {
-            let s = cfg.image_size;
-            (3 * s * s, vec![3, s, s])
-        } else {
-            let (n, d) = (cfg.num_tokens(), cfg.embed_dim);
-            (n * d, vec![n, d])
+        let Some(shape_tail) = model.model.input_shape(key.route) else {
+            for q in batch.items {
+                self.drop_job(q.item.payload, DropReason::Error);
+            }
+            return;
         };
+        // Decode every payload into one row of the batch; bad ones are answered now.
+        let per_item: usize = shape_tail.iter().product();
         let limits = DecodeLimits {
             max_elements: per_item,
-            max_bytes: per_item * 4,
+            max_bytes: per_item.saturating_mul(4),
         };
         let transform = EvalTransform::deit(cfg.image_size as u32);
         let mut data = Vec::with_capacity(per_item * batch.items.len());
@@ -474,7 +465,7 @@ impl Worker {
                 self.drop_job(job, DropReason::Overtaken);
                 continue;
             }
-            let row = if key.split == OFFLOAD_POINT {
+            let row = if key.route == Route::Full {
                 decode_jpeg(&job.payload, self.max_jpeg_side)
                     .ok()
                     .map(|img| transform.apply(&img))
@@ -502,14 +493,7 @@ impl Worker {
         let started = Instant::now();
         let result = HostTensor::new(shape, data)
             .map_err(|e| e.to_string())
-            .and_then(|x| {
-                let out = if key.split == OFFLOAD_POINT {
-                    model.model.full(&x)
-                } else {
-                    model.model.tail(&x, key.split as usize)
-                };
-                out.map_err(|e| e.to_string())
-            });
+            .and_then(|x| model.model.run(key.route, &x).map_err(|e| e.to_string()));
         let logits = match result {
             Ok(l) => l,
             Err(e) => {

@@ -47,14 +47,14 @@ use crate::reason::DropReason;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     model: String,
-    split: u32,
+    split: String,
 }
 
 impl From<&BatchKey> for ModelLabels {
     fn from(k: &BatchKey) -> Self {
         Self {
             model: k.model.to_string(),
-            split: k.split,
+            split: k.route.label(),
         }
     }
 }

@@ -6,64 +6,16 @@ use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
+use splitstream_models::split::{SplitMetadata, SplitModel, SplitRunError, BOTTLENECK_PREFIX};
 use splitstream_models::vit::{RunError, Vit, VitConfig, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
 use splitstream_transport::ModelId;
 
+use crate::batcher::Route;
 use crate::config::BackendChoice;
 
-/// Split name on the wire for offloaded frames (the edge runs the whole model on a JPEG).
-pub const OFFLOAD_SPLIT: &str = "offload";
-/// Codec scheme name on the wire for offloaded frames.
-pub const JPEG_CODEC: &str = "jpeg";
-/// Codec scheme names the edge decodes (frames are self-describing, the names only
-/// let the handshake refuse what nobody implements).
-pub const BOTTLENECK_CODECS: &[&str] = &[
-    "lossless",
-    "lossless-zstd",
-    "u8",
-    "u8-zstd",
-    "u8-channel",
-    "u4",
-];
-
-/// The wire name of split point `point` of a ViT: `embed` for 0, `block{k-1}` for `k`
-/// (the models crate's [`splitstream_models::vit::SplitPoint`] names).
-pub fn split_name(point: usize) -> String {
-    match point {
-        0 => "embed".to_owned(),
-        k => format!("block{}", k - 1),
-    }
-}
-
-/// The split point of a wire name (inverse of [`split_name`]).
-pub fn parse_split_name(name: &str) -> Option<usize> {
-    if name == "embed" {
-        return Some(0);
-    }
-    let k: usize = name.strip_prefix("block")?.parse().ok()?;
-    k.checked_add(1)
-}
-
-/// The head count a safetensors file declares in its `__metadata__` (`"num_heads"`),
-/// which timm exports of non-standard sizes carry; `None` when absent or unreadable.
-pub fn metadata_num_heads(bytes: &[u8]) -> Option<usize> {
-    let len_bytes: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
-    let len = usize::try_from(u64::from_le_bytes(len_bytes)).ok()?;
-    // safetensors caps its header at 100 MB; refuse before slicing anything larger.
-    if len > 100 << 20 {
-        return None;
-    }
-    let header = bytes.get(8..8usize.checked_add(len)?)?;
-    let json: serde_json::Value = serde_json::from_slice(header).ok()?;
-    json.get("__metadata__")?
-        .get("num_heads")?
-        .as_str()?
-        .trim()
-        .parse()
-        .ok()
-}
+pub use splitstream_transport::names::{CodecChoice, SplitAt, JPEG_CODEC, OFFLOAD_SPLIT};
 
 /// Errors loading a served model.
 #[derive(Debug, thiserror::Error)]
@@ -96,16 +48,43 @@ pub enum LoadModelError {
     },
 }
 
+/// Why a batch could not be computed.
+#[derive(Debug, thiserror::Error)]
+pub enum TailRunError {
+    /// The network failed (shape, backend).
+    #[error(transparent)]
+    Model(#[from] RunError),
+    /// The split model (decoder + tail) failed.
+    #[error(transparent)]
+    Split(#[from] SplitRunError),
+    /// The model does not run this route (a session should not have been admitted).
+    #[error("this model does not run {0:?}")]
+    NotServed(Route),
+}
+
+/// A learned bottleneck a model carries: where, and how wide its code is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BottleneckInfo {
+    /// The split point the encoder follows.
+    pub point: usize,
+    /// Channels of the code per token.
+    pub rank: usize,
+}
+
 /// A model ready to run batches, whatever its backend.
 pub trait TailModel: Send + Sync {
     /// Hyper-parameters.
     fn config(&self) -> &VitConfig;
     /// Backend name (`cpu`, `wgpu`).
     fn backend_name(&self) -> &'static str;
-    /// Runs from split `point` on activations `[B, N, D]` to logits `[B, classes]`.
-    fn tail(&self, activation: &HostTensor, point: usize) -> Result<HostTensor, RunError>;
-    /// Runs the whole model on images `[B, 3, S, S]` to logits `[B, classes]`.
-    fn full(&self, input: &HostTensor) -> Result<HostTensor, RunError>;
+    /// The learned bottleneck, if the model has one.
+    fn bottleneck(&self) -> Option<BottleneckInfo>;
+    /// The shape of one item's input on `route` (no batch dimension): `[N, D]` for a
+    /// tail, the code's shape for a decode, `[3, S, S]` for the whole model; `None`
+    /// when the model does not run that route.
+    fn input_shape(&self, route: Route) -> Option<Vec<usize>>;
+    /// Runs `route` on a batch `[B, ...input_shape]` to logits `[B, classes]`.
+    fn run(&self, route: Route, input: &HostTensor) -> Result<HostTensor, TailRunError>;
 }
 
 impl<B: Backend> TailModel for Vit<B> {
@@ -115,14 +94,66 @@ impl<B: Backend> TailModel for Vit<B> {
     fn backend_name(&self) -> &'static str {
         self.backend().name()
     }
-    fn tail(&self, activation: &HostTensor, point: usize) -> Result<HostTensor, RunError> {
-        let be = self.backend();
-        let x = be.upload(activation)?;
-        let y = Vit::tail(self, &x, point)?;
-        Ok(be.readback(&y)?)
+    fn bottleneck(&self) -> Option<BottleneckInfo> {
+        None
     }
-    fn full(&self, input: &HostTensor) -> Result<HostTensor, RunError> {
-        self.run(input)
+    fn input_shape(&self, route: Route) -> Option<Vec<usize>> {
+        let c = Vit::config(self);
+        match route {
+            Route::Tail(k) if k as usize <= c.depth => Some(vec![c.num_tokens(), c.embed_dim]),
+            Route::Full => Some(vec![c.in_chans, c.image_size, c.image_size]),
+            Route::Tail(_) | Route::Decode(_) => None,
+        }
+    }
+    fn run(&self, route: Route, input: &HostTensor) -> Result<HostTensor, TailRunError> {
+        match route {
+            Route::Tail(k) => {
+                let be = self.backend();
+                let x = be.upload(input).map_err(RunError::from)?;
+                let y = Vit::tail(self, &x, k as usize)?;
+                Ok(be.readback(&y).map_err(RunError::from)?)
+            }
+            Route::Full => Ok(Vit::run(self, input)?),
+            Route::Decode(_) => Err(TailRunError::NotServed(route)),
+        }
+    }
+}
+
+impl<B: Backend> TailModel for SplitModel<B> {
+    fn config(&self) -> &VitConfig {
+        self.vit().config()
+    }
+    fn backend_name(&self) -> &'static str {
+        self.vit().backend().name()
+    }
+    fn bottleneck(&self) -> Option<BottleneckInfo> {
+        self.bottleneck().map(|b| BottleneckInfo {
+            point: self.point(),
+            rank: b.code_channels(),
+        })
+    }
+    fn input_shape(&self, route: Route) -> Option<Vec<usize>> {
+        let c = self.vit().config();
+        match route {
+            Route::Decode(k) if k as usize == self.point() && self.has_bottleneck() => {
+                Some(self.code_shape(1).split_off(1))
+            }
+            Route::Full => Some(vec![c.in_chans, c.image_size, c.image_size]),
+            Route::Tail(_) | Route::Decode(_) => None,
+        }
+    }
+    fn run(&self, route: Route, input: &HostTensor) -> Result<HostTensor, TailRunError> {
+        match route {
+            Route::Decode(k) if k as usize == self.point() && self.has_bottleneck() => {
+                let be = self.vit().backend();
+                let x = be.upload(input).map_err(RunError::from)?;
+                let y = SplitModel::tail(self, &x)?;
+                Ok(be.readback(&y).map_err(RunError::from)?)
+            }
+            // The whole model as trained: through the bottleneck.
+            Route::Full => Ok(SplitModel::run(self, input)?),
+            Route::Tail(_) | Route::Decode(_) => Err(TailRunError::NotServed(route)),
+        }
     }
 }
 
@@ -162,17 +193,23 @@ impl ServedModel {
         cpu_threads: usize,
     ) -> Result<Self, LoadModelError> {
         let id = ModelId::from_weights_bytes(name, &bytes);
-        let options = VitOptions {
-            num_heads: num_heads.or_else(|| metadata_num_heads(&bytes)),
-            ..VitOptions::default()
-        };
         let model_err = |detail: String| LoadModelError::Model {
             name: name.to_owned(),
             source_name: source_name.to_owned(),
             detail,
         };
+        let metadata =
+            SplitMetadata::from_safetensors(&bytes).map_err(|e| model_err(e.to_string()))?;
+        let options = VitOptions {
+            num_heads: num_heads.or(metadata.num_heads),
+            ..VitOptions::default()
+        };
         let weights =
             Weights::from_bytes(bytes, source_name).map_err(|e| model_err(e.to_string()))?;
+        let bottleneck = {
+            let prefix = format!("{BOTTLENECK_PREFIX}.");
+            weights.names().any(|n| n.starts_with(&prefix))
+        };
         let gpu = match backend {
             BackendChoice::Cpu => None,
             BackendChoice::Wgpu => {
@@ -188,15 +225,30 @@ impl ServedModel {
                 None
             }),
         };
-        let model: Arc<dyn TailModel> = match gpu {
-            Some(gpu) => {
-                Arc::new(Vit::load(gpu, &weights, &options).map_err(|e| model_err(e.to_string()))?)
+        fn build<B: Backend>(
+            backend: B,
+            weights: &Weights,
+            options: &VitOptions,
+            metadata: &SplitMetadata,
+            bottleneck: bool,
+        ) -> Result<Arc<dyn TailModel>, String> {
+            if bottleneck {
+                let m = SplitModel::load_with_metadata(backend, weights, options, None, metadata)
+                    .map_err(|e| e.to_string())?;
+                Ok(Arc::new(m))
+            } else {
+                let m = Vit::load(backend, weights, options).map_err(|e| e.to_string())?;
+                Ok(Arc::new(m))
             }
+        }
+        let model = match gpu {
+            Some(gpu) => build(gpu, &weights, &options, &metadata, bottleneck),
             None => {
                 let cpu = CpuBackend::new(cpu_threads).map_err(|e| model_err(e.to_string()))?;
-                Arc::new(Vit::load(cpu, &weights, &options).map_err(|e| model_err(e.to_string()))?)
+                build(cpu, &weights, &options, &metadata, bottleneck)
             }
-        };
+        }
+        .map_err(model_err)?;
         Ok(Self {
             id,
             model,
@@ -227,10 +279,15 @@ impl ServedModel {
         )
     }
 
-    /// The split points served (all of them when none were listed).
-    pub fn served_splits(&self) -> Vec<usize> {
+    /// The splits devices may ask for: the bottleneck's split when the model has one
+    /// (its layers were trained around it, so the plain splits are not served), else
+    /// the listed points (all of them when none were listed).
+    pub fn served_splits(&self) -> Vec<SplitAt> {
+        if let Some(b) = self.model.bottleneck() {
+            return vec![SplitAt::Bottleneck(b.point)];
+        }
         let depth = self.model.config().depth;
-        if self.splits.is_empty() {
+        let points: Vec<usize> = if self.splits.is_empty() {
             (0..=depth).collect()
         } else {
             self.splits
@@ -238,30 +295,48 @@ impl ServedModel {
                 .copied()
                 .filter(|&k| k <= depth)
                 .collect()
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn split_names_round_trip() {
-        for k in 0..20 {
-            assert_eq!(parse_split_name(&split_name(k)), Some(k));
-        }
-        assert_eq!(parse_split_name("blockx"), None);
-        assert_eq!(parse_split_name("offload"), None);
+        };
+        points.into_iter().map(SplitAt::Point).collect()
     }
 
-    #[test]
-    fn metadata_head_count_is_read_and_garbage_is_none() {
-        let header = br#"{"__metadata__":{"num_heads":"3"}}"#;
-        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
-        bytes.extend_from_slice(header);
-        assert_eq!(metadata_num_heads(&bytes), Some(3));
-        assert_eq!(metadata_num_heads(&[1, 2, 3]), None);
-        assert_eq!(metadata_num_heads(&u64::MAX.to_le_bytes()), None);
+    /// The wire names of [`ServedModel::served_splits`].
+    pub fn served_split_names(&self) -> Vec<String> {
+        self.served_splits()
+            .into_iter()
+            .map(SplitAt::name)
+            .collect()
+    }
+
+    /// What runs for a session's split name: `None` when this model does not serve it.
+    pub fn route(&self, split: &str) -> Option<Route> {
+        if split == OFFLOAD_SPLIT {
+            return self.offload.then_some(Route::Full);
+        }
+        let at = SplitAt::parse(split)?;
+        if !self.served_splits().contains(&at) {
+            return None;
+        }
+        let k = u32::try_from(at.point()).ok()?;
+        Some(match at {
+            SplitAt::Point(_) => Route::Tail(k),
+            SplitAt::Bottleneck(_) => Route::Decode(k),
+        })
+    }
+
+    /// One line for logs: blocks, classes, backend, bottleneck, weights hash.
+    pub fn describe(&self) -> String {
+        let c = self.model.config();
+        let bottleneck = match self.model.bottleneck() {
+            Some(b) => format!(", bottleneck after point {} (rank {})", b.point, b.rank),
+            None => String::new(),
+        };
+        format!(
+            "model {} ({} blocks, {} classes, backend {}{bottleneck}) weights sha256 {}",
+            self.id.arch,
+            c.depth,
+            c.num_classes,
+            self.model.backend_name(),
+            self.id.weights_hex()
+        )
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use splitstream_head::device::{load_model, Device, DeviceModel, RunMode};
 use splitstream_head::source::{Frame, Payload};
-use splitstream_head::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_head::synthetic::{seeded_split_safetensors, seeded_vit_safetensors, DEMO_VIT};
 use splitstream_tail::batcher::BatcherConfig;
 use splitstream_tail::config::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
@@ -26,6 +26,15 @@ pub const TOKEN: &str = "0123456789abcdef0123456789abcdef";
 pub fn model() -> (DeviceModel, ModelId, Vec<u8>) {
     let bytes = seeded_vit_safetensors(&DEMO_VIT, 7);
     let (m, id) = load_model(MODEL, bytes.clone(), "seeded", None, 1).expect("seeded model loads");
+    (m, id, bytes)
+}
+
+/// The seeded demo ViT with a learned-bottleneck-shaped pair after block 1 (point 2,
+/// rank 16), loaded for the device, and its bytes.
+pub fn split_model() -> (DeviceModel, ModelId, Vec<u8>) {
+    let bytes = seeded_split_safetensors(&DEMO_VIT, 7, 2, 16);
+    let (m, id) =
+        load_model(MODEL, bytes.clone(), "seeded split", None, 1).expect("seeded split loads");
     (m, id, bytes)
 }
 

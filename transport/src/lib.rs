@@ -12,6 +12,7 @@ pub mod acceptor;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod names;
 pub mod server;
 pub mod session;
 pub mod tls;
@@ -24,6 +25,7 @@ pub use client::{
     ReconfigureError, SendFrameError,
 };
 pub use config::{ClientAuth, ClientConfig, Limits, ReconnectPolicy, ServerConfig};
+pub use names::{CodecChoice, SplitAt};
 pub use server::{
     AnswerError, BindError, FrameMeta, IncomingFrame, Responder, Server, Session, SessionInfo,
     StatusHandle,

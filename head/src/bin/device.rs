@@ -10,7 +10,9 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use splitstream_head::device::{load_model, CodecChoice, Device, RunMode};
 use splitstream_head::offload::JpegSettings;
-use splitstream_head::source::{open_source, Pacing, SourceOptions};
+use splitstream_head::source::{
+    open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
+};
 use splitstream_head::stats::{JsonLines, RunStats};
 use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
 
@@ -35,9 +37,16 @@ use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
   # all on the device (no edge needed)
   splitstream-device --weights vit.safetensors --input photo.jpg --mode local
 
+  # an event camera recording, 33 ms of events per frame, rendered as pictures
+  splitstream-device --weights vit.safetensors --input recording.raw --mode local
+
 Inputs: an image, a folder, a glob, a video file, a camera or rtsp:// URL (ffmpeg),
-or a .safetensors file of preprocessed [1,3,S,S] tensors.
-Codecs: lossless, lossless-zstd, u8, u8-zstd, u8-channel, u4."
+a .safetensors file of preprocessed [1,3,S,S] tensors, or events: a recording (.raw
+.aedat4 .aedat; events:FILE for .bin/.csv/.txt), events:- (a pipe on stdin) or
+dv+tcp://HOST:PORT (iniVation DV's network output).
+Codecs: lossless, lossless-zstd, u8, u8-zstd, u8-channel, u4.
+A weights file with a learned bottleneck splits at its point (the default --at) and
+sends its code."
 )]
 struct Args {
     /// Model weights (safetensors, timm names); the edge must load the same file.
@@ -55,7 +64,8 @@ struct Args {
     /// Where frames run: local, split or offload.
     #[arg(long, value_name = "MODE", default_value = "split", value_parser = ["local", "split", "offload"])]
     mode: String,
-    /// Split point for --mode split: head blocks run on the device (0 = embedding only).
+    /// Split point for --mode split: head blocks run on the device (0 = embedding
+    /// only). Default: the bottleneck's point for a model with a learned bottleneck.
     #[arg(long, value_name = "K")]
     at: Option<usize>,
     /// Bottleneck codec for --mode split.
@@ -97,6 +107,22 @@ struct Args {
     /// CPU threads for the model (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
+    /// Frames decoded ahead of the model (capture overlaps compute; see docs/runtime.md).
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    prefetch: usize,
+    /// Event inputs: the time window of one frame, ms.
+    #[arg(long, value_name = "MS", default_value_t = 33.0)]
+    event_window_ms: f64,
+    /// Event inputs: how a window becomes a frame: rendered (an RGB picture, for image
+    /// models) or histogram (two-channel counts [1,2,H,W], for event models).
+    #[arg(long, value_name = "REPR", default_value = "rendered", value_parser = ["rendered", "histogram"])]
+    event_repr: String,
+    /// Event inputs: the sensor size when the stream does not declare it.
+    #[arg(long, value_name = "WxH")]
+    event_size: Option<String>,
+    /// Event inputs: hand out events at their recorded speed (as a live camera).
+    #[arg(long)]
+    event_realtime: bool,
 }
 
 fn main() -> std::process::ExitCode {
@@ -147,12 +173,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mode = match args.mode.as_str() {
         "local" => RunMode::Local,
         "split" => {
-            let Some(point) = args.at else {
+            let Some(point) = args.at.or(model.bottleneck().map(|b| b.point)) else {
                 bail!("--mode split needs --at K (0..={depth}: head blocks on the device)");
             };
-            if point > depth {
-                bail!("--at {point}: the model has {depth} blocks, so 0..={depth}");
-            }
+            let at = model
+                .split_at(point)
+                .map_err(|e| anyhow::anyhow!("--at {point}: {e}"))?;
             let Some(codec) = CodecChoice::parse(&args.codec) else {
                 bail!(
                     "--codec {}: use one of {}",
@@ -160,7 +186,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     CodecChoice::ALL.map(|c| c.name()).join(", ")
                 );
             };
-            RunMode::Split { point, codec }
+            RunMode::Split { at, codec }
         }
         _ => RunMode::Offload {
             jpeg: JpegSettings {
@@ -207,6 +233,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
 
+    let events = EventOptions {
+        window: event_window(args.event_window_ms)?,
+        repr: EventRepr::parse(&args.event_repr).unwrap_or_default(),
+        realtime: args.event_realtime,
+        sensor_size: match &args.event_size {
+            Some(s) => {
+                let (w, h) = parse_size(s)?;
+                Some((
+                    u16::try_from(w).context("--event-size: width above 65535")?,
+                    u16::try_from(h).context("--event-size: height above 65535")?,
+                ))
+            }
+            None => None,
+        },
+        ..EventOptions::default()
+    };
     let opts = SourceOptions {
         pacing: if args.fps.is_some() {
             Pacing::Realtime
@@ -215,9 +257,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         fps: args.fps,
         repeat: args.repeat,
+        events,
         ..SourceOptions::default()
     };
     let source = open_source(&args.input, &opts)?;
+    if let Source::Events(events) = &source {
+        let (w, h) = events.size();
+        eprintln!(
+            "events from {}: {w}x{h} sensor, {} ms windows as {} frames",
+            args.input, args.event_window_ms, args.event_repr
+        );
+        if args.event_repr == "histogram" && model.config().in_chans != 2 {
+            bail!(
+                "--event-repr histogram makes [1,2,H,W] tensors, but this model takes {} \
+                 channels: use --event-repr rendered for image models",
+                model.config().in_chans
+            );
+        }
+    }
     let total = match (source.len_hint(), args.frames) {
         (Some(n), Some(m)) => Some(n.min(m)),
         (a, b) => a.or(b),
@@ -233,6 +290,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         bar
     });
+    // Capture and decoding run on their own thread, `prefetch` frames ahead, so the
+    // next frame is ready when the model finishes this one. The channel blocks the
+    // reader when full: files lose nothing, and live cameras already keep only their
+    // newest frame (see `SourceOptions::keep_backlog`), so a slow model sees fresh
+    // frames rather than a backlog.
+    let (mut feed, reader) =
+        spawn_feed(source, args.prefetch).context("cannot start the frame reader thread")?;
 
     let mut device = Device::new(
         model,
@@ -243,10 +307,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut out = JsonLines::new(std::io::stdout().lock());
     let mut stats = RunStats::new();
     let started = Instant::now();
-    for (n, frame) in source.enumerate() {
-        if args.frames.is_some_and(|max| n as u64 >= max) {
+    let mut n: u64 = 0;
+    while let Some(frame) = feed.recv().await {
+        if args.frames.is_some_and(|max| n >= max) {
             break;
         }
+        n += 1;
         let frame = match frame {
             Ok(f) => f,
             Err(e) => {
@@ -261,6 +327,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bar.inc(1);
         }
     }
+    // Closing the channel stops the reader at its next frame (and kills ffmpeg); it is
+    // not joined, since a live source may take a while to give that frame.
+    drop(feed);
+    drop(reader);
     if let Some(bar) = &bar {
         bar.finish_and_clear();
     }
@@ -272,6 +342,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         client.close().await;
     }
     Ok(())
+}
+
+fn event_window(ms: f64) -> anyhow::Result<Duration> {
+    if !(ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0) {
+        bail!("--event-window-ms {ms}: give a window between 0 and 3600000 ms");
+    }
+    Ok(Duration::from_secs_f64(ms / 1e3))
 }
 
 fn resolve(edge: &str) -> anyhow::Result<SocketAddr> {

@@ -10,7 +10,9 @@ pub enum OpenSourceError {
         "don't know how to read {spec:?}: give an image (.png .jpg .jpeg .webp .bmp .gif .tif), \
          a folder of images, a glob (\"frames/*.png\"), a video file (.mp4 .mkv .webm .avi .mov ...), \
          a stream URL (rtsp:// rtmp:// http(s):// udp:// srt://), a camera (/dev/video0) \
-         or a .safetensors file with a tensor \"input\" [B,3,H,W]"
+         a .safetensors file with a tensor \"input\" [B,3,H,W], an event recording \
+         (.raw .aedat4 .aedat, or events:FILE for .bin/.csv/.txt), events:- for a pipe on \
+         stdin, or dv+tcp://HOST:PORT"
     )]
     UnknownSpec {
         /// The spec as given.
@@ -92,6 +94,22 @@ pub enum OpenSourceError {
         /// What is wrong, and what to do.
         message: String,
     },
+    /// An event source could not be opened (unknown format, bad header, no
+    /// connection).
+    #[error("event input {spec:?}: {source}")]
+    Events {
+        /// The spec as given.
+        spec: String,
+        /// The events crate's error.
+        #[source]
+        source: splitstream_events::OpenError,
+    },
+    /// An event stream's header does not declare its sensor size.
+    #[error("event input {spec:?} does not declare its sensor size: give it (--event-size WIDTHxHEIGHT)")]
+    EventSize {
+        /// The spec as given.
+        spec: String,
+    },
     /// Another I/O error while opening.
     #[error("{}: {source}", path.display())]
     Io {
@@ -135,6 +153,15 @@ pub enum FrameError {
         got: usize,
         /// Bytes a frame has.
         want: usize,
+    },
+    /// An event stream could not be decoded further.
+    #[error("reading events from {spec:?}: {source}")]
+    Events {
+        /// The spec.
+        spec: String,
+        /// The events crate's error.
+        #[source]
+        source: splitstream_events::ReadError,
     },
     /// Reading the pipe or file failed.
     #[error("reading {what}: {source}")]

@@ -15,19 +15,17 @@
 //! | `*.mp4`, `*.mkv`, `*.webm`, `*.avi`, `*.mov`, … | video file through `ffmpeg` |
 //! | `*.safetensors` | preprocessed tensors `input` `[B,3,H,W]` ([`TensorSource`]) |
 //! | `*.png`, `*.jpg`, `*.webp`, `*.bmp`, `*.gif`, `*.tif` | one image |
+//! | `*.raw`, `*.aedat4`, `*.aedat`, `dv+tcp://HOST:PORT`, `events:SPEC` | event camera ([`EventFrameSource`]) |
 //!
 //! Anything else is an [`OpenSourceError::UnknownSpec`] that lists these forms.
 //!
-//! ## Where event cameras go
-//!
-//! Event-camera recordings and live event sensors are read by the `splitstream-events`
-//! crate. They plug in here as one more [`Source`] variant whose frames carry the
-//! model-ready representation the events crate builds (a voxel grid or time surface is a
-//! tensor, so [`Payload::Tensor`]; a point cloud for SpikePoint would be a new payload),
-//! and one more arm in [`classify`] for their file extensions (`.raw`, `.dat`,
-//! `.aedat4`, `.hdf5`/`.h5`, ...). Nothing here needs to change shape for it.
+//! Event inputs are read by the `splitstream-events` crate (format from the header)
+//! and cut into time windows, each one frame in a representation
+//! ([`EventOptions`]). `events:` forces the event path for what has no telling
+//! extension (`events:rec.bin`, `events:rec.csv`, `events:-` for a pipe on stdin).
 
 mod error;
+mod events;
 mod feed;
 mod ffmpeg;
 mod images;
@@ -39,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 pub use error::{FrameError, OpenSourceError};
+pub use events::{EventFrameSource, EventOptions, EventRepr};
 pub use feed::{spawn_feed, FrameFeed};
 pub use ffmpeg::{VideoInfo, VideoSource};
 pub use images::ImageSource;
@@ -137,6 +136,8 @@ pub struct SourceOptions {
     /// filter drops or repeats frames), paced unless [`Pacing::AsFastAsPossible`].
     /// Default none: images and tensors as fast as consumed, video at its own rate.
     pub fps: Option<f64>,
+    /// How event inputs become frames (window, representation, pacing).
+    pub events: EventOptions,
 }
 
 impl Default for SourceOptions {
@@ -153,6 +154,7 @@ impl Default for SourceOptions {
             repeat: false,
             keep_backlog: false,
             fps: None,
+            events: EventOptions::default(),
         }
     }
 }
@@ -166,6 +168,8 @@ pub enum Source {
     Video(VideoSource),
     /// Preprocessed tensors from a safetensors file.
     Tensors(TensorSource),
+    /// Time windows of an event camera's stream.
+    Events(EventFrameSource),
 }
 
 impl Source {
@@ -188,6 +192,7 @@ impl Iterator for Source {
             Source::Images(s) => s.next(),
             Source::Video(s) => s.next(),
             Source::Tensors(s) => s.next(),
+            Source::Events(s) => s.next(),
         }
     }
 }
@@ -207,6 +212,8 @@ pub enum SourceKind {
     Live(String),
     /// A safetensors file of preprocessed inputs.
     Tensors(PathBuf),
+    /// An event recording, pipe or stream (the spec the events crate opens).
+    Events(String),
 }
 
 /// Extensions read as still images (the formats this crate's `image` build decodes).
@@ -218,6 +225,13 @@ pub const VIDEO_EXTENSIONS: &[&str] = &[
     "ogv", "3gp", "h264", "h265", "hevc", "mjpeg",
 ];
 
+/// Extensions read as event recordings (the events crate detects the format from the
+/// header; `.bin`, `.csv` and `.txt` are too common to claim: write `events:FILE`).
+pub const EVENT_EXTENSIONS: &[&str] = &["raw", "aedat4", "aedat"];
+
+/// Prefix that sends any spec to the event path.
+pub const EVENTS_PREFIX: &str = "events:";
+
 const URL_SCHEMES: &[&str] = &[
     "rtsp://", "rtsps://", "rtmp://", "rtmps://", "http://", "https://", "udp://", "tcp://",
     "srt://", "rtp://",
@@ -228,6 +242,12 @@ const URL_SCHEMES: &[&str] = &[
 /// characters, then extensions.
 pub fn classify(spec: &str) -> Result<SourceKind, OpenSourceError> {
     let lower = spec.to_ascii_lowercase();
+    if let Some(rest) = spec.strip_prefix(EVENTS_PREFIX) {
+        return Ok(SourceKind::Events(rest.to_owned()));
+    }
+    if lower.starts_with(splitstream_events::source::DV_TCP_SCHEME) {
+        return Ok(SourceKind::Events(spec.to_owned()));
+    }
     if URL_SCHEMES.iter().any(|s| lower.starts_with(s)) {
         return Ok(SourceKind::Live(spec.to_owned()));
     }
@@ -246,6 +266,7 @@ pub fn classify(spec: &str) -> Result<SourceKind, OpenSourceError> {
         Some("safetensors") => SourceKind::Tensors(path.to_owned()),
         Some(e) if VIDEO_EXTENSIONS.contains(&e) => SourceKind::VideoFile(path.to_owned()),
         Some(e) if IMAGE_EXTENSIONS.contains(&e) => SourceKind::ImageFile(path.to_owned()),
+        Some(e) if EVENT_EXTENSIONS.contains(&e) => SourceKind::Events(spec.to_owned()),
         _ => {
             return Err(OpenSourceError::UnknownSpec {
                 spec: spec.to_owned(),
@@ -274,6 +295,7 @@ pub fn open_source(spec: &str, opts: &SourceOptions) -> Result<Source, OpenSourc
         }
         SourceKind::Live(url) => Source::Video(VideoSource::open(&url, true, opts)?),
         SourceKind::Tensors(p) => Source::Tensors(TensorSource::open(&p, opts)?),
+        SourceKind::Events(spec) => Source::Events(EventFrameSource::open(&spec, &opts.events)?),
     })
 }
 

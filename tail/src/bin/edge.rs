@@ -156,7 +156,6 @@ fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
         cfg.models.push(ModelConfig {
             name,
             weights: w.clone(),
-            bottleneck: None,
             splits: args.splits.clone(),
             offload: true,
             backend: match args.backend.as_str() {
@@ -204,25 +203,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut models = Vec::new();
     for m in &cfg.models {
-        if m.bottleneck.is_some() {
-            tracing::warn!(
-                "model {}: learned bottlenecks are not run by this edge yet; serving plain splits",
-                m.name
-            );
-        }
         let mut served =
             ServedModel::from_file(&m.name, &m.weights, m.heads, m.backend, args.threads)?;
         served.splits = m.splits.iter().map(|&k| k as usize).collect();
         served.offload = m.offload;
-        let c = served.model.config();
-        println!(
-            "model {} ({} blocks, {} classes, backend {}) weights sha256 {}",
-            m.name,
-            c.depth,
-            c.num_classes,
-            served.model.backend_name(),
-            served.id.weights_hex()
-        );
+        println!("{}", served.describe());
         models.push(served);
     }
     let mut server = ServerConfig::new(cfg.listen, identity, tokens);
