@@ -29,6 +29,11 @@ pub const TIMM_CROP_PCT: f64 = 0.875;
 /// Largest image side accepted (guards the decoder's allocation).
 pub const MAX_IMAGE_SIDE: u32 = 16_384;
 
+/// A checkpoint's metadata `crop_pct` that is not a number in (0, 1].
+#[derive(Debug, thiserror::Error)]
+#[error("checkpoint metadata crop_pct is {0:?}; expected a number in (0, 1], e.g. 0.875")]
+pub struct InvalidCropPct(pub String);
+
 /// Errors loading or transforming an image.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -82,6 +87,19 @@ impl EvalTransform {
             crop,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+        }
+    }
+
+    /// The transform a checkpoint declares through its metadata `crop_pct` (timm's
+    /// `pretrained_cfg` field; our training script writes 1.0 for models trained on
+    /// whole 224x224 images), or timm's default 0.875 when it declares none.
+    pub fn for_checkpoint(crop: u32, crop_pct: Option<&str>) -> Result<Self, InvalidCropPct> {
+        let Some(text) = crop_pct else {
+            return Ok(Self::deit(crop));
+        };
+        match text.trim().parse::<f64>() {
+            Ok(pct) if pct > 0.0 && pct <= 1.0 => Ok(Self::with_crop_pct(crop, pct)),
+            _ => Err(InvalidCropPct(text.to_string())),
         }
     }
 
@@ -273,6 +291,32 @@ fn resize_bicubic(img: &RgbImage, nw: u32, nh: u32) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoint_crop_pct_sets_the_resize_and_bad_values_are_errors() {
+        assert_eq!(
+            EvalTransform::for_checkpoint(224, None).unwrap().resize,
+            256
+        );
+        assert_eq!(
+            EvalTransform::for_checkpoint(224, Some("1.0"))
+                .unwrap()
+                .resize,
+            224
+        );
+        assert_eq!(
+            EvalTransform::for_checkpoint(224, Some("0.9"))
+                .unwrap()
+                .resize,
+            248
+        );
+        for bad in ["abc", "0", "1.5", "-0.2", "NaN"] {
+            assert!(
+                EvalTransform::for_checkpoint(224, Some(bad)).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn resize_weights_sum_to_one_in_fixed_point() {

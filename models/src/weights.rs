@@ -119,6 +119,7 @@ struct Entry {
 pub struct Weights {
     buffer: Vec<u8>,
     entries: BTreeMap<String, Entry>,
+    metadata: BTreeMap<String, String>,
     used: Mutex<BTreeSet<String>>,
 }
 
@@ -172,6 +173,13 @@ impl Weights {
             }
             Err(e) => return Err(format(e.to_string())),
         };
+        // The header parsed above, so reading its metadata again cannot fail; an absent
+        // map is an empty one.
+        let metadata = SafeTensors::read_metadata(&buffer)
+            .ok()
+            .and_then(|(_, header)| header.metadata().clone())
+            .map(|m| m.into_iter().collect())
+            .unwrap_or_default();
         let mut entries = BTreeMap::new();
         for (name, view) in parsed.iter() {
             // Offsets relative to the whole buffer, recovered from the view's slice.
@@ -190,8 +198,20 @@ impl Weights {
         Ok(Self {
             buffer,
             entries,
+            metadata,
             used: Mutex::new(BTreeSet::new()),
         })
+    }
+
+    /// The file's `__metadata__` strings (timm and our training script put the
+    /// architecture, `num_heads`, `crop_pct`, the split point and bottleneck rank there).
+    pub fn metadata(&self) -> &BTreeMap<String, String> {
+        &self.metadata
+    }
+
+    /// One metadata value, if present.
+    pub fn metadata_value(&self, key: &str) -> Option<&str> {
+        self.metadata.get(key).map(String::as_str)
     }
 
     /// All tensor names, sorted.
