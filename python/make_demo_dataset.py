@@ -99,6 +99,13 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=300)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--no-train", action="store_true", help="write only the test set")
+    parser.add_argument(
+        "--calibration",
+        type=int,
+        default=0,
+        help="also write the first N training images as PNG to OUT/calibration/ "
+        "(for `splitstream calibrate`, which fits a PCA bottleneck on training crops)",
+    )
     args = parser.parse_args()
 
     rng = np.random.default_rng(args.seed)
@@ -124,6 +131,12 @@ def main() -> None:
         )
         np.savez(args.out / "train.npz", images=array, labels=train_labels.astype(np.int64))
         print(f"wrote {args.train} train images to {args.out / 'train.npz'}")
+        if args.calibration:
+            calib = args.out / "calibration"
+            calib.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(array[: args.calibration]):
+                Image.fromarray(image).save(calib / f"{i:04d}.png")
+            print(f"wrote {min(args.calibration, len(array))} calibration images to {calib}")
 
 
 if __name__ == "__main__":
