@@ -23,6 +23,9 @@ enum Command {
     Demo(cmd::demo::Args),
     /// Run a ViT/DeiT checkpoint on images or preprocessed tensors and print the top-k.
     Infer(cmd::infer::Args),
+    /// Accuracy on a labelled test set: local, split (each bottleneck and
+    /// quantization, through the real codec) and JPEG offload, with bytes per frame.
+    Evaluate(cmd::evaluate::Args),
     /// Inspect, convert, render or synthesise event-camera recordings.
     #[command(subcommand)]
     Events(cmd::events::Command),
@@ -43,6 +46,7 @@ fn main() -> std::process::ExitCode {
     {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Infer(args) => cmd::infer::run(args),
+        Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Events(command) => cmd::events::run(command),
     };
     match result {

@@ -33,11 +33,18 @@ fn classify<B: Backend>(
     args: &Args,
 ) -> anyhow::Result<(VitConfig, HostTensor, Vec<String>, &'static str)> {
     let name = backend.name();
+    // timm keeps crop_pct in the model's pretrained config; our exports carry it in the
+    // file's metadata. Absent, timm's default 0.875.
+    let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
     let vit = Vit::load(backend, &weights, options)
         .with_context(|| format!("loading {}", args.weights.display()))?;
     drop(weights);
     let cfg = vit.config().clone();
-    let (input, labels) = load_input(&args.input, cfg.image_size)?;
+    let transform = EvalTransform::for_checkpoint(
+        u32::try_from(cfg.image_size).context("model input size out of range")?,
+        crop_pct.as_deref(),
+    )?;
+    let (input, labels) = load_input(&args.input, &transform)?;
     let logits = vit.run(&input)?;
     Ok((cfg, logits, labels, name))
 }
@@ -93,7 +100,11 @@ fn is_safetensors(path: &Path) -> bool {
 }
 
 /// The batch and a label per item.
-fn load_input(paths: &[PathBuf], size: usize) -> anyhow::Result<(HostTensor, Vec<String>)> {
+fn load_input(
+    paths: &[PathBuf],
+    transform: &EvalTransform,
+) -> anyhow::Result<(HostTensor, Vec<String>)> {
+    let size = transform.crop;
     if let [path] = paths {
         if is_safetensors(path) {
             let file = Weights::from_file(path)?;
@@ -119,8 +130,7 @@ fn load_input(paths: &[PathBuf], size: usize) -> anyhow::Result<(HostTensor, Vec
             p.display()
         );
     }
-    let size = u32::try_from(size).context("model input size out of range")?;
-    let batch = load_batch(paths, &EvalTransform::deit(size))?;
+    let batch = load_batch(paths, transform)?;
     Ok((
         batch,
         paths.iter().map(|p| p.display().to_string()).collect(),
@@ -136,9 +146,19 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let weights = Weights::from_file(&args.weights)?;
+    // The head count is not in the tensors' shapes: --heads, else --arch, else the
+    // file's metadata `num_heads` (our exports write it), else D/64.
+    let metadata_heads = match weights.metadata_value("num_heads") {
+        Some(v) if args.heads.is_none() && args.arch.is_none() => Some(
+            v.trim()
+                .parse::<usize>()
+                .with_context(|| format!("metadata num_heads {v:?} is not a whole number"))?,
+        ),
+        _ => None,
+    };
     let options = VitOptions {
         arch: args.arch.clone(),
-        num_heads: args.heads,
+        num_heads: args.heads.or(metadata_heads),
         eps: None,
     };
     let gpu_options = WgpuOptions::from_env();

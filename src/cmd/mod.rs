@@ -1,5 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
 pub(crate) mod demo;
+pub(crate) mod evaluate;
 pub(crate) mod events;
 pub(crate) mod infer;
+pub(crate) mod measure;
