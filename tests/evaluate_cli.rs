@@ -1,0 +1,102 @@
+//! `splitstream evaluate` end to end on the shipped demo model and test images.
+
+use std::path::Path;
+use std::process::Command;
+
+fn demo_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"))
+}
+
+fn evaluate(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_splitstream"))
+        .arg("evaluate")
+        .args(args)
+        .output()
+        .expect("the splitstream binary runs")
+}
+
+fn rows(stdout: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("each line is JSON"))
+        .collect()
+}
+
+#[test]
+fn evaluate_reports_every_route_and_a_lossless_raw_split_agrees_with_local() {
+    let dir = demo_dir();
+    let weights = dir.join("demo_vit.safetensors");
+    let split = dir.join("demo_vit_bottlefit.safetensors");
+    let images = dir.join("test");
+    let out = evaluate(&[
+        "--weights",
+        weights.to_str().unwrap(),
+        "--split-model",
+        split.to_str().unwrap(),
+        "--raw-split",
+        "1",
+        "--codes",
+        "f32,4",
+        "--jpeg",
+        "75",
+        "--images",
+        images.to_str().unwrap(),
+        "--limit",
+        "6",
+        "--threads",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows(&out.stdout);
+    // local + one JPEG + 2 split models x 2 codes
+    assert_eq!(rows.len(), 6, "{rows:#?}");
+    for r in &rows {
+        assert_eq!(r["frames"], 6);
+        assert!(r["accuracy_pct"].is_f64(), "labels.csv gives accuracy: {r}");
+    }
+    assert_eq!(rows[0]["mode"], "local");
+    assert_eq!(rows[0]["agreement_pct"], 100.0);
+    assert_eq!(rows[0]["bytes_per_frame"], 0.0);
+    let jpeg = &rows[1];
+    assert_eq!(jpeg["route"], "JPEG q75");
+    let jpeg_bytes = jpeg["bytes_per_frame"].as_f64().unwrap();
+    assert!(jpeg_bytes > 1000.0, "{jpeg}");
+    // The raw split through the lossless codec is the local model, bit for bit.
+    let raw_f32 = &rows[2];
+    assert_eq!(raw_f32["code"], "f32");
+    assert_eq!(raw_f32["agreement_pct"], 100.0);
+    assert_eq!(raw_f32["accuracy_pct"], rows[0]["accuracy_pct"]);
+    // 50 tokens x 192 f32 values, zstd on byte planes: well above 20 KB.
+    assert!(raw_f32["bytes_per_frame"].as_f64().unwrap() > 20_000.0);
+    // The trained bottleneck at 4 bits: 50 x 32 codes in half a byte each, plus
+    // per-channel scales and the frame header; a fraction of the JPEG.
+    let bottlefit_4 = &rows[5];
+    assert_eq!(bottlefit_4["code"], "4-bit");
+    let b4 = bottlefit_4["bytes_per_frame"].as_f64().unwrap();
+    assert!(b4 > 800.0 && b4 < jpeg_bytes / 3.0, "{bottlefit_4}");
+}
+
+#[test]
+fn evaluate_refuses_a_bottleneck_file_without_a_split() {
+    let dir = demo_dir();
+    let weights = dir.join("demo_vit.safetensors");
+    // The teacher has no `split` metadata and no bottleneck: a clear error, not a panic.
+    let out = evaluate(&[
+        "--weights",
+        weights.to_str().unwrap(),
+        "--bottleneck",
+        weights.to_str().unwrap(),
+        "--images",
+        dir.join("test").to_str().unwrap(),
+        "--limit",
+        "1",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no metadata `split`"), "{err}");
+}
