@@ -100,3 +100,46 @@ fn evaluate_refuses_a_bottleneck_file_without_a_split() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no metadata `split`"), "{err}");
 }
+
+#[test]
+fn rust_accuracy_on_the_demo_test_set_equals_pytorchs_at_export() {
+    // python/train_bottlefit.py measured the exported (f16-rounded) models on the same
+    // 300 images and wrote the figures to training.json; the Rust pipeline
+    // (preprocessing, ViT, bottleneck, lossless codec) must count the same hits.
+    let dir = demo_dir();
+    let training: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("training.json")).expect("training.json ships"),
+    )
+    .expect("training.json is JSON");
+    let out = evaluate(&[
+        "--weights",
+        dir.join("demo_vit.safetensors").to_str().unwrap(),
+        "--split-model",
+        dir.join("demo_vit_bottlefit.safetensors").to_str().unwrap(),
+        "--codes",
+        "f32",
+        "--jpeg",
+        "90",
+        "--images",
+        dir.join("test").to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows(&out.stdout);
+    let accuracy = |i: usize| rows[i]["accuracy_pct"].as_f64().unwrap();
+    let expected = |key: &str| training["test_accuracy"][key].as_f64().unwrap();
+    // One image is 1/3 of a point; equal counts give equal percentages to 1e-9.
+    assert!(
+        (accuracy(0) - expected("teacher")).abs() < 1e-9,
+        "{rows:#?}"
+    );
+    assert_eq!(rows[2]["code"], "f32");
+    assert!(
+        (accuracy(2) - expected("bottlefit_32bit")).abs() < 1e-9,
+        "{rows:#?}"
+    );
+}
