@@ -26,6 +26,9 @@ enum Command {
     Events(cmd::events::Args),
     /// Matrix multiply GFLOP/s on a backend (CPU or wgpu), large and ViT shapes.
     Matmul(cmd::matmul::Args),
+    /// One edge (the real binary) and N devices over QUIC on loopback at a set frame
+    /// rate: frames/s, latency, bytes per frame, edge batches and peak memory per mode.
+    E2e(cmd::e2e::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -36,6 +39,7 @@ fn main() -> std::process::ExitCode {
         Command::Transport(args) => cmd::transport::run(args),
         Command::Events(args) => cmd::events::run(args),
         Command::Matmul(args) => cmd::matmul::run(args),
+        Command::E2e(args) => cmd::e2e::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

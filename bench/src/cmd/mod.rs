@@ -1,6 +1,7 @@
 //! One module per benchmark: its clap arguments and its `run`.
 
 pub(crate) mod codec;
+pub(crate) mod e2e;
 pub(crate) mod events;
 pub(crate) mod matmul;
 pub(crate) mod model;

@@ -1,0 +1,945 @@
+//! `splitstream-bench e2e`: one edge and N devices on loopback over real QUIC, each
+//! device offered frames at a set rate for a set time, in each mode: `local` (the
+//! peer: no edge at all), `split` at a point with a codec, `offload` as JPEG.
+//!
+//! The edge is the real `splitstream-edge` binary in its own process (a fresh one per
+//! cell), so its peak memory is its own: `VmHWM` from `/proc/PID/status`, read just
+//! before it is stopped. Its batch-size histogram comes from its own `/metrics`
+//! (`splitstream_batch_size`, cumulative buckets 1, 2, 4, ... turned into counts per
+//! bucket). The devices are `head::device::Device`s in this process, sharing its CPU
+//! with each other (and, on one machine, with the edge): a loopback run measures the
+//! system's work, not a real link.
+//!
+//! Each device takes a frame every 1/fps (a tick missed while the previous frame is
+//! still running is skipped, as a camera would drop it), so `frames/s` below the
+//! offered rate means the system could not keep up. Latency is the device's
+//! `total_ms` (preprocessing, head, encoding, transfer and the edge's queue and tail).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context};
+use serde::Serialize;
+use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode};
+use splitstream_head::offload::JpegSettings;
+use splitstream_head::source::{Frame, Payload};
+use splitstream_head::stats::Percentiles;
+use splitstream_head::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_transport::{
+    Client, ClientConfig, Fingerprint, ModelId, ServerTrust, StreamConfig,
+};
+
+/// Arguments of `splitstream-bench e2e`.
+#[derive(clap::Args)]
+#[command(after_help = "Examples:
+  splitstream-bench e2e                                  # 1, 8, 32 devices, every mode
+  splitstream-bench e2e --devices 4 --fps 10 --seconds 10 --modes split --codec u4
+  splitstream-bench e2e --json --report target/e2e-report  # JSON lines, PNG plots
+
+Needs the splitstream-edge binary beside this one (cargo build --release -p
+splitstream-tail --bin splitstream-edge) or --edge-bin PATH.")]
+pub(crate) struct Args {
+    /// Print JSON lines instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Also write report.json and PNG plots (latency over time, bytes per frame) here.
+    #[arg(long, value_name = "DIR")]
+    report: Option<PathBuf>,
+    /// Numbers of devices, one cell each.
+    #[arg(long, value_delimiter = ',', default_values_t = vec![1, 8, 32])]
+    devices: Vec<usize>,
+    /// Frames per second offered by each device.
+    #[arg(long, default_value_t = 5.0)]
+    fps: f64,
+    /// Seconds each cell runs.
+    #[arg(long, default_value_t = 5.0)]
+    seconds: f64,
+    /// Modes to run (local is the peer the others are compared with).
+    #[arg(long, value_delimiter = ',', default_values_t = vec!["local".to_owned(), "split".to_owned(), "offload".to_owned()])]
+    modes: Vec<String>,
+    /// Weights (safetensors); default: assets/demo/demo_vit.safetensors when present,
+    /// else the seeded demo ViT.
+    #[arg(long, value_name = "FILE")]
+    weights: Option<PathBuf>,
+    /// Split point for split mode (default: the bottleneck's, else the middle block).
+    #[arg(long, value_name = "K")]
+    at: Option<usize>,
+    /// Codec for split mode.
+    #[arg(long, default_value = "u8")]
+    codec: String,
+    /// The splitstream-edge binary (default: beside this executable).
+    #[arg(long, value_name = "PATH")]
+    edge_bin: Option<PathBuf>,
+    /// Edge CPU threads (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    edge_threads: usize,
+    /// Edge batching: most frames per batch (default: the edge's).
+    #[arg(long)]
+    max_batch: Option<usize>,
+    /// Edge batching: longest wait for company, ms (default: the edge's).
+    #[arg(long)]
+    max_wait_ms: Option<u64>,
+    /// Repetitions of each cell; figures are medians over them.
+    #[arg(long, default_value_t = 1)]
+    runs: usize,
+}
+
+const TOKEN: &str = "e2e-bench-token-0123456789abcdef";
+const MODEL_NAME: &str = "bench-vit";
+
+/// One device's frame.
+#[derive(Clone, Copy, Serialize)]
+struct Sample {
+    /// Seconds since the cell started.
+    t_s: f64,
+    latency_ms: f32,
+    bytes: u64,
+    fallback: bool,
+}
+
+/// One cell's figures.
+#[derive(Serialize, Clone)]
+struct Row {
+    bench: &'static str,
+    devices: usize,
+    mode: String,
+    /// `block1-bottleneck`, `block1`, `offload`, or `-` for local.
+    split: String,
+    codec: String,
+    fps_offered_per_device: f64,
+    seconds: f64,
+    frames: u64,
+    frames_offered: u64,
+    frames_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    /// p50 of this mode over local's p50 with the same devices (< 1: faster).
+    p50_vs_local: Option<f64>,
+    bytes_per_frame: f64,
+    fallbacks: u64,
+    /// Edge batches by size bucket (upper bound: count), from its /metrics.
+    edge_batch_sizes: BTreeMap<String, u64>,
+    edge_mean_batch: Option<f64>,
+    /// The edge process's peak resident memory (VmHWM), MiB.
+    edge_peak_rss_mib: Option<f64>,
+    runs: usize,
+}
+
+struct Cell {
+    row: Row,
+    samples: Vec<Sample>,
+}
+
+pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if !(args.fps.is_finite() && args.fps > 0.0)
+        || !(args.seconds.is_finite() && args.seconds > 0.0)
+    {
+        bail!("--fps and --seconds must be positive");
+    }
+    if args.devices.iter().any(|&n| n == 0 || n > 1024) {
+        bail!("--devices: each count must be in 1..=1024");
+    }
+    for m in &args.modes {
+        if !["local", "split", "offload"].contains(&m.as_str()) {
+            bail!("--modes {m}: use local, split, offload");
+        }
+    }
+    let Some(codec) = CodecChoice::parse(&args.codec) else {
+        bail!(
+            "--codec {}: use one of {}",
+            args.codec,
+            CodecChoice::ALL.map(|c| c.name()).join(", ")
+        );
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(bench(args, codec))
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn edge_binary(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    let path = match given {
+        Some(p) => p,
+        None => std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name(format!("splitstream-edge{}", std::env::consts::EXE_SUFFIX)),
+    };
+    if !path.is_file() {
+        bail!(
+            "{} not found: build it (cargo build --release -p splitstream-tail --bin \
+             splitstream-edge) or give --edge-bin PATH",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn load_frames(n: usize) -> anyhow::Result<Vec<Payload>> {
+    let dir = project_root().join("assets/demo/test");
+    (0..n)
+        .map(|i| {
+            let path = dir.join(format!("{i:04}.jpg"));
+            splitstream_models::preprocess::load_rgb(&path)
+                .map(Payload::Image)
+                .with_context(|| format!("cannot read the demo image {}", path.display()))
+        })
+        .collect()
+}
+
+async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
+    let edge_bin = if args.modes.iter().any(|m| m != "local") {
+        Some(edge_binary(args.edge_bin.clone())?)
+    } else {
+        None
+    };
+    let default_weights = project_root().join("assets/demo/demo_vit.safetensors");
+    let (bytes, weights_name) = match &args.weights {
+        Some(w) => (
+            std::fs::read(w).with_context(|| format!("cannot read {}", w.display()))?,
+            w.display().to_string(),
+        ),
+        None if default_weights.is_file() => (
+            std::fs::read(&default_weights)
+                .with_context(|| format!("cannot read {}", default_weights.display()))?,
+            default_weights.display().to_string(),
+        ),
+        None => (
+            seeded_vit_safetensors(&DEMO_VIT, 7),
+            "seeded demo ViT".to_owned(),
+        ),
+    };
+    // One thread per device model: many devices share this process's cores.
+    let (model, id) = load_model(MODEL_NAME, bytes.clone(), &weights_name, None, 1)?;
+    let point = args
+        .at
+        .or(model.bottleneck().map(|b| b.point))
+        .unwrap_or(model.config().depth / 2);
+    let at = model.split_at(point)?;
+    let frames = Arc::new(load_frames(32)?);
+    let scratch = std::env::temp_dir().join(format!("splitstream-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&scratch)
+        .with_context(|| format!("cannot create {}", scratch.display()))?;
+    let weights_path = scratch.join(format!("{MODEL_NAME}.safetensors"));
+    std::fs::write(&weights_path, &bytes).context("cannot write the weights for the edge")?;
+    let max_devices = args.devices.iter().copied().max().unwrap_or(1);
+    let tokens_path = scratch.join("tokens.txt");
+    let tokens: String = (0..max_devices)
+        .map(|i| format!("dev-{i} {TOKEN}\n"))
+        .collect();
+    std::fs::write(&tokens_path, tokens).context("cannot write the token file")?;
+
+    if !args.json {
+        println!(
+            "e2e: model {weights_name}; split {at} codec {}; {} fps per device for {} s; \
+             edge {}",
+            codec.name(),
+            args.fps,
+            args.seconds,
+            edge_bin
+                .as_ref()
+                .map_or("-".to_owned(), |p| p.display().to_string())
+        );
+    }
+    let mut cells = Vec::new();
+    for &n in &args.devices {
+        let mut local_p50 = None;
+        for mode_name in &args.modes {
+            let mode = match mode_name.as_str() {
+                "local" => RunMode::Local,
+                "split" => RunMode::Split { at, codec },
+                _ => RunMode::Offload {
+                    jpeg: JpegSettings::default(),
+                },
+            };
+            let mut runs = Vec::new();
+            for _ in 0..args.runs.max(1) {
+                let edge = match &edge_bin {
+                    Some(bin) if mode.wire().is_some() => {
+                        Some(EdgeProcess::spawn(bin, &weights_path, &tokens_path, &args)?)
+                    }
+                    _ => None,
+                };
+                let samples =
+                    run_devices(n, &model, &id, &mode, edge.as_ref(), &frames, &args).await?;
+                let (hist, mean_batch, rss) = match edge {
+                    Some(e) => {
+                        let hist = e.batch_histogram().unwrap_or_else(|err| {
+                            eprintln!("warning: edge metrics unreadable: {err:#}");
+                            BTreeMap::new()
+                        });
+                        let rss = e.peak_rss_mib();
+                        e.stop();
+                        let (count, sum) = (hist.get("count").copied(), hist.get("sum").copied());
+                        let mean = match (count, sum) {
+                            (Some(c), Some(s)) if c > 0 => Some(s as f64 / c as f64),
+                            _ => None,
+                        };
+                        let buckets = hist
+                            .into_iter()
+                            .filter(|(k, _)| k != "count" && k != "sum")
+                            .collect();
+                        (buckets, mean, rss)
+                    }
+                    None => (BTreeMap::new(), None, None),
+                };
+                runs.push((samples, hist, mean_batch, rss));
+            }
+            let cell = summarise(n, mode_name, &mode, codec, &args, runs, local_p50);
+            if mode_name == "local" {
+                local_p50 = Some(cell.row.p50_ms);
+            }
+            if args.json {
+                println!("{}", serde_json::to_string(&cell.row)?);
+            }
+            cells.push(cell);
+        }
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    if !args.json {
+        print_table(&cells);
+    }
+    if let Some(dir) = &args.report {
+        write_report(dir, &cells)?;
+        if !args.json {
+            println!("report: {}", dir.display());
+        }
+    }
+    Ok(())
+}
+
+type RunFigures = (Vec<Sample>, BTreeMap<String, u64>, Option<f64>, Option<f64>);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn summarise(
+    n: usize,
+    mode_name: &str,
+    mode: &RunMode,
+    codec: CodecChoice,
+    args: &Args,
+    runs: Vec<RunFigures>,
+    local_p50: Option<f64>,
+) -> Cell {
+    let mut p50 = Vec::new();
+    let mut p99 = Vec::new();
+    let mut fps = Vec::new();
+    let mut bytes = Vec::new();
+    let mut frames = Vec::new();
+    let mut fallbacks = Vec::new();
+    let mut means = Vec::new();
+    let mut rss = Vec::new();
+    let mut hist = BTreeMap::new();
+    let mut samples = Vec::new();
+    let count = runs.len();
+    for (s, h, mean, r) in runs {
+        let lat: Vec<f32> = s.iter().map(|x| x.latency_ms).collect();
+        let p = Percentiles::of(&lat);
+        p50.push(p.p50);
+        p99.push(p.p99);
+        fps.push(s.len() as f64 / args.seconds);
+        frames.push(s.len() as f64);
+        bytes.push(s.iter().map(|x| x.bytes as f64).sum::<f64>() / s.len().max(1) as f64);
+        fallbacks.push(s.iter().filter(|x| x.fallback).count() as f64);
+        means.extend(mean);
+        rss.extend(r);
+        // The histogram of the first run (runs differ little; medians of buckets
+        // would not add up).
+        if hist.is_empty() {
+            hist = h;
+        }
+        if samples.is_empty() {
+            samples = s;
+        }
+    }
+    let p50_ms = median(p50);
+    let split = match mode.wire() {
+        Some((split, _)) => split,
+        None => "-".to_owned(),
+    };
+    let row = Row {
+        bench: "e2e",
+        devices: n,
+        mode: mode_name.to_owned(),
+        split,
+        codec: match mode {
+            RunMode::Local => "-".to_owned(),
+            RunMode::Split { .. } => codec.name().to_owned(),
+            RunMode::Offload { .. } => "jpeg".to_owned(),
+        },
+        fps_offered_per_device: args.fps,
+        seconds: args.seconds,
+        frames: median(frames) as u64,
+        frames_offered: (args.fps * args.seconds).floor() as u64 * n as u64,
+        frames_per_s: median(fps),
+        p50_ms,
+        p99_ms: median(p99),
+        p50_vs_local: local_p50.filter(|&l| l > 0.0).map(|l| p50_ms / l),
+        bytes_per_frame: median(bytes),
+        fallbacks: median(fallbacks) as u64,
+        edge_batch_sizes: hist,
+        edge_mean_batch: (!means.is_empty()).then(|| median(means)),
+        edge_peak_rss_mib: (!rss.is_empty()).then(|| median(rss)),
+        runs: count,
+    };
+    Cell { row, samples }
+}
+
+/// Runs `n` devices for `args.seconds`, each offered `args.fps` frames per second.
+async fn run_devices(
+    n: usize,
+    model: &DeviceModel,
+    id: &ModelId,
+    mode: &RunMode,
+    edge: Option<&EdgeProcess>,
+    frames: &Arc<Vec<Payload>>,
+    args: &Args,
+) -> anyhow::Result<Vec<Sample>> {
+    let mut devices = Vec::with_capacity(n);
+    for i in 0..n {
+        let client = match (mode.wire(), edge) {
+            (Some((split, codec)), Some(edge)) => {
+                let cfg = ClientConfig::new(
+                    edge.addr,
+                    ServerTrust::Pinned(edge.fingerprint),
+                    format!("dev-{i}"),
+                    TOKEN,
+                    StreamConfig {
+                        model: id.clone(),
+                        split,
+                        codec,
+                    },
+                );
+                Some(Arc::new(Client::connect(cfg).await.with_context(|| {
+                    format!("device {i} could not open a session with the edge")
+                })?))
+            }
+            _ => None,
+        };
+        devices.push(Device::new(
+            model.clone(),
+            mode.clone(),
+            client,
+            Duration::from_secs(2),
+        ));
+    }
+    let started = Instant::now();
+    let period = Duration::from_secs_f64(1.0 / args.fps);
+    let end = started + Duration::from_secs_f64(args.seconds);
+    let mut tasks = Vec::with_capacity(n);
+    for (i, mut device) in devices.into_iter().enumerate() {
+        let frames = frames.clone();
+        tasks.push(tokio::spawn(async move {
+            // Devices start spread over one period, as independent cameras would.
+            let offset = period.mul_f64(i as f64 / n as f64);
+            let mut ticks =
+                tokio::time::interval_at(tokio::time::Instant::from_std(started + offset), period);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut out = Vec::new();
+            let mut k = 0usize;
+            loop {
+                ticks.tick().await;
+                if Instant::now() >= end {
+                    break;
+                }
+                let payload = frames[(i + k) % frames.len()].clone();
+                let frame = Frame {
+                    index: k as u64,
+                    captured: Instant::now(),
+                    captured_wall: SystemTime::now(),
+                    source: Arc::from("demo"),
+                    payload,
+                };
+                k += 1;
+                let r = device.process(&frame).await;
+                out.push(Sample {
+                    t_s: frame.captured.duration_since(started).as_secs_f64(),
+                    latency_ms: r.record.total_ms as f32,
+                    bytes: r.record.bytes_sent,
+                    fallback: r.record.fallback.is_some(),
+                });
+            }
+            out
+        }));
+    }
+    let mut samples = Vec::new();
+    for t in tasks {
+        samples.extend(t.await.context("a device task failed")?);
+    }
+    samples.sort_by(|a, b| a.t_s.total_cmp(&b.t_s));
+    Ok(samples)
+}
+
+/// A `splitstream-edge` child process and what it printed at start.
+struct EdgeProcess {
+    child: Child,
+    addr: std::net::SocketAddr,
+    fingerprint: Fingerprint,
+    metrics: std::net::SocketAddr,
+}
+
+impl EdgeProcess {
+    fn spawn(bin: &Path, weights: &Path, tokens: &Path, args: &Args) -> anyhow::Result<Self> {
+        let mut cmd = Command::new(bin);
+        cmd.arg("--weights")
+            .arg(weights)
+            .arg("--tokens")
+            .arg(tokens)
+            .args(["--name", MODEL_NAME, "--backend", "cpu"])
+            .args(["--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:0"])
+            .args(["--threads", &args.edge_threads.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        if let Some(b) = args.max_batch {
+            cmd.args(["--max-batch", &b.to_string()]);
+        }
+        if let Some(w) = args.max_wait_ms {
+            cmd.args(["--max-wait-ms", &w.to_string()]);
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("cannot start {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no edge stdout")?;
+        let (mut addr, mut fingerprint, mut metrics) = (None, None, None);
+        for line in BufReader::new(stdout).lines() {
+            let line = line.context("reading the edge's output")?;
+            if let Some(rest) = line.strip_prefix("listening on ") {
+                addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            } else if let Some(fp) = line.strip_prefix("certificate fingerprint ") {
+                fingerprint = fp.trim().parse().ok();
+            } else if let Some(rest) = line.strip_prefix("metrics on http://") {
+                metrics = rest.split('/').next().and_then(|a| a.parse().ok());
+                break;
+            }
+        }
+        match (addr, fingerprint, metrics) {
+            (Some(addr), Some(fingerprint), Some(metrics)) => Ok(Self {
+                child,
+                addr,
+                fingerprint,
+                metrics,
+            }),
+            _ => {
+                let _ = child.kill();
+                let status = child.wait().ok();
+                bail!(
+                    "the edge did not print its address, fingerprint and metrics address \
+                     (exit {status:?}); run {} by hand to see why",
+                    bin.display()
+                )
+            }
+        }
+    }
+
+    /// `splitstream_batch_size` from the edge's `/metrics`: batches per bucket (`"1"`,
+    /// `"2"`, `"4"`, ... meaning up to that size; `"+Inf"` above), plus `count` and
+    /// `sum` of all batches.
+    fn batch_histogram(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let mut stream =
+            std::net::TcpStream::connect_timeout(&self.metrics, Duration::from_secs(2))
+                .context("cannot reach the edge's metrics")?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            stream,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.metrics
+        )?;
+        let mut text = String::new();
+        // The body is small (a few KiB); cap it anyway.
+        stream.take(4 << 20).read_to_string(&mut text)?;
+        let mut cumulative: Vec<(f64, String, u64)> = Vec::new();
+        let mut out = BTreeMap::new();
+        for line in text.lines() {
+            let Some(rest) = line.strip_prefix("splitstream_batch_size") else {
+                continue;
+            };
+            let Some((name, value)) = rest.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(v) = value.trim().parse::<f64>() else {
+                continue;
+            };
+            if name.starts_with("_bucket") {
+                let le = name
+                    .split("le=\"")
+                    .nth(1)
+                    .and_then(|s| s.split('"').next())
+                    .unwrap_or("");
+                let bound = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().unwrap_or(f64::NAN)
+                };
+                if !bound.is_nan() {
+                    // Several label sets (model, split) add up per bound.
+                    match cumulative.iter_mut().find(|(b, _, _)| *b == bound) {
+                        Some(e) => e.2 += v as u64,
+                        None => cumulative.push((bound, le.to_owned(), v as u64)),
+                    }
+                }
+            } else if name.starts_with("_count") {
+                *out.entry("count".to_owned()).or_insert(0) += v as u64;
+            } else if name.starts_with("_sum") {
+                *out.entry("sum".to_owned()).or_insert(0) += v.round() as u64;
+            }
+        }
+        cumulative.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut below = 0;
+        for (_, le, c) in cumulative {
+            let here = c.saturating_sub(below);
+            below = c;
+            if here > 0 {
+                out.insert(le, here);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The process's peak resident set (VmHWM), MiB; `None` off Linux.
+    fn peak_rss_mib(&self) -> Option<f64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        let kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EdgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn print_table(cells: &[Cell]) {
+    println!();
+    println!(
+        "| {:>7} | {:<8} | {:<18} | {:>9} | {:>8} | {:>8} | {:>8} | {:>11} | {:>9} | {:<26} | {:>9} |",
+        "devices",
+        "mode",
+        "split/codec",
+        "frames/s",
+        "p50 ms",
+        "p99 ms",
+        "p50/loc",
+        "bytes/frame",
+        "fallbacks",
+        "edge batches (size:n)",
+        "edge MiB"
+    );
+    println!(
+        "|{}|",
+        [9, 10, 20, 11, 10, 10, 10, 13, 11, 28, 11]
+            .map(|w| "-".repeat(w))
+            .join("|")
+    );
+    for c in cells {
+        let r = &c.row;
+        let hist = if r.edge_batch_sizes.is_empty() {
+            "-".to_owned()
+        } else {
+            r.edge_batch_sizes
+                .iter()
+                .map(|(k, v)| format!("{k}:{v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        println!(
+            "| {:>7} | {:<8} | {:<18} | {:>9.1} | {:>8.1} | {:>8.1} | {:>8} | {:>11.0} | {:>9} | {:<26} | {:>9} |",
+            r.devices,
+            r.mode,
+            format!("{} {}", r.split, r.codec),
+            r.frames_per_s,
+            r.p50_ms,
+            r.p99_ms,
+            r.p50_vs_local.map_or("-".to_owned(), |v| format!("{v:.2}")),
+            r.bytes_per_frame,
+            r.fallbacks,
+            hist,
+            r.edge_peak_rss_mib.map_or("-".to_owned(), |v| format!("{v:.1}")),
+        );
+    }
+    println!();
+    println!(
+        "frames/s over all devices (offered: devices x fps); latency = the device's total \
+         per frame; p50/loc = p50 over local's with the same devices; edge batches from its \
+         /metrics (bucket upper bound: batches); edge MiB = the edge process's VmHWM"
+    );
+}
+
+#[derive(Serialize)]
+struct Report<'a> {
+    rows: Vec<&'a Row>,
+    samples: Vec<CellSamples<'a>>,
+}
+
+#[derive(Serialize)]
+struct CellSamples<'a> {
+    devices: usize,
+    mode: &'a str,
+    samples: &'a [Sample],
+}
+
+fn write_report(dir: &Path, cells: &[Cell]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let report = Report {
+        rows: cells.iter().map(|c| &c.row).collect(),
+        samples: cells
+            .iter()
+            .map(|c| CellSamples {
+                devices: c.row.devices,
+                mode: &c.row.mode,
+                samples: &c.samples,
+            })
+            .collect(),
+    };
+    let json = dir.join("report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let fonts = plots::load_font();
+    if !fonts {
+        eprintln!(
+            "note: no TrueType font found (looked for DejaVu/Liberation/Noto Sans; set \
+             SPLITSTREAM_FONT=FILE.ttf): plots are drawn without text"
+        );
+    }
+    let mut devices: Vec<usize> = cells.iter().map(|c| c.row.devices).collect();
+    devices.dedup();
+    for n in devices {
+        let series: Vec<(&str, &[Sample])> = cells
+            .iter()
+            .filter(|c| c.row.devices == n)
+            .map(|c| (c.row.mode.as_str(), c.samples.as_slice()))
+            .collect();
+        let path = dir.join(format!("latency_{n}dev.png"));
+        plots::latency_over_time(&path, n, &series, fonts)
+            .with_context(|| format!("cannot draw {}", path.display()))?;
+    }
+    let path = dir.join("bytes_per_frame.png");
+    let rows: Vec<&Row> = cells.iter().map(|c| &c.row).collect();
+    plots::bytes_per_frame(&path, &rows, fonts)
+        .with_context(|| format!("cannot draw {}", path.display()))?;
+    Ok(())
+}
+
+mod plots {
+    //! PNG plots drawn with plotters into an RGB buffer, written by `image`.
+
+    use std::path::Path;
+
+    use plotters::prelude::*;
+
+    use super::{Row, Sample};
+
+    const W: u32 = 960;
+    const H: u32 = 540;
+    const COLOURS: [RGBColor; 4] = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+    ];
+
+    /// Registers a TrueType font for plot text: `SPLITSTREAM_FONT`, else a common
+    /// system sans. Whether one was found.
+    pub(super) fn load_font() -> bool {
+        let candidates = std::env::var_os("SPLITSTREAM_FONT")
+            .map(std::path::PathBuf::from)
+            .into_iter()
+            .chain(
+                [
+                    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+                    "/usr/share/fonts/TTF/DejaVuSans.ttf",
+                    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
+                    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+                    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
+                    "/System/Library/Fonts/Supplemental/Arial.ttf",
+                    "C:\\Windows\\Fonts\\arial.ttf",
+                ]
+                .map(std::path::PathBuf::from),
+            );
+        for path in candidates {
+            // A font file, capped: ab_glyph holds it for the life of the process.
+            let Ok(meta) = std::fs::metadata(&path) else {
+                continue;
+            };
+            if meta.len() > 64 << 20 {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else {
+                continue;
+            };
+            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
+            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
+                return true;
+            }
+        }
+        false
+    }
+
+    fn save(path: &Path, buf: Vec<u8>) -> anyhow::Result<()> {
+        let img = image::RgbImage::from_raw(W, H, buf)
+            .ok_or_else(|| anyhow::anyhow!("plot buffer has the wrong size"))?;
+        img.save(path)?;
+        Ok(())
+    }
+
+    fn err(e: impl std::fmt::Display) -> anyhow::Error {
+        anyhow::anyhow!("plotting: {e}")
+    }
+
+    /// Latency of every frame against its capture time, one colour per mode.
+    pub(super) fn latency_over_time(
+        path: &Path,
+        devices: usize,
+        series: &[(&str, &[Sample])],
+        text: bool,
+    ) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; (W * H * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+            root.fill(&WHITE).map_err(err)?;
+            let t_max = series
+                .iter()
+                .flat_map(|(_, s)| s.iter().map(|x| x.t_s))
+                .fold(1e-3, f64::max);
+            let y_max = series
+                .iter()
+                .flat_map(|(_, s)| s.iter().map(|x| f64::from(x.latency_ms)))
+                .fold(1.0, f64::max)
+                * 1.05;
+            let mut builder = ChartBuilder::on(&root);
+            builder.margin(16);
+            if text {
+                builder
+                    .caption(
+                        format!("latency per frame, {devices} device(s)"),
+                        ("sans-serif", 22),
+                    )
+                    .x_label_area_size(40)
+                    .y_label_area_size(60);
+            }
+            let mut chart = builder
+                .build_cartesian_2d(0f64..t_max, 0f64..y_max)
+                .map_err(err)?;
+            let mut mesh = chart.configure_mesh();
+            if text {
+                mesh.x_desc("time since start (s)").y_desc("latency (ms)");
+            } else {
+                mesh.disable_x_axis().disable_y_axis();
+            }
+            mesh.draw().map_err(err)?;
+            for (i, (mode, samples)) in series.iter().enumerate() {
+                let colour = COLOURS[i % COLOURS.len()];
+                let drawn =
+                    chart
+                        .draw_series(samples.iter().map(|s| {
+                            Circle::new((s.t_s, f64::from(s.latency_ms)), 2, colour.filled())
+                        }))
+                        .map_err(err)?;
+                if text {
+                    drawn
+                        .label(*mode)
+                        .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
+                }
+            }
+            if text {
+                chart
+                    .configure_series_labels()
+                    .background_style(WHITE.mix(0.8))
+                    .border_style(BLACK)
+                    .draw()
+                    .map_err(err)?;
+            }
+            root.present().map_err(err)?;
+        }
+        save(path, buf)
+    }
+
+    /// Bytes per frame of each cell, grouped by mode, one bar per device count.
+    pub(super) fn bytes_per_frame(path: &Path, rows: &[&Row], text: bool) -> anyhow::Result<()> {
+        let mut buf = vec![0u8; (W * H * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+            root.fill(&WHITE).map_err(err)?;
+            let y_max = rows.iter().map(|r| r.bytes_per_frame).fold(1.0, f64::max) * 1.1;
+            let labels: Vec<String> = rows
+                .iter()
+                .map(|r| format!("{} x{}", r.mode, r.devices))
+                .collect();
+            let mut builder = ChartBuilder::on(&root);
+            builder.margin(16);
+            if text {
+                builder
+                    .caption("bytes sent per frame", ("sans-serif", 22))
+                    .x_label_area_size(60)
+                    .y_label_area_size(70);
+            }
+            let mut chart = builder
+                .build_cartesian_2d(0f64..rows.len() as f64, 0f64..y_max)
+                .map_err(err)?;
+            let mut mesh = chart.configure_mesh();
+            let label_of = |x: &f64| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 1e-6 {
+                    labels.get(i).cloned().unwrap_or_default()
+                } else {
+                    String::new()
+                }
+            };
+            if text {
+                mesh.disable_x_mesh()
+                    .x_labels(rows.len() * 2 + 1)
+                    .x_label_formatter(&label_of)
+                    .y_desc("bytes per frame");
+            } else {
+                mesh.disable_x_axis().disable_y_axis();
+            }
+            mesh.draw().map_err(err)?;
+            let modes: Vec<&str> = {
+                let mut m: Vec<&str> = rows.iter().map(|r| r.mode.as_str()).collect();
+                m.sort_unstable();
+                m.dedup();
+                m
+            };
+            chart
+                .draw_series(rows.iter().enumerate().map(|(i, r)| {
+                    let c = modes.iter().position(|m| *m == r.mode).unwrap_or(0);
+                    let colour = COLOURS[c % COLOURS.len()];
+                    Rectangle::new(
+                        [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, r.bytes_per_frame)],
+                        colour.filled(),
+                    )
+                }))
+                .map_err(err)?;
+            root.present().map_err(err)?;
+        }
+        save(path, buf)
+    }
+}
