@@ -396,3 +396,25 @@ fn policy_without_local_is_refused() {
     assert!(Policy::new(vec![Plan::Offload], PolicyConfig::default()).is_err());
     assert!(Policy::new(vec![], PolicyConfig::default()).is_err());
 }
+
+#[test]
+fn payloads_too_small_to_time_the_link_are_predicted_from_their_round_trips() {
+    // An 800-byte bottleneck never times the link; the mode is still chosen on its
+    // measured round trip rather than measured forever.
+    let mut world = World::pi_on_wifi(100.0);
+    world.modes.truncate(2);
+    world.modes[1].bytes = 800;
+    let mut policy = Policy::new(world.plans(), config(&world)).unwrap();
+    let decisions: Vec<Decision> = (0..30).map(|_| step(&mut policy, &world, 1.0)).collect();
+    assert_eq!(policy.bandwidth_bps(), None);
+    let t = trace(&decisions);
+    assert_eq!(
+        decisions
+            .iter()
+            .filter(|d| d.reason == Reason::Warmup)
+            .count(),
+        2,
+        "{t}"
+    );
+    assert_eq!(steady_sequence(&decisions), vec![SPLIT2_U4], "{t}");
+}

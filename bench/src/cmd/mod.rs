@@ -5,4 +5,5 @@ pub(crate) mod e2e;
 pub(crate) mod events;
 pub(crate) mod matmul;
 pub(crate) mod model;
+pub(crate) mod policy;
 pub(crate) mod transport;

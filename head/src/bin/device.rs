@@ -8,12 +8,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use splitstream_head::device::{load_model, CodecChoice, Device, RunMode};
+use splitstream_head::device::{load_model, CodecChoice};
 use splitstream_head::offload::JpegSettings;
+use splitstream_head::policy::{
+    auto_plans, devices_for, Plan, Policy, PolicyConfig, PolicyRunner, PowerModel,
+};
 use splitstream_head::source::{
     open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
 };
-use splitstream_head::stats::{JsonLines, RunStats};
+use splitstream_head::stats::{FrameRecord, RunStats};
 use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
 
 /// Classify frames with a ViT/DeiT, running it locally, split with an edge, or
@@ -33,6 +36,11 @@ use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
   # offload whole frames as JPEG from a camera at 10 fps (through ffmpeg)
   splitstream-device --weights vit.safetensors --edge edge.local:4433 --ca ca.pem \\
       --token ... --input /dev/video0 --fps 10 --mode offload
+
+  # let the policy choose per frame, from the battery, the link and the edge
+  splitstream-device --weights vit.safetensors --edge 10.0.0.5:4433 --fingerprint ... \\
+      --token ... --input /dev/video0 --policy auto --power-source battery \\
+      --latency-target-ms 80
 
   # all on the device (no edge needed)
   splitstream-device --weights vit.safetensors --input photo.jpg --mode local
@@ -61,9 +69,29 @@ struct Args {
     /// What to classify (see below).
     #[arg(long, value_name = "SPEC")]
     input: String,
-    /// Where frames run: local, split or offload.
-    #[arg(long, value_name = "MODE", default_value = "split", value_parser = ["local", "split", "offload"])]
+    /// Where frames run: auto (chosen per frame from the battery, the link and the
+    /// edge's advice; see docs/power.md), or always local, split or offload.
+    #[arg(long = "policy", visible_alias = "mode", value_name = "POLICY", default_value = "split", value_parser = ["auto", "local", "split", "offload"])]
     mode: String,
+    /// --policy auto: the split points to choose among (default: the learned
+    /// bottleneck's point when the model has one, else every point 0..=depth).
+    #[arg(long, value_name = "K,K,..", value_delimiter = ',')]
+    split_points: Vec<usize>,
+    /// Power readings for the policy: battery[:NAME], rapl, ina3221[:PATH], nvml,
+    /// trace:FILE or const:W. Without one the device counts as on mains (latency first).
+    #[arg(long, value_name = "SPEC", conflicts_with = "power_trace")]
+    power_source: Option<String>,
+    /// A CSV power trace (watts, battery) replayed in real time: --power-source trace:FILE.
+    #[arg(long, value_name = "FILE")]
+    power_trace: Option<PathBuf>,
+    /// --policy auto: per-frame latency target, ms; with a low battery the policy takes
+    /// the least-energy mode among those predicted to meet it.
+    #[arg(long, value_name = "MS")]
+    latency_target_ms: Option<f64>,
+    /// --policy auto: the device's power model in watts (default
+    /// compute=6,radio=3.7,wait=2.5,per_byte=0: a Raspberry-Pi-4-class board on Wi-Fi).
+    #[arg(long, value_name = "SPEC")]
+    power_model: Option<String>,
     /// Split point for --mode split: head blocks run on the device (0 = embedding
     /// only). Default: the bottleneck's point for a model with a learned bottleneck.
     #[arg(long, value_name = "K")]
@@ -170,35 +198,76 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.threads,
     )?;
     let depth = model.config().depth;
-    let mode = match args.mode.as_str() {
-        "local" => RunMode::Local,
+    let codec = || {
+        CodecChoice::parse(&args.codec).ok_or_else(|| {
+            anyhow::anyhow!(
+                "--codec {}: use one of {}",
+                args.codec,
+                CodecChoice::ALL.map(|c| c.name()).join(", ")
+            )
+        })
+    };
+    let jpeg = JpegSettings {
+        quality: args.jpeg_quality.clamp(1, 100),
+        ..JpegSettings::default()
+    };
+    let mut cfg = PolicyConfig {
+        latency_bound: Duration::from_millis(args.budget_ms),
+        ..PolicyConfig::default()
+    };
+    if let Some(spec) = &args.power_model {
+        cfg.power = PowerModel::parse(spec)?;
+    }
+    if let Some(ms) = args.latency_target_ms {
+        if !(ms.is_finite() && ms > 0.0 && ms <= 3_600_000.0) {
+            bail!("--latency-target-ms {ms}: give a target between 0 and 3600000 ms");
+        }
+        cfg.latency_target = Some(Duration::from_secs_f64(ms / 1e3));
+    }
+    let policy = match args.mode.as_str() {
+        "local" => Policy::fixed(Plan::Local, cfg),
         "split" => {
             let Some(point) = args.at.or(model.bottleneck().map(|b| b.point)) else {
-                bail!("--mode split needs --at K (0..={depth}: head blocks on the device)");
+                bail!("--policy split needs --at K (0..={depth}: head blocks on the device)");
             };
-            let at = model
+            model
                 .split_at(point)
                 .map_err(|e| anyhow::anyhow!("--at {point}: {e}"))?;
-            let Some(codec) = CodecChoice::parse(&args.codec) else {
-                bail!(
-                    "--codec {}: use one of {}",
-                    args.codec,
-                    CodecChoice::ALL.map(|c| c.name()).join(", ")
-                );
-            };
-            RunMode::Split { at, codec }
+            Policy::fixed(
+                Plan::Split {
+                    point,
+                    codec: codec()?,
+                },
+                cfg,
+            )
         }
-        _ => RunMode::Offload {
-            jpeg: JpegSettings {
-                quality: args.jpeg_quality.clamp(1, 100),
-                ..JpegSettings::default()
-            },
-        },
+        "offload" => Policy::fixed(Plan::Offload, cfg),
+        _ => {
+            let points = if !args.split_points.is_empty() {
+                args.split_points.clone()
+            } else if let Some(b) = model.bottleneck() {
+                vec![b.point]
+            } else {
+                (0..=depth).collect()
+            };
+            for &k in &points {
+                model
+                    .split_at(k)
+                    .map_err(|e| anyhow::anyhow!("--split-points {k}: {e}"))?;
+            }
+            Policy::new(auto_plans(&points, codec()?), cfg)?
+        }
     };
+    let budget = Duration::from_millis(args.budget_ms);
+    // The session opens in the first remote mode; the runner reconfigures it (no
+    // reconnect) when the policy moves to another.
+    let wire = devices_for(&model, policy.plans(), None, budget, jpeg)?
+        .iter()
+        .find_map(|d| d.mode().wire());
 
-    let client = match (mode.wire(), &args.edge) {
+    let client = match (wire, &args.edge) {
         (None, _) => None,
-        (Some(_), None) => bail!("--mode {} needs --edge ADDR", args.mode),
+        (Some(_), None) => bail!("--policy {} needs --edge ADDR", args.mode),
         (Some((split, codec)), Some(edge)) => {
             let addr = resolve(edge)?;
             let trust = match (&args.fingerprint, &args.ca) {
@@ -232,6 +301,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     };
+    let mut power = match (&args.power_source, &args.power_trace) {
+        (Some(spec), _) => Some(splitstream_power::open(spec)?),
+        (None, Some(path)) => Some(splitstream_power::open(&format!(
+            "trace:{}",
+            path.display()
+        ))?),
+        (None, None) => None,
+    };
+    if let Some(p) = &power {
+        eprintln!("power readings: {}", p.describe());
+    }
 
     let events = EventOptions {
         window: event_window(args.event_window_ms)?,
@@ -298,16 +378,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (mut feed, reader) =
         spawn_feed(source, args.prefetch).context("cannot start the frame reader thread")?;
 
-    let mut device = Device::new(
-        model,
-        mode,
-        client.clone(),
-        Duration::from_millis(args.budget_ms),
-    );
-    let mut out = JsonLines::new(std::io::stdout().lock());
+    let devices = devices_for(&model, policy.plans(), client.as_ref(), budget, jpeg)?;
+    let mut runner = PolicyRunner::new(policy, devices, client.clone())?;
+    let mut out = std::io::stdout().lock();
     let mut stats = RunStats::new();
     let started = Instant::now();
     let mut n: u64 = 0;
+    let mut power_warned = false;
     while let Some(frame) = feed.recv().await {
         if args.frames.is_some_and(|max| n >= max) {
             break;
@@ -320,9 +397,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 continue;
             }
         };
-        let result = device.process(&frame).await;
+        if let Some(p) = power.as_mut() {
+            match p.sample() {
+                Ok(sample) => runner.policy_mut().observe_sample(&sample),
+                Err(e) if !power_warned => {
+                    eprintln!("warning: power readings: {e}; the policy keeps the last one");
+                    power_warned = true;
+                }
+                Err(_) => {}
+            }
+        }
+        let result = runner.process(&frame).await;
         stats.record(&result.record);
-        out.write(&result.record)?;
+        write_line(&mut out, &frame_line(&result.record))?;
         if let Some(bar) = &bar {
             bar.inc(1);
         }
@@ -335,12 +422,43 @@ async fn run(args: Args) -> anyhow::Result<()> {
         bar.finish_and_clear();
     }
     let summary = stats.summary(Some(started.elapsed()));
-    out.write_summary(&summary)?;
+    write_line(
+        &mut out,
+        &serde_json::json!({ "summary": summary, "policy": runner.tally() }),
+    )?;
     eprintln!("{summary}");
-    drop(device);
+    eprintln!(
+        "policy decisions: {}",
+        runner
+            .tally()
+            .decisions
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    drop(runner);
     if let Some(client) = client.and_then(|c| Arc::try_unwrap(c).ok()) {
         client.close().await;
     }
+    Ok(())
+}
+
+/// A frame's JSON line: the record, with the policy's reason as `policy_reason`.
+fn frame_line(record: &FrameRecord) -> serde_json::Value {
+    let mut v = serde_json::to_value(record).unwrap_or_default();
+    if let Some(obj) = v.as_object_mut() {
+        if let Some(why) = obj.remove("why") {
+            obj.insert("policy_reason".to_owned(), why);
+        }
+    }
+    v
+}
+
+fn write_line(out: &mut impl std::io::Write, v: &serde_json::Value) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, v).context("writing to stdout")?;
+    out.write_all(b"\n").context("writing to stdout")?;
+    out.flush().context("writing to stdout")?;
     Ok(())
 }
 

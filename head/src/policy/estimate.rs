@@ -37,6 +37,9 @@ pub(crate) struct ModeEstimate {
     /// The edge's part of the round trip (queueing excluded, compute and the answer's
     /// return included), seconds; learnt when the upload time is known.
     pub(crate) edge_s: Ewma,
+    /// Measured round trip (send to answer), seconds: the prediction while the link's
+    /// bandwidth is unknown (every payload so far too small to time it).
+    pub(crate) round_trip_s: Ewma,
     /// The frame index when this mode last ran.
     pub(crate) last_run: Option<u64>,
     /// Remote modes: left alone until this frame after a fallback.

@@ -30,7 +30,7 @@ mod runner;
 
 pub use config::{BatteryThresholds, ParsePowerModelError, PolicyConfig, PowerModel};
 pub use estimate::Ewma;
-pub use runner::{PolicyRunner, PolicyTally};
+pub use runner::{auto_plans, devices_for, NewRunnerError, PolicyRunner, PolicyTally};
 
 use std::fmt;
 use std::time::Duration;
@@ -422,6 +422,7 @@ impl Policy {
                 let bytes = bytes as f64;
                 e.bytes.add(bytes, a);
                 let rt = secs(round_trip);
+                e.round_trip_s.add(rt, a);
                 let up = match upload {
                     Some(u) => {
                         // Known upload time: the rest of the round trip is the edge's.
@@ -467,9 +468,18 @@ impl Policy {
             });
         }
         let bytes = e.bytes.get()?;
-        let up = bytes * 8.0 * self.link.s_per_bit.get()?;
-        let edge = e.edge_s.get().unwrap_or_else(|| self.edge_prior_s(c));
-        let wait = self.link.rtt_s.unwrap_or(0.0) + self.queue_s + edge;
+        let (up, wait) = match self.link.s_per_bit.get() {
+            Some(spb) => {
+                let edge = e.edge_s.get().unwrap_or_else(|| self.edge_prior_s(c));
+                (
+                    bytes * 8.0 * spb,
+                    self.link.rtt_s.unwrap_or(0.0) + self.queue_s + edge,
+                )
+            }
+            // No payload has been large enough to time the link: the mode's own
+            // measured round trip, all counted as waiting.
+            None => (0.0, e.round_trip_s.get()?),
+        };
         Some(Prediction {
             latency: dur(head + up + wait),
             energy_j: pm.energy_j(dur(head), dur(up), bytes, dur(wait)),
@@ -503,9 +513,9 @@ impl Policy {
             return self.answer(self.local, reason);
         }
         // Never measured: measure it (one frame; the current mode is kept).
-        if let Some(c) = (0..self.plans.len()).find(|&c| {
-            self.feasible(c) && (self.predict(c).is_none() || self.est[c].last_run.is_none())
-        }) {
+        if let Some(c) =
+            (0..self.plans.len()).find(|&c| self.feasible(c) && self.est[c].last_run.is_none())
+        {
             return self.answer(c, Reason::Warmup);
         }
         if self.cfg.probe_every > 0 && (frame + 1).is_multiple_of(self.cfg.probe_every) {

@@ -10,9 +10,46 @@ use std::time::Duration;
 use serde::Serialize;
 use splitstream_transport::Client;
 
-use super::{Decision, FrameObservation, ObservedOutcome, Policy};
-use crate::device::{Device, FrameResult};
+use super::{Decision, FrameObservation, ObservedOutcome, Plan, Policy};
+use crate::device::{Device, DeviceModel, FrameResult, ModelRunError, RunMode};
+use crate::offload::JpegSettings;
 use crate::source::Frame;
+
+/// The candidates of `--policy auto`: local, a split at each of `points` with `codec`,
+/// and offload.
+pub fn auto_plans(points: &[usize], codec: crate::device::CodecChoice) -> Vec<Plan> {
+    let mut plans = vec![Plan::Local];
+    plans.extend(points.iter().map(|&point| Plan::Split { point, codec }));
+    plans.push(Plan::Offload);
+    plans
+}
+
+/// One device per plan, in order: splits cut where `model.split_at` says (the learned
+/// bottleneck at its point), offload as JPEG with `jpeg`; the remote ones share
+/// `client`. `budget` is each frame's latency budget at the edge.
+pub fn devices_for(
+    model: &DeviceModel,
+    plans: &[Plan],
+    client: Option<&Arc<Client>>,
+    budget: Duration,
+    jpeg: JpegSettings,
+) -> Result<Vec<Device>, ModelRunError> {
+    plans
+        .iter()
+        .map(|p| {
+            let mode = match *p {
+                Plan::Local => RunMode::Local,
+                Plan::Split { point, codec } => RunMode::Split {
+                    at: model.split_at(point)?,
+                    codec,
+                },
+                Plan::Offload => RunMode::Offload { jpeg },
+            };
+            let client = if p.is_remote() { client.cloned() } else { None };
+            Ok(Device::new(model.clone(), mode, client, budget))
+        })
+        .collect()
+}
 
 /// Counts of what the policy decided in a run, for the summary line.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
