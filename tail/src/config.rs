@@ -6,8 +6,8 @@
 //! are relative to the config file's folder, so a config and its weights can move
 //! together. Command-line flags override fields after loading (the fields are public).
 //!
-//! No power settings yet: the power governor (POLCA-style capping) adds its own table
-//! when it exists, rather than this file carrying keys that do nothing.
+//! `[power]` (optional) configures the power governor; its keys, defaults and
+//! reasons are in [`crate::governor::PowerConfig`].
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
@@ -17,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::batcher::{BatcherConfig, Overflow};
+use crate::governor::PowerConfig;
 
 /// The whole edge configuration.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -46,6 +47,9 @@ pub struct EdgeConfig {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// The power governor; absent: none.
+    #[serde(default)]
+    pub power: Option<PowerConfig>,
 }
 
 fn default_listen() -> SocketAddr {
@@ -364,6 +368,9 @@ impl EdgeConfig {
         for m in &mut self.models {
             join(&mut m.weights);
         }
+        if let Some(p) = &mut self.power {
+            p.resolve_paths(base);
+        }
     }
 
     /// Checks what types alone cannot; the message says what to change. Call again
@@ -430,6 +437,9 @@ impl EdgeConfig {
                 l.max_queued, b.max_batch
             ));
         }
+        if let Some(p) = &self.power {
+            p.validate()?;
+        }
         if l.max_queued_per_session > l.max_queued {
             return Err(format!(
                 "[limits] max_queued_per_session = {} exceeds max_queued = {}",
@@ -468,6 +478,37 @@ mod tests {
             BatcherConfig::default(),
             "config and batcher defaults agree"
         );
+    }
+
+    #[test]
+    fn example_power_table_uncommented_shows_the_real_defaults() {
+        // The example keeps [power] commented out (a governor needs a budget for the
+        // machine at hand); uncommented, it must still show the defaults in force.
+        let start = EXAMPLE
+            .find("#[power]")
+            .expect("the example documents [power]");
+        let table: String = EXAMPLE[start..]
+            .lines()
+            .take_while(|l| l.starts_with('#'))
+            .filter(|l| !l.starts_with("# "))
+            .map(|l| format!("{}\n", &l[1..]))
+            .collect();
+        let cfg = parse(&format!("{MINIMAL}{table}")).unwrap();
+        let mut want = PowerConfig::new(300.0, "rapl");
+        want.low_priority = vec!["cam-7".into()];
+        assert_eq!(cfg.power, Some(want));
+        assert_eq!(parse(MINIMAL).unwrap().power, None);
+    }
+
+    #[test]
+    fn power_table_is_validated_and_its_trace_follows_the_config() {
+        let text = format!("{MINIMAL}[power]\nbudget_w = 100\nsource = \"trace:t.csv\"\n");
+        let cfg = parse(&text).unwrap();
+        assert_eq!(cfg.power.unwrap().source, "trace:/etc/splitstream/t.csv");
+        let err = parse(&format!("{MINIMAL}[power]\nbudget_w = 100\nt2 = 0.5\n")).unwrap_err();
+        assert!(err.to_string().contains("[power] t1"), "{err}");
+        let err = parse(&format!("{MINIMAL}[power]\nt1 = 0.5\n")).unwrap_err();
+        assert!(err.to_string().contains("budget_w"), "{err}");
     }
 
     #[test]

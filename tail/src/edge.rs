@@ -9,8 +9,16 @@
 //! ```
 //!
 //! Anything that cannot be computed is answered `Dropped` with its reason (deadline,
-//! queue full, undecodable payload, shutdown): nothing is left unanswered. The compute
-//! runs on its own OS thread so a long tail never stalls the QUIC tasks.
+//! queue full, undecodable payload, shed by the power governor, shutdown): nothing is
+//! left unanswered. The compute runs on its own OS thread so a long tail never stalls
+//! the QUIC tasks.
+//!
+//! With a power governor ([`EdgeOptions::power`], see [`crate::governor`]) each session
+//! task admits frames through its [`SessionGate`] (shedding offload work above T2,
+//! rate-capping low-priority devices above T1), the worker computes low-priority frames
+//! in smaller groups above T1, and every session is pushed a `Status` with the
+//! governor's advice, the power headroom, the worker's load and the queue delay: at
+//! once when the governor changes level, else every [`STATUS_REFRESH`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -31,6 +39,10 @@ use tokio::task::JoinHandle;
 
 use crate::batch_loop::{spawn_batch_loop, BatchHandle, Dropped};
 use crate::batcher::{Batch, BatchKey, BatcherConfig, Item, Route, SessionId};
+use crate::governor::{
+    self, plan_batch, GovernorDriver, GovernorObserver, LoadTracker, PowerConfig, PowerState,
+    Priority, SessionGate,
+};
 use crate::metrics::EdgeMetrics;
 use crate::model::{CodecChoice, ServedModel, JPEG_CODEC, OFFLOAD_SPLIT};
 use crate::offload::{decode_jpeg, DEFAULT_MAX_SIDE};
@@ -45,6 +57,9 @@ pub struct EdgeOptions {
     pub max_jpeg_side: u32,
     /// How long shutdown waits for connections to close after answering everything.
     pub close_grace: Duration,
+    /// The power governor; `None`: none (devices are told full headroom and normal
+    /// advice).
+    pub power: Option<PowerConfig>,
 }
 
 impl Default for EdgeOptions {
@@ -53,9 +68,14 @@ impl Default for EdgeOptions {
             batcher: BatcherConfig::default(),
             max_jpeg_side: DEFAULT_MAX_SIDE,
             close_grace: Duration::from_secs(1),
+            power: None,
         }
     }
 }
+
+/// How often each session's status is refreshed (load and queue delay change without
+/// the governor changing level). The transport's own status interval is 500 ms.
+pub const STATUS_REFRESH: Duration = Duration::from_millis(500);
 
 /// Errors starting the edge.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +89,10 @@ pub enum StartEdgeError {
     /// The worker thread could not start.
     #[error("cannot start the tail worker thread: {0}")]
     Worker(std::io::Error),
+    /// The power governor could not start (bad `[power]` values, an unreadable power
+    /// source, a GPU cap that was asked for and is not there).
+    #[error("cannot start the power governor: {0}")]
+    Power(String),
 }
 
 /// Counters an operator or a test reads without parsing Prometheus text.
@@ -148,6 +172,18 @@ fn config_hex(bytes: &[u8]) -> String {
 struct Job {
     payload: Bytes,
     responder: Responder,
+    priority: Priority,
+}
+
+/// What every session task shares.
+#[derive(Clone)]
+struct SessionShared {
+    batches: BatchHandle<Job>,
+    models: Arc<HashMap<Arc<str>, ServedModel>>,
+    metrics: Arc<EdgeMetrics>,
+    power: watch::Receiver<PowerState>,
+    load: Arc<LoadTracker>,
+    low_priority: Arc<[String]>,
 }
 
 /// A running edge. Dropping it without [`RunningEdge::shutdown`] aborts it.
@@ -162,6 +198,11 @@ pub struct RunningEdge {
     loop_task: Option<JoinHandle<()>>,
     worker_done: Option<oneshot::Receiver<()>>,
     close_grace: Duration,
+    power: watch::Receiver<PowerState>,
+    /// Keeps an ungoverned edge's state channel open (the governor owns it otherwise).
+    _ungoverned: Option<watch::Sender<PowerState>>,
+    governor_stop: watch::Sender<bool>,
+    governor_task: Option<JoinHandle<()>>,
 }
 
 impl std::fmt::Debug for RunningEdge {
@@ -181,6 +222,31 @@ impl RunningEdge {
         options: EdgeOptions,
         metrics: Arc<EdgeMetrics>,
     ) -> Result<Self, StartEdgeError> {
+        // The governor first: a bad [power] table or an unreadable source stops the
+        // start before anything listens.
+        let (governor_stop, governor_stop_rx) = watch::channel(false);
+        let (power, ungoverned, governor_task, low_priority) = match &options.power {
+            Some(pc) => {
+                pc.validate().map_err(StartEdgeError::Power)?;
+                let source =
+                    governor::open_source(pc).map_err(|e| StartEdgeError::Power(e.to_string()))?;
+                let gpu = governor::open_gpu_cap(pc).map_err(StartEdgeError::Power)?;
+                metrics.power_budget(pc.budget_w);
+                let observer: Arc<dyn GovernorObserver> = metrics.clone();
+                let (mut driver, rx) = GovernorDriver::new(pc.governor(), source, pc.interval());
+                driver = driver.with_observer(observer);
+                if let Some(gpu) = gpu {
+                    driver = driver.with_gpu(gpu);
+                }
+                let task = driver.spawn(governor_stop_rx);
+                (rx, None, Some(task), Arc::from(pc.low_priority.clone()))
+            }
+            None => {
+                let (tx, rx) = watch::channel(PowerState::ungoverned());
+                (rx, Some(tx), None, Arc::from(Vec::new()))
+            }
+        };
+        let load = Arc::new(LoadTracker::new());
         let mut registry = Registry {
             models: HashMap::new(),
         };
@@ -226,6 +292,8 @@ impl RunningEdge {
             metrics: metrics.clone(),
             counters: counters.clone(),
             max_jpeg_side: options.max_jpeg_side,
+            power: power.clone(),
+            load: load.clone(),
         };
         std::thread::Builder::new()
             .name("splitstream-tail".into())
@@ -236,13 +304,15 @@ impl RunningEdge {
             .map_err(StartEdgeError::Worker)?;
 
         let (stop, stop_rx) = watch::channel(false);
-        let accept_task = tokio::spawn(accept_loop(
-            server,
-            stop_rx,
-            batch_handle.clone(),
-            table,
-            metrics.clone(),
-        ));
+        let shared = SessionShared {
+            batches: batch_handle.clone(),
+            models: table,
+            metrics: metrics.clone(),
+            power: power.clone(),
+            load,
+            low_priority,
+        };
+        let accept_task = tokio::spawn(accept_loop(server, stop_rx, shared));
         Ok(Self {
             local_addr,
             fingerprint,
@@ -254,7 +324,17 @@ impl RunningEdge {
             loop_task: Some(loop_task),
             worker_done: Some(done_rx),
             close_grace: options.close_grace,
+            power,
+            _ungoverned: ungoverned,
+            governor_stop,
+            governor_task,
         })
+    }
+
+    /// The power governor's state now (level, power, headroom); an edge without a
+    /// governor is always [`PowerState::ungoverned`].
+    pub fn power_state(&self) -> PowerState {
+        self.power.borrow().clone()
     }
 
     /// The UDP address it listens on.
@@ -292,6 +372,11 @@ impl RunningEdge {
         if let Some(done) = self.worker_done.take() {
             let _ = done.await;
         }
+        // Everything is computed: the GPU gets its own setting back.
+        let _ = self.governor_stop.send(true);
+        if let Some(t) = self.governor_task.take() {
+            let _ = t.await;
+        }
         if let Some(server) = server {
             server.shutdown(self.close_grace).await;
         }
@@ -317,6 +402,10 @@ impl Drop for RunningEdge {
         if let Some(t) = self.loop_task.take() {
             t.abort();
         }
+        // Dropping the driver drops its GPU cap, which restores the GPU.
+        if let Some(t) = self.governor_task.take() {
+            t.abort();
+        }
     }
 }
 
@@ -335,9 +424,7 @@ fn wire_reason(reason: DropReason) -> WireDrop {
 async fn accept_loop(
     mut server: Server,
     mut stop: watch::Receiver<bool>,
-    batches: BatchHandle<Job>,
-    models: Arc<HashMap<Arc<str>, ServedModel>>,
-    metrics: Arc<EdgeMetrics>,
+    shared: SessionShared,
 ) -> Option<Server> {
     let mut sessions = Vec::new();
     let session_stop = stop.clone();
@@ -346,13 +433,11 @@ async fn accept_loop(
             _ = stop.wait_for(|s| *s) => break,
             session = server.accept() => match session {
                 Some(session) => {
-                    metrics.session_opened();
+                    shared.metrics.session_opened();
                     sessions.push(tokio::spawn(serve_session(
                         session,
                         session_stop.clone(),
-                        batches.clone(),
-                        models.clone(),
-                        metrics.clone(),
+                        shared.clone(),
                     )));
                 }
                 None => break,
@@ -369,15 +454,60 @@ async fn accept_loop(
 async fn serve_session(
     mut session: Session,
     mut stop: watch::Receiver<bool>,
-    batches: BatchHandle<Job>,
-    models: Arc<HashMap<Arc<str>, ServedModel>>,
-    metrics: Arc<EdgeMetrics>,
+    shared: SessionShared,
 ) {
+    let SessionShared {
+        batches,
+        models,
+        metrics,
+        mut power,
+        load,
+        low_priority,
+    } = shared;
     let id = SessionId(session.info().session_id);
-    tracing::info!(device = %session.info().device_id, session = id.0, "session opened");
+    let priority = Priority::of(
+        &session.info().device_id,
+        &session.info().capabilities.extensions,
+        &low_priority,
+    );
+    let mut gate = SessionGate::new(priority);
+    tracing::info!(
+        device = %session.info().device_id,
+        session = id.0,
+        priority = priority.as_str(),
+        "session opened"
+    );
+    let status = session.status_handle();
+    let push_status = |power: &PowerState, draining: bool| {
+        let now = Instant::now();
+        status.push(governor::gate::status(
+            power,
+            load.load(now),
+            load.queue_delay(now),
+            draining,
+        ));
+    };
+    push_status(&power.borrow_and_update(), false);
+    let mut refresh = tokio::time::interval(STATUS_REFRESH);
+    refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut power_open = true;
     loop {
         let frame = tokio::select! {
-            _ = stop.wait_for(|s| *s) => break,
+            _ = stop.wait_for(|s| *s) => {
+                push_status(&power.borrow(), true);
+                break;
+            }
+            changed = power.changed(), if power_open => {
+                match changed {
+                    Ok(()) => push_status(&power.borrow_and_update(), false),
+                    Err(_) => power_open = false,
+                }
+                continue;
+            }
+            _ = refresh.tick() => {
+                push_status(&power.borrow(), false);
+                continue;
+            }
             f = session.next_frame() => match f { Some(f) => f, None => break },
         };
         let config = &frame.meta.config;
@@ -390,6 +520,16 @@ async fn serve_session(
             let _ = frame.responder.drop_frame(WireDrop::StaleConfig);
             continue;
         };
+        let admitted = gate.admit(&power.borrow(), route == Route::Full, Instant::now());
+        if let Err(why) = admitted {
+            metrics.dropped(DropReason::Shed);
+            metrics.governor_shed(why);
+            tracing::debug!(session = id.0, reason = why.as_str(), "frame shed");
+            let _ = frame
+                .responder
+                .drop_frame(WireDrop::Other(why.message().to_owned()));
+            continue;
+        }
         let item = Item {
             session: id,
             key: BatchKey::routed(Arc::from(model.id.arch.as_str()), route),
@@ -397,6 +537,7 @@ async fn serve_session(
             payload: Job {
                 payload: frame.payload,
                 responder: frame.responder,
+                priority,
             },
         };
         if let Err((item, _)) = batches.submit(item).await {
@@ -414,6 +555,8 @@ struct Worker {
     metrics: Arc<EdgeMetrics>,
     counters: Arc<EdgeCounters>,
     max_jpeg_side: u32,
+    power: watch::Receiver<PowerState>,
+    load: Arc<LoadTracker>,
 }
 
 impl Worker {
@@ -460,6 +603,7 @@ impl Worker {
         let mut jobs = Vec::with_capacity(batch.items.len());
         for q in batch.items {
             self.metrics.queue_delay(&key, q.waited(now));
+            self.load.waited(q.waited(now), now);
             let job = q.item.payload;
             if job.responder.is_cancelled() {
                 self.drop_job(job, DropReason::Overtaken);
@@ -487,13 +631,48 @@ impl Worker {
         if jobs.is_empty() {
             return;
         }
+        // Above T1 the low-priority frames run in smaller groups after the rest (the
+        // governor's batch cap); otherwise the batch runs whole.
+        let priorities: Vec<Priority> = jobs.iter().map(|j| j.priority).collect();
+        let groups = plan_batch(&priorities, self.power.borrow().low_priority_cap);
+        let mut jobs: Vec<Option<Job>> = jobs.into_iter().map(Some).collect();
+        for group in groups {
+            let mut rows = Vec::with_capacity(per_item * group.len());
+            let mut group_jobs = Vec::with_capacity(group.len());
+            for i in group {
+                let (Some(job), Some(row)) = (
+                    jobs.get_mut(i).and_then(Option::take),
+                    data.get(i * per_item..(i + 1) * per_item),
+                ) else {
+                    continue;
+                };
+                rows.extend_from_slice(row);
+                group_jobs.push(job);
+            }
+            self.run_group(model, &key, &shape_tail, rows, group_jobs);
+        }
+    }
+
+    /// Runs one group of decoded rows through the model and answers each job.
+    fn run_group(
+        &self,
+        model: &ServedModel,
+        key: &BatchKey,
+        shape_tail: &[usize],
+        data: Vec<f32>,
+        jobs: Vec<Job>,
+    ) {
+        if jobs.is_empty() {
+            return;
+        }
         let n = jobs.len();
         let mut shape = vec![n];
-        shape.extend_from_slice(&shape_tail);
+        shape.extend_from_slice(shape_tail);
         let started = Instant::now();
         let result = HostTensor::new(shape, data)
             .map_err(|e| e.to_string())
             .and_then(|x| model.model.run(key.route, &x).map_err(|e| e.to_string()));
+        self.load.busy(started.elapsed(), Instant::now());
         let logits = match result {
             Ok(l) => l,
             Err(e) => {
@@ -504,8 +683,8 @@ impl Worker {
                 return;
             }
         };
-        self.metrics.batch_computed(&key, n, started.elapsed());
-        self.metrics.frames_done(&key, n as u64);
+        self.metrics.batch_computed(key, n, started.elapsed());
+        self.metrics.frames_done(key, n as u64);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.largest_batch.fetch_max(n, Ordering::Relaxed);
         if n > 1 {

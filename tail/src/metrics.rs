@@ -12,6 +12,12 @@
 //! | `sessions` | gauge | | device sessions open now |
 //! | `sessions_opened_total` | counter | | sessions accepted since start |
 //! | `sessions_refused_total` | counter | reason | handshakes refused (bad token, full, ...) |
+//! | `power_watts` | gauge | | the governor's latest power reading, W |
+//! | `power_budget_watts` | gauge | | the governor's budget, W |
+//! | `governor_level` | gauge | | 0 normal, 1 capped (over T1), 2 shedding (over T2) |
+//! | `governor_transitions_total` | counter | from, to | level changes |
+//! | `governor_shed_total` | counter | reason | frames the governor shed (`over_budget_offload`, `over_budget_low_priority`, `rate_capped`) |
+//! | `power_source_errors_total` | counter | | failed power readings |
 //!
 //! `/healthz` answers 200 `ok` while the edge accepts work and 503 `draining` once a
 //! graceful shutdown has begun, so a load balancer stops sending devices here.
@@ -23,7 +29,7 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +47,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 use crate::batcher::{Batch, BatchKey};
+use crate::governor::{GovernorObserver, ShedReason, Transition};
 use crate::reason::DropReason;
 
 /// Labels of per-model series.
@@ -66,6 +73,17 @@ struct DropLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RefusedLabels {
+    reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TransitionLabels {
+    from: String,
+    to: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ShedLabels {
     reason: String,
 }
 
@@ -95,6 +113,12 @@ pub struct EdgeMetrics {
     sessions: Gauge,
     sessions_opened: Counter,
     sessions_refused: Family<RefusedLabels, Counter>,
+    power_watts: Gauge<f64, AtomicU64>,
+    power_budget: Gauge<f64, AtomicU64>,
+    governor_level: Gauge,
+    governor_transitions: Family<TransitionLabels, Counter>,
+    governor_shed: Family<ShedLabels, Counter>,
+    power_errors: Counter,
 }
 
 impl Default for EdgeMetrics {
@@ -141,6 +165,42 @@ impl EdgeMetrics {
             "Device handshakes refused, by reason",
             sessions_refused.clone(),
         );
+        let power_watts = Gauge::<f64, AtomicU64>::default();
+        let power_budget = Gauge::<f64, AtomicU64>::default();
+        let governor_level = Gauge::default();
+        let governor_transitions = Family::<TransitionLabels, Counter>::default();
+        let governor_shed = Family::<ShedLabels, Counter>::default();
+        let power_errors = Counter::default();
+        registry.register(
+            "power_watts",
+            "The power governor's latest reading, W",
+            power_watts.clone(),
+        );
+        registry.register(
+            "power_budget_watts",
+            "The power governor's budget, W",
+            power_budget.clone(),
+        );
+        registry.register(
+            "governor_level",
+            "Power governor level: 0 normal, 1 capped (over T1), 2 shedding (over T2)",
+            governor_level.clone(),
+        );
+        registry.register(
+            "governor_transitions",
+            "Power governor level changes",
+            governor_transitions.clone(),
+        );
+        registry.register(
+            "governor_shed",
+            "Frames the power governor shed, by reason",
+            governor_shed.clone(),
+        );
+        registry.register(
+            "power_source_errors",
+            "Power readings that failed",
+            power_errors.clone(),
+        );
         Self {
             registry,
             frames,
@@ -151,7 +211,27 @@ impl EdgeMetrics {
             sessions,
             sessions_opened,
             sessions_refused,
+            power_watts,
+            power_budget,
+            governor_level,
+            governor_transitions,
+            governor_shed,
+            power_errors,
         }
+    }
+
+    /// Records the governor's budget.
+    pub fn power_budget(&self, watts: f64) {
+        self.power_budget.set(watts);
+    }
+
+    /// Counts one frame shed by the governor (also count it with [`Self::dropped`]).
+    pub fn governor_shed(&self, reason: ShedReason) {
+        self.governor_shed
+            .get_or_create(&ShedLabels {
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
     }
 
     /// Counts `n` frames of `key` answered with a result.
@@ -220,6 +300,28 @@ impl EdgeMetrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+impl GovernorObserver for EdgeMetrics {
+    fn sampled(&self, watts: Option<f64>) {
+        if let Some(w) = watts {
+            self.power_watts.set(w);
+        }
+    }
+
+    fn sample_failed(&self, _err: &splitstream_power::PowerError) {
+        self.power_errors.inc();
+    }
+
+    fn transition(&self, t: &Transition) {
+        self.governor_level.set(t.to.gauge());
+        self.governor_transitions
+            .get_or_create(&TransitionLabels {
+                from: t.from.as_str().to_owned(),
+                to: t.to.as_str().to_owned(),
+            })
+            .inc();
     }
 }
 
@@ -399,6 +501,47 @@ mod tests {
                 .parse()
                 .ok()
         })
+    }
+
+    #[test]
+    fn governor_actions_appear_in_the_exposition() {
+        use crate::governor::Level;
+        let m = EdgeMetrics::new();
+        m.power_budget(250.0);
+        m.sampled(Some(240.5));
+        m.transition(&Transition {
+            at: Duration::from_secs(3),
+            from: Level::Normal,
+            to: Level::Shedding,
+            watts: 240.5,
+            actions: Vec::new(),
+        });
+        m.governor_shed(ShedReason::OverBudgetOffload);
+        let text = m.encode();
+        assert_eq!(
+            sample_value(&text, "splitstream_governor_level"),
+            Some(2.0),
+            "{text}"
+        );
+        assert_eq!(sample_value(&text, "splitstream_power_watts"), Some(240.5));
+        assert_eq!(
+            sample_value(&text, "splitstream_power_budget_watts"),
+            Some(250.0)
+        );
+        assert_eq!(
+            sample_value(
+                &text,
+                r#"splitstream_governor_transitions_total{from="normal",to="shedding"}"#
+            ),
+            Some(1.0)
+        );
+        assert_eq!(
+            sample_value(
+                &text,
+                r#"splitstream_governor_shed_total{reason="over_budget_offload"}"#
+            ),
+            Some(1.0)
+        );
     }
 
     #[test]

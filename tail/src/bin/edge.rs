@@ -8,6 +8,7 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use splitstream_tail::config::{BackendChoice, EdgeConfig, ModelConfig};
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
+use splitstream_tail::governor::PowerConfig;
 use splitstream_tail::metrics::{EdgeMetrics, Health, MetricsServer};
 use splitstream_tail::model::ServedModel;
 use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
@@ -25,6 +26,10 @@ use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
 
   # everything from a config file, with the port overridden
   splitstream-edge --config edge.toml --listen 0.0.0.0:5000
+
+  # a 300 W power budget read from RAPL (root since Linux 5.10), or replayed from a trace
+  splitstream-edge --config edge.toml --power-budget 300
+  splitstream-edge --config edge.toml --power-budget 300 --power-trace edge-power.csv
 
   # tokens.txt holds one device per line:  cam-1 3f1c9a0e6b2d47a8c5e1f0b9d8a7c6e5
   # (make a token with: openssl rand -hex 16)
@@ -78,6 +83,21 @@ struct Args {
     /// CPU threads per CPU-backend model (0: one per core).
     #[arg(long, value_name = "N", default_value_t = 0)]
     threads: usize,
+    /// Power budget in watts: starts the power governor (POLCA style; see [power] in
+    /// tail/edge.example.toml for thresholds and caps).
+    #[arg(long, value_name = "W")]
+    power_budget: Option<f64>,
+    /// Where the governor reads power: rapl, battery[:NAME], ina3221[:PATH],
+    /// nvml[:INDEX], trace:FILE or const:W [default rapl].
+    #[arg(long, value_name = "SPEC", conflicts_with = "power_trace")]
+    power_source: Option<String>,
+    /// Replay this CSV power trace (t_s,watts) instead of reading the hardware.
+    #[arg(long, value_name = "FILE")]
+    power_trace: Option<PathBuf>,
+    /// Trace seconds per wall second for --power-trace (e.g. 10 replays a 10-minute
+    /// trace in one).
+    #[arg(long, value_name = "X", requires = "power_trace")]
+    power_trace_speed: Option<f64>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -105,6 +125,44 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Applies --power-budget, --power-source, --power-trace and --power-trace-speed over
+/// the config's [power] table.
+fn power_flags(args: &Args, cfg: &mut EdgeConfig) -> anyhow::Result<()> {
+    let source = match (&args.power_source, &args.power_trace) {
+        (Some(s), _) => Some(s.clone()),
+        (None, Some(t)) => Some(format!("trace:{}", t.display())),
+        (None, None) => None,
+    };
+    let any = args.power_budget.is_some() || source.is_some();
+    if !any {
+        return Ok(());
+    }
+    let power = match (cfg.power.take(), args.power_budget) {
+        (Some(mut p), budget) => {
+            if let Some(b) = budget {
+                p.budget_w = b;
+            }
+            p
+        }
+        (None, Some(b)) => PowerConfig::new(b, "rapl"),
+        (None, None) => bail!(
+            "--power-source and --power-trace need a budget: add --power-budget W (or a [power] table with budget_w)"
+        ),
+    };
+    let mut power = power;
+    if let Some(s) = source {
+        power.source = s;
+    }
+    if let Some(x) = args.power_trace_speed {
+        power.trace_speed = x;
+    }
+    power.validate().map_err(|e| {
+        anyhow::anyhow!("{e} (flags: --power-budget, --power-source, --power-trace)")
+    })?;
+    cfg.power = Some(power);
+    Ok(())
+}
+
 fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
     let mut cfg = match &args.config {
         Some(path) => {
@@ -128,6 +186,9 @@ fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
             cfg.tokens_file.as_mut().map(join);
             for m in &mut cfg.models {
                 join(&mut m.weights);
+            }
+            if let Some(p) = &mut cfg.power {
+                p.resolve_paths(base);
             }
             cfg
         }
@@ -178,6 +239,7 @@ fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
     if args.no_metrics {
         cfg.metrics.enabled = false;
     }
+    power_flags(args, &mut cfg)?;
     cfg.validate()
         .map_err(|e| anyhow::anyhow!("{e} (give --weights or a --config with [[model]])"))?;
     Ok(cfg)
@@ -215,8 +277,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     server.limits.max_frame_payload = cfg.limits.max_frame_payload;
     server.max_connections = cfg.limits.max_sessions as usize;
     let metrics = Arc::new(EdgeMetrics::new());
+    if let Some(p) = &cfg.power {
+        println!(
+            "power governor: budget {} W from {} (T1 {:.0} W, T2 {:.0} W)",
+            p.budget_w,
+            p.source,
+            p.budget_w * p.t1,
+            p.budget_w * p.t2
+        );
+    }
     let options = EdgeOptions {
         batcher: cfg.batcher(),
+        power: cfg.power.clone(),
         ..EdgeOptions::default()
     };
     let edge = RunningEdge::start(server, models, options, metrics.clone())?;

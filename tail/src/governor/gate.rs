@@ -23,6 +23,15 @@ pub enum ShedReason {
 }
 
 impl ShedReason {
+    /// The snake_case name, the `reason` label of the shed counter.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::OverBudgetOffload => "over_budget_offload",
+            ShedReason::OverBudgetLowPriority => "over_budget_low_priority",
+            ShedReason::RateCapped => "rate_capped",
+        }
+    }
+
     /// The sentence the device is told.
     pub fn message(self) -> &'static str {
         match self {
