@@ -26,6 +26,8 @@ enum Command {
     /// Accuracy on a labelled test set: local, split (each bottleneck and
     /// quantization, through the real codec) and JPEG offload, with bytes per frame.
     Evaluate(cmd::evaluate::Args),
+    /// Fit a PCA token bottleneck at a split point and report agreement and bytes per frame.
+    Calibrate(cmd::calibrate::Args),
     /// Inspect, convert, render or synthesise event-camera recordings.
     #[command(subcommand)]
     Events(cmd::events::Command),
@@ -46,6 +48,7 @@ fn main() -> std::process::ExitCode {
     {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Infer(args) => cmd::infer::run(args),
+        Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Events(command) => cmd::events::run(command),
     };

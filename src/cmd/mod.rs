@@ -1,5 +1,6 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
+pub(crate) mod calibrate;
 pub(crate) mod demo;
 pub(crate) mod evaluate;
 pub(crate) mod events;
