@@ -13,8 +13,8 @@ use splitstream_tail::governor::{GpuCapChoice, PowerConfig};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::{ServedModel, JPEG_CODEC, OFFLOAD_SPLIT};
 use splitstream_transport::{
-    Advice, Client, ClientConfig, CodecSpec, DropReason, FrameOutcome, OutgoingFrame, ServerConfig,
-    ServerIdentity, ServerTrust, Status, StreamConfig, TokenStore,
+    Advice, Client, ClientConfig, CodecSpec, DropReason, FrameOutcome, ModelId, OutgoingFrame,
+    ServerConfig, ServerIdentity, ServerTrust, Status, StreamConfig, TokenStore,
 };
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -109,12 +109,20 @@ fn trace_file(text: &str) -> std::path::PathBuf {
 }
 
 async fn start(power: PowerConfig) -> (RunningEdge, Arc<EdgeMetrics>, Client) {
+    let (edge, metrics, model) = start_edge(power);
+    let client = connect(&edge, &model, "cam-1", false).await;
+    (edge, metrics, client)
+}
+
+/// An edge serving the tiny ViT to `cam-1` and `cam-2` under `power`.
+fn start_edge(power: PowerConfig) -> (RunningEdge, Arc<EdgeMetrics>, ModelId) {
     let served =
         ServedModel::from_bytes("tiny-vit", tiny_vit(), "tiny", None, BackendChoice::Cpu, 1)
             .expect("the tiny ViT loads");
     let model = served.id.clone();
     let mut tokens = TokenStore::new();
     tokens.insert("cam-1", TOKEN);
+    tokens.insert("cam-2", TOKEN);
     let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
     let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let metrics = Arc::new(EdgeMetrics::new());
@@ -124,21 +132,28 @@ async fn start(power: PowerConfig) -> (RunningEdge, Arc<EdgeMetrics>, Client) {
     };
     let edge =
         RunningEdge::start(server, vec![served], options, metrics.clone()).expect("edge starts");
+    (edge, metrics, model)
+}
+
+/// Connects `device` for offloading; `low`: it volunteers low priority.
+async fn connect(edge: &RunningEdge, model: &ModelId, device: &str, low: bool) -> Client {
     let stream = StreamConfig {
-        model,
+        model: model.clone(),
         split: OFFLOAD_SPLIT.to_owned(),
         codec: CodecSpec::new(JPEG_CODEC, Vec::new()),
     };
     let mut cfg = ClientConfig::new(
         edge.local_addr(),
         ServerTrust::Pinned(edge.fingerprint()),
-        "cam-1",
+        device,
         TOKEN,
         stream,
     );
     cfg.connect_timeout = Duration::from_secs(10);
-    let client = Client::connect(cfg).await.expect("device connects");
-    (edge, metrics, client)
+    if low {
+        cfg.capabilities.extensions.push("priority=low".into());
+    }
+    Client::connect(cfg).await.expect("device connects")
 }
 
 /// Waits (at most `limit`) for a status with this advice.
@@ -207,6 +222,73 @@ async fn edge_crossing_t2_advises_local_sheds_offload_then_releases() {
         assert!(text.contains(want), "metrics lack {want:?}:\n{text}");
     }
     client.close().await;
+    edge.shutdown().await;
+    let _ = std::fs::remove_dir_all(trace.parent().expect("trace folder"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn above_t1_only_low_priority_devices_are_rate_capped() {
+    // 90 W of a 100 W budget: over T1 (85 W), under T2 (95 W).
+    let trace = trace_file("t_s,watts\n0,90\n");
+    let mut power = PowerConfig::new(100.0, format!("trace:{}", trace.display()));
+    power.interval_ms = 50;
+    power.cap_rate_hz = 0.5;
+    power.gpu_cap = GpuCapChoice::Off;
+    let (edge, metrics, model) = start_edge(power);
+    let high = connect(&edge, &model, "cam-1", false).await;
+    let low = connect(&edge, &model, "cam-2", true).await;
+    let t0 = Instant::now();
+    while edge.power_state().low_priority_cap.is_none() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the governor never capped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut outcomes = Vec::new();
+    for client in [&high, &low] {
+        let mut got = Vec::new();
+        for _ in 0..3 {
+            let r = client
+                .send_frame(OutgoingFrame::new(jpeg(), Duration::from_secs(5)))
+                .await
+                .expect("frame sent");
+            got.push(r.outcome);
+        }
+        outcomes.push(got);
+    }
+    // The high-priority device is untouched; the low-priority one gets its burst of
+    // one frame, then (at 0.5 frames/s) is told why the rest are shed.
+    assert!(
+        outcomes[0]
+            .iter()
+            .all(|o| matches!(o, FrameOutcome::Answered(_))),
+        "{:?}",
+        outcomes[0]
+    );
+    assert!(
+        matches!(outcomes[1][0], FrameOutcome::Answered(_)),
+        "{:?}",
+        outcomes[1]
+    );
+    for o in &outcomes[1][1..] {
+        match o {
+            FrameOutcome::Dropped(DropReason::Other(why)) => {
+                assert!(why.contains("frame rate"), "{why}")
+            }
+            other => panic!("expected a rate-capped frame, got {other:?}"),
+        }
+    }
+    // Capping is not shedding: devices are still told to offload as usual.
+    let status = (*low.status().borrow()).expect("a status");
+    assert_eq!(status.advice, Advice::Normal);
+    let text = metrics.encode();
+    assert!(
+        text.contains("splitstream_governor_shed_total{reason=\"rate_capped\"} 2"),
+        "{text}"
+    );
+    high.close().await;
+    low.close().await;
     edge.shutdown().await;
     let _ = std::fs::remove_dir_all(trace.parent().expect("trace folder"));
 }
