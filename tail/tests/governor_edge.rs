@@ -292,3 +292,23 @@ async fn above_t1_only_low_priority_devices_are_rate_capped() {
     edge.shutdown().await;
     let _ = std::fs::remove_dir_all(trace.parent().expect("trace folder"));
 }
+
+#[tokio::test]
+async fn an_unreadable_power_source_stops_the_start_with_its_name() {
+    let served =
+        ServedModel::from_bytes("tiny-vit", tiny_vit(), "tiny", None, BackendChoice::Cpu, 1)
+            .expect("the tiny ViT loads");
+    let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
+    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, TokenStore::new());
+    let options = EdgeOptions {
+        power: Some(PowerConfig::new(100.0, "trace:/nonexistent/edge-power.csv")),
+        ..EdgeOptions::default()
+    };
+    let err = RunningEdge::start(server, vec![served], options, Arc::new(EdgeMetrics::new()))
+        .expect_err("the edge refuses to start");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("power governor") && msg.contains("/nonexistent/edge-power.csv"),
+        "{msg}"
+    );
+}

@@ -78,3 +78,25 @@ pub fn open_gpu_cap(cfg: &PowerConfig) -> Result<Option<Box<dyn PowerCap>>, Stri
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_trace_is_an_error_naming_the_file() {
+        let cfg = PowerConfig::new(100.0, "trace:/nonexistent/edge-power.csv");
+        let err = open_source(&cfg).unwrap_err().to_string();
+        assert!(err.contains("/nonexistent/edge-power.csv"), "{err}");
+    }
+
+    #[cfg(not(feature = "nvml"))]
+    #[test]
+    fn explicit_gpu_cap_needs_the_nvml_feature_but_auto_does_not() {
+        let mut cfg = PowerConfig::new(100.0, "const:1");
+        assert!(open_gpu_cap(&cfg).unwrap().is_none());
+        cfg.gpu_cap = GpuCapChoice::Clocks;
+        let err = open_gpu_cap(&cfg).expect_err("an error");
+        assert!(err.contains("feature `nvml`"), "{err}");
+    }
+}
