@@ -400,10 +400,10 @@ async fn run_policy(
     mut policy: Policy,
     devices: &mut [Device],
     clients: &[Option<Arc<Client>>],
-    n: usize,
     args: &Args,
     power: &PowerModel,
 ) -> anyhow::Result<Figures> {
+    let n = args.frames;
     let mut fig = Figures::default();
     let mut latencies = Vec::with_capacity(n);
     let mut energy_j = 0.0;
@@ -684,17 +684,8 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
                     .collect();
                 let cls: Vec<Option<Arc<Client>>> =
                     order.iter().map(|&k| clients[k].clone()).collect();
-                let fig = run_policy(
-                    &bed,
-                    scenario,
-                    policy,
-                    &mut devs,
-                    &cls,
-                    args.frames,
-                    &args,
-                    &power,
-                )
-                .await?;
+                let fig =
+                    run_policy(&bed, scenario, policy, &mut devs, &cls, &args, &power).await?;
                 per.entry(name.to_owned()).or_default().push(fig);
             }
         }
