@@ -51,6 +51,26 @@ pub enum MetadataError {
 }
 
 impl SplitMetadata {
+    /// Reads `split`, `rank` and `num_heads` from the metadata of loaded weights.
+    pub fn from_weights(weights: &Weights) -> Result<Self, MetadataError> {
+        let number = |key: &'static str| -> Result<Option<usize>, MetadataError> {
+            weights
+                .metadata_value(key)
+                .map(|text| {
+                    text.trim().parse().map_err(|_| MetadataError::Value {
+                        key,
+                        value: text.to_string(),
+                    })
+                })
+                .transpose()
+        };
+        Ok(Self {
+            split: number("split")?,
+            rank: number("rank")?,
+            num_heads: number("num_heads")?,
+        })
+    }
+
     /// Reads `split`, `rank` and `num_heads` from the `__metadata__` of safetensors
     /// bytes (absent keys are `None`; present ones must be whole numbers).
     pub fn from_safetensors(bytes: &[u8]) -> Result<Self, MetadataError> {
@@ -189,17 +209,17 @@ impl<B: Backend> SplitModel<B> {
         })
     }
 
-    /// Loads the ViT and its `bottleneck.*` tensors (if any) from `weights`. `point`
-    /// is the split point; the checkpoint's metadata is not visible through
-    /// [`Weights`], so it must be given here (use [`SplitModel::from_bytes`] or
-    /// [`SplitModel::from_file`] to take it from the metadata).
+    /// Loads the ViT and its `bottleneck.*` tensors (if any) from `weights`, with the
+    /// split point `point` or else the weights' metadata `split` (see
+    /// [`SplitModel::load_with_metadata`] for the checks).
     pub fn load(
         backend: B,
         weights: &Weights,
         options: &VitOptions,
         point: Option<usize>,
     ) -> Result<Self, SplitLoadError> {
-        Self::load_with_metadata(backend, weights, options, point, &SplitMetadata::default())
+        let metadata = SplitMetadata::from_weights(weights)?;
+        Self::load_with_metadata(backend, weights, options, point, &metadata)
     }
 
     /// Loads as [`SplitModel::load`], with the checkpoint's metadata: the split point

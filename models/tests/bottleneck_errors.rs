@@ -323,12 +323,29 @@ fn split_model_reads_split_and_heads_from_file_metadata() {
         }
     );
     assert!(SplitMetadata::from_safetensors(&bytes[..20]).is_err());
-    // Without metadata or a point, a split model cannot be placed.
+    // Weights carry their metadata: load takes the point and heads from it.
     let w = split_file(|_| {});
-    let m = message(SplitModel::load(
+    let model = SplitModel::load(
         CpuBackend::new(1).unwrap(),
         &w,
         &VitOptions::default(),
+        None,
+    );
+    assert_eq!(model.unwrap().point(), 1);
+    // Without metadata or a point, a split model cannot be placed.
+    let (mut entries, _) = fixture();
+    entries.retain(|(n, _, _)| {
+        !n.starts_with("fixture.") && !n.starts_with("linear_") && !n.starts_with("conv_")
+    });
+    let w = to_weights(&entries, HashMap::new());
+    let options = VitOptions {
+        num_heads: Some(2),
+        ..Default::default()
+    };
+    let m = message(SplitModel::load(
+        CpuBackend::new(1).unwrap(),
+        &w,
+        &options,
         None,
     ));
     assert!(m.contains("no split point"), "{m}");
