@@ -65,11 +65,12 @@ def model_config(args) -> dict:
 
 
 def init_from_checkpoint(model: VisionTransformer, path: Path, patch: int) -> None:
-    """Start from a pretrained timm ViT/DeiT checkpoint (e.g. DeiT-Tiny): its patch
-    embedding resampled to `patch` (FlexiViT's pseudo-inverse resize), its position
-    embedding resampled to the new grid, its first `depth` blocks; the classifier is new.
-    A ViT trained from scratch on a few thousand images barely leaves chance in the
-    epochs a CPU affords; pretrained features make the same budget enough."""
+    """Start from a timm ViT/DeiT checkpoint: its patch embedding resampled to `patch`
+    (FlexiViT's pseudo-inverse resize), its position embedding resampled to the new
+    grid, its first `depth` blocks; the classifier is new. With a pretrained checkpoint
+    this is fine-tuning. The demo model was made from ../shared/reference's DeiT-Tiny,
+    whose weights are random from a fixed seed: there it is a seeded initialisation and
+    the training is from scratch."""
     src = load_file(str(path))
     dst = model.state_dict()
     grid = 224 // patch
@@ -231,7 +232,7 @@ def main() -> None:
         "--init",
         type=Path,
         default=None,
-        help="start from this pretrained timm checkpoint (safetensors), e.g. DeiT-Tiny; "
+        help="start from this timm checkpoint (safetensors; pretrained to fine-tune); "
         "its first --depth blocks are kept and its patch embedding resampled to --patch",
     )
     parser.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="weight type of the exported files")
