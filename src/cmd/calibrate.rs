@@ -8,22 +8,22 @@
 //! the tail, and reports for each rank x quantization the top-1 agreement with the
 //! unsplit model, the mean logit cosine and the mean encoded frame size.
 
-use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context};
-use indicatif::{ProgressBar, ProgressStyle};
+
 use splitstream_codec::{decode, Bits, CodecParams, DecodeLimits, Encoder, Entropy, TensorView};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::bottleneck::{linear_token_tensors, Bottleneck};
-use splitstream_models::preprocess::{load_batch, EvalTransform, TIMM_CROP_PCT};
-use splitstream_models::split::BOTTLENECK_PREFIX;
+use splitstream_models::preprocess::{load_batch, EvalTransform};
+use splitstream_models::split::{SplitMetadata, BOTTLENECK_PREFIX};
 use splitstream_models::vit::{Vit, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
 
 use super::infer::BackendChoice;
+use super::measure::{argmax, progress};
 
 /// Image file extensions read from `--images`.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
@@ -111,9 +111,9 @@ pub(crate) struct Args {
     #[arg(long)]
     with_model: bool,
     /// timm's `crop_pct` of the eval transform (resize to floor(size / crop_pct), centre
-    /// crop).
-    #[arg(long, default_value_t = TIMM_CROP_PCT, value_name = "F")]
-    crop_pct: f64,
+    /// crop). Default: the checkpoint's metadata `crop_pct`, else timm's 0.875.
+    #[arg(long, value_name = "F")]
+    crop_pct: Option<f64>,
     /// Images per forward pass.
     #[arg(long, default_value_t = 8, value_name = "N")]
     batch: usize,
@@ -129,11 +129,12 @@ pub(crate) struct Args {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    ensure!(
-        args.crop_pct > 0.0 && args.crop_pct <= 1.0,
-        "--crop-pct {} must be in (0, 1]",
-        args.crop_pct
-    );
+    if let Some(pct) = args.crop_pct {
+        ensure!(
+            pct > 0.0 && pct <= 1.0,
+            "--crop-pct {pct} must be in (0, 1]"
+        );
+    }
     ensure!(args.batch > 0, "--batch must be at least 1");
     let images = find_images(&args.images)?;
     let gpu = WgpuOptions::from_env();
@@ -391,19 +392,6 @@ fn bottleneck_file(
     )?)
 }
 
-fn progress(json: bool, total: usize) -> ProgressBar {
-    if json || !std::io::stderr().is_terminal() {
-        return ProgressBar::hidden();
-    }
-    let bar = ProgressBar::new(total as u64);
-    bar.set_style(
-        ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} images [{elapsed}]")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
-    );
-    bar
-}
-
 fn cosine(a: &[f32], b: &[f32]) -> f64 {
     let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
     for (&x, &y) in a.iter().zip(b) {
@@ -416,19 +404,6 @@ fn cosine(a: &[f32], b: &[f32]) -> f64 {
         return if aa == bb { 1.0 } else { 0.0 };
     }
     ab / (aa.sqrt() * bb.sqrt())
-}
-
-fn argmax(row: &[f32]) -> usize {
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv {
-                (i, v)
-            } else {
-                (bi, bv)
-            }
-        })
-        .0
 }
 
 /// Encodes each item of `x` (`[B, N, C]`) as its own frame, decodes it, and returns the
@@ -471,7 +446,10 @@ fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Resu
     }
     let options = VitOptions {
         arch: args.arch.clone(),
-        num_heads: args.heads.or_else(|| metadata_heads(&args.weights)),
+        num_heads: match args.heads {
+            Some(h) => Some(h),
+            None => SplitMetadata::from_weights(&weights)?.num_heads,
+        },
         eps: None,
     };
     let vit = Vit::load(be.clone(), &weights, &options)
@@ -500,7 +478,10 @@ fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Resu
         fit.len() * tokens
     );
     let size = u32::try_from(cfg.image_size).context("model input size out of range")?;
-    let transform = EvalTransform::with_crop_pct(size, args.crop_pct);
+    let transform = match args.crop_pct {
+        Some(pct) => EvalTransform::with_crop_pct(size, pct),
+        None => EvalTransform::for_checkpoint(size, weights.metadata_value("crop_pct"))?,
+    };
 
     let bar = progress(args.json, fit.len() + test.len());
     bar.set_message("fitting");
@@ -681,26 +662,6 @@ fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Resu
         );
     }
     Ok(())
-}
-
-/// The `num_heads` a safetensors file declares in its metadata, if any (reads only the
-/// header).
-fn metadata_heads(path: &Path) -> Option<usize> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path).ok()?;
-    let mut len = [0u8; 8];
-    file.read_exact(&mut len).ok()?;
-    let n = usize::try_from(u64::from_le_bytes(len)).ok()?;
-    // safetensors caps its header at 100 MB.
-    if n > 100 << 20 {
-        return None;
-    }
-    let mut header = len.to_vec();
-    header.resize(8 + n, 0);
-    file.read_exact(&mut header[8..]).ok()?;
-    splitstream_models::split::SplitMetadata::from_safetensors(&header)
-        .ok()?
-        .num_heads
 }
 
 #[cfg(test)]

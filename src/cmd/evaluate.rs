@@ -12,7 +12,7 @@ use splitstream_head::offload::{encode_jpeg, JpegSettings};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
 use splitstream_models::preprocess::{load_rgb, EvalTransform};
-use splitstream_models::split::{SplitModel, BOTTLENECK_PREFIX};
+use splitstream_models::split::{SplitMetadata, SplitModel, BOTTLENECK_PREFIX};
 use splitstream_models::vit::{Vit, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
@@ -193,17 +193,10 @@ struct Variant {
 }
 
 fn heads_from(weights: &Weights, given: Option<usize>) -> anyhow::Result<Option<usize>> {
-    if given.is_some() {
-        return Ok(given);
-    }
-    weights
-        .metadata_value("num_heads")
-        .map(|v| {
-            v.trim()
-                .parse::<usize>()
-                .with_context(|| format!("metadata num_heads {v:?} is not a whole number"))
-        })
-        .transpose()
+    Ok(match given {
+        Some(h) => Some(h),
+        None => SplitMetadata::from_weights(weights)?.num_heads,
+    })
 }
 
 fn load_variants(

@@ -7,6 +7,7 @@ use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::preprocess::{load_batch, EvalTransform};
+use splitstream_models::split::SplitMetadata;
 use splitstream_models::vit::{Vit, VitConfig, VitOptions};
 use splitstream_models::weights::{save_safetensors, Weights};
 use splitstream_models::{Backend, HostTensor};
@@ -148,12 +149,8 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let weights = Weights::from_file(&args.weights)?;
     // The head count is not in the tensors' shapes: --heads, else --arch, else the
     // file's metadata `num_heads` (our exports write it), else D/64.
-    let metadata_heads = match weights.metadata_value("num_heads") {
-        Some(v) if args.heads.is_none() && args.arch.is_none() => Some(
-            v.trim()
-                .parse::<usize>()
-                .with_context(|| format!("metadata num_heads {v:?} is not a whole number"))?,
-        ),
+    let metadata_heads = match (args.heads, &args.arch) {
+        (None, None) => SplitMetadata::from_weights(&weights)?.num_heads,
         _ => None,
     };
     let options = VitOptions {
