@@ -121,7 +121,7 @@ impl Device {
         client: Option<Arc<Client>>,
         budget: Duration,
     ) -> Self {
-        let transform = EvalTransform::deit(model.config().image_size as u32);
+        let transform = model.transform().clone();
         Self {
             model,
             transform,

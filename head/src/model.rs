@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
+use splitstream_models::preprocess::EvalTransform;
 use splitstream_models::split::{SplitMetadata, SplitModel, SplitRunError, BOTTLENECK_PREFIX};
 use splitstream_models::vit::{RunError, Vit, VitConfig, VitOptions};
 use splitstream_models::weights::Weights;
@@ -55,6 +56,8 @@ enum Net {
 #[derive(Clone)]
 pub struct DeviceModel {
     net: Arc<Net>,
+    /// The checkpoint's eval transform (its metadata `crop_pct`, else timm's default).
+    transform: EvalTransform,
 }
 
 impl std::fmt::Debug for DeviceModel {
@@ -68,8 +71,10 @@ impl std::fmt::Debug for DeviceModel {
 
 impl From<Vit<CpuBackend>> for DeviceModel {
     fn from(vit: Vit<CpuBackend>) -> Self {
+        let transform = EvalTransform::deit(vit.config().image_size as u32);
         Self {
             net: Arc::new(Net::Plain(Box::new(vit))),
+            transform,
         }
     }
 }
@@ -78,9 +83,16 @@ impl DeviceModel {
     /// A model with a learned bottleneck (its head runs the encoder, its tail the
     /// decoder). Only for split models that have one ([`has_bottleneck`]).
     fn from_split(model: SplitModel<CpuBackend>) -> Self {
+        let transform = EvalTransform::deit(model.vit().config().image_size as u32);
         Self {
             net: Arc::new(Net::Bottleneck(Box::new(model))),
+            transform,
         }
+    }
+
+    /// How frames become the model's input: the checkpoint's eval transform.
+    pub fn transform(&self) -> &EvalTransform {
+        &self.transform
     }
 
     /// Hyper-parameters of the network.
@@ -210,13 +222,17 @@ pub fn load_model(
     };
     let weights = Weights::from_bytes(bytes, source_name).map_err(|e| err(e.to_string()))?;
     let backend = CpuBackend::new(threads).map_err(|e| err(e.to_string()))?;
-    let model = if has_bottleneck(&weights) {
+    let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
+    let mut model = if has_bottleneck(&weights) {
         let split = SplitModel::load_with_metadata(backend, &weights, &options, None, &metadata)
             .map_err(|e| err(e.to_string()))?;
         DeviceModel::from_split(split)
     } else {
         DeviceModel::from(Vit::load(backend, &weights, &options).map_err(|e| err(e.to_string()))?)
     };
+    model.transform =
+        EvalTransform::for_checkpoint(model.config().image_size as u32, crop_pct.as_deref())
+            .map_err(|e| err(e.to_string()))?;
     Ok((model, id))
 }
 

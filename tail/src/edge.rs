@@ -27,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use splitstream_codec::{CodecParams, DecodeLimits, TensorView};
-use splitstream_models::preprocess::EvalTransform;
 use splitstream_models::HostTensor;
 use splitstream_transport::acceptor::ModelEntry;
 use splitstream_transport::{
@@ -585,7 +584,6 @@ impl Worker {
             }
             return;
         };
-        let cfg = model.model.config();
         let Some(shape_tail) = model.model.input_shape(key.route) else {
             for q in batch.items {
                 self.drop_job(q.item.payload, DropReason::Error);
@@ -598,7 +596,7 @@ impl Worker {
             max_elements: per_item,
             max_bytes: per_item.saturating_mul(4),
         };
-        let transform = EvalTransform::deit(cfg.image_size as u32);
+        let transform = &model.transform;
         let mut data = Vec::with_capacity(per_item * batch.items.len());
         let mut jobs = Vec::with_capacity(batch.items.len());
         for q in batch.items {

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
+use splitstream_models::preprocess::EvalTransform;
 use splitstream_models::split::{SplitMetadata, SplitModel, SplitRunError, BOTTLENECK_PREFIX};
 use splitstream_models::vit::{RunError, Vit, VitConfig, VitOptions};
 use splitstream_models::weights::Weights;
@@ -168,6 +169,9 @@ pub struct ServedModel {
     pub splits: Vec<usize>,
     /// Whether devices may offload whole frames.
     pub offload: bool,
+    /// How offloaded frames become the model's input: the checkpoint's eval transform
+    /// (its metadata `crop_pct`, else timm's default).
+    pub transform: EvalTransform,
 }
 
 impl std::fmt::Debug for ServedModel {
@@ -241,6 +245,7 @@ impl ServedModel {
                 Ok(Arc::new(m))
             }
         }
+        let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
         let model = match gpu {
             Some(gpu) => build(gpu, &weights, &options, &metadata, bottleneck),
             None => {
@@ -249,11 +254,15 @@ impl ServedModel {
             }
         }
         .map_err(model_err)?;
+        let transform =
+            EvalTransform::for_checkpoint(model.config().image_size as u32, crop_pct.as_deref())
+                .map_err(|e| model_err(e.to_string()))?;
         Ok(Self {
             id,
             model,
             splits: Vec::new(),
             offload: true,
+            transform,
         })
     }
 

@@ -135,9 +135,8 @@ struct Cell {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    if !(args.fps.is_finite() && args.fps > 0.0)
-        || !(args.seconds.is_finite() && args.seconds > 0.0)
-    {
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if !positive(args.fps) || !positive(args.seconds) {
         bail!("--fps and --seconds must be positive");
     }
     if args.devices.iter().any(|&n| n == 0 || n > 1024) {
