@@ -20,7 +20,7 @@ all from seeded random weights:
 Metadata: split=1, rank=8, num_heads=2. Every parameter is perturbed (no zero biases,
 no unit norms) so that no wrong mapping hides behind a default value.
 
-    /work/pyenv/bin/python python/export_bottleneck_fixture.py
+    python python/export_bottleneck_fixture.py
 """
 
 from __future__ import annotations
