@@ -2,32 +2,18 @@
 //! shipped demo photos: the written bottleneck loads, the report has a row per rank x
 //! quantization, and bad arguments give clear errors.
 
+mod reference_support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use reference_support::reference_dir;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
 use splitstream_models::split::{SplitMetadata, SplitModel};
 use splitstream_models::vit::VitOptions;
 use splitstream_models::weights::Weights;
-
-fn reference_dir(test: &str) -> Option<PathBuf> {
-    let shared = std::env::var_os("SPLITSTREAM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = shared.join("reference");
-    if dir.join("vit_micro.safetensors").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: reference data missing at {} (CI=true)",
-            dir.display()
-        );
-    }
-    println!("skip {test}: reference data not found at {}", dir.display());
-    None
-}
 
 /// A fresh folder holding the first `n` demo test images.
 fn photos(test: &str, n: usize) -> PathBuf {

@@ -1,25 +1,11 @@
 //! `splitstream infer` end to end: the binary on the reference checkpoint and images.
 
-use std::path::{Path, PathBuf};
+mod reference_support;
+
+use std::path::Path;
 use std::process::Command;
 
-fn reference_dir(test: &str) -> Option<PathBuf> {
-    let shared = std::env::var_os("SPLITSTREAM_SHARED")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    let dir = shared.join("reference");
-    if dir.join("vit_micro.safetensors").is_file() {
-        return Some(dir);
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{test}: reference data missing at {} (CI=true)",
-            dir.display()
-        );
-    }
-    println!("skip {test}: reference data not found at {}", dir.display());
-    None
-}
+use reference_support::reference_dir;
 
 fn infer(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_splitstream"))

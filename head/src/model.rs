@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::preprocess::EvalTransform;
-use splitstream_models::split::{SplitMetadata, SplitModel, SplitRunError, BOTTLENECK_PREFIX};
+use splitstream_models::split::{has_bottleneck, SplitMetadata, SplitModel, SplitRunError};
 use splitstream_models::vit::{RunError, Vit, VitConfig, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
@@ -81,7 +81,7 @@ impl From<Vit<CpuBackend>> for DeviceModel {
 
 impl DeviceModel {
     /// A model with a learned bottleneck (its head runs the encoder, its tail the
-    /// decoder). Only for split models that have one ([`has_bottleneck`]).
+    /// decoder). Only for split models that have one ([`has_bottleneck`](splitstream_models::split::has_bottleneck)).
     fn from_split(model: SplitModel<CpuBackend>) -> Self {
         let transform = EvalTransform::deit(model.vit().config().image_size as u32);
         Self {
@@ -215,12 +215,12 @@ pub fn load_model(
         detail,
     };
     let id = ModelId::from_weights_bytes(name, &bytes);
-    let metadata = SplitMetadata::from_safetensors(&bytes).map_err(|e| err(e.to_string()))?;
+    let weights = Weights::from_bytes(bytes, source_name).map_err(|e| err(e.to_string()))?;
+    let metadata = SplitMetadata::from_weights(&weights).map_err(|e| err(e.to_string()))?;
     let options = VitOptions {
         num_heads: num_heads.or(metadata.num_heads),
         ..Default::default()
     };
-    let weights = Weights::from_bytes(bytes, source_name).map_err(|e| err(e.to_string()))?;
     let backend = CpuBackend::new(threads).map_err(|e| err(e.to_string()))?;
     let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
     let mut model = if has_bottleneck(&weights) {
@@ -234,10 +234,4 @@ pub fn load_model(
         EvalTransform::for_checkpoint(model.config().image_size as u32, crop_pct.as_deref())
             .map_err(|e| err(e.to_string()))?;
     Ok((model, id))
-}
-
-/// Whether a checkpoint carries a learned bottleneck (`bottleneck.*` tensors).
-pub fn has_bottleneck(weights: &Weights) -> bool {
-    let prefix = format!("{BOTTLENECK_PREFIX}.");
-    weights.names().any(|n| n.starts_with(&prefix))
 }

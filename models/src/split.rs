@@ -23,6 +23,12 @@ pub const BOTTLENECK_PREFIX: &str = "bottleneck";
 /// Largest safetensors header read for metadata (safetensors' own cap).
 const MAX_HEADER_BYTES: usize = 100 << 20;
 
+/// Whether a checkpoint carries a learned bottleneck (`bottleneck.*` tensors).
+pub fn has_bottleneck(weights: &Weights) -> bool {
+    let prefix = format!("{BOTTLENECK_PREFIX}.");
+    weights.names().any(|n| n.starts_with(&prefix))
+}
+
 /// What a split checkpoint's `__metadata__` says about the split.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SplitMetadata {
@@ -270,9 +276,8 @@ impl<B: Backend> SplitModel<B> {
         options: &VitOptions,
         point: Option<usize>,
     ) -> Result<Self, SplitLoadError> {
-        let metadata = SplitMetadata::from_safetensors(&bytes)?;
         let weights = Weights::from_bytes(bytes, source_name)?;
-        Self::load_with_metadata(backend, &weights, options, point, &metadata)
+        Self::load(backend, &weights, options, point)
     }
 
     /// [`SplitModel::from_bytes`] on a file.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::preprocess::EvalTransform;
-use splitstream_models::split::{SplitMetadata, SplitModel, SplitRunError, BOTTLENECK_PREFIX};
+use splitstream_models::split::{has_bottleneck, SplitMetadata, SplitModel, SplitRunError};
 use splitstream_models::vit::{RunError, Vit, VitConfig, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
@@ -202,18 +202,15 @@ impl ServedModel {
             source_name: source_name.to_owned(),
             detail,
         };
+        let weights =
+            Weights::from_bytes(bytes, source_name).map_err(|e| model_err(e.to_string()))?;
         let metadata =
-            SplitMetadata::from_safetensors(&bytes).map_err(|e| model_err(e.to_string()))?;
+            SplitMetadata::from_weights(&weights).map_err(|e| model_err(e.to_string()))?;
         let options = VitOptions {
             num_heads: num_heads.or(metadata.num_heads),
             ..VitOptions::default()
         };
-        let weights =
-            Weights::from_bytes(bytes, source_name).map_err(|e| model_err(e.to_string()))?;
-        let bottleneck = {
-            let prefix = format!("{BOTTLENECK_PREFIX}.");
-            weights.names().any(|n| n.starts_with(&prefix))
-        };
+        let bottleneck = has_bottleneck(&weights);
         let gpu = match backend {
             BackendChoice::Cpu => None,
             BackendChoice::Wgpu => {

@@ -1,26 +1,7 @@
-//! Fuzzes the aedat4 reader: any bytes must decode or fail with an error, never panic,
-//! and never grow memory past the reader's caps.
+//! Fuzzes the aedat4 reader through the shared harness (`src/lib.rs`).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use splitstream_events::{open_reader, EventReader, Format, SourceOptions};
+use splitstream_events::Format;
 
-fuzz_target!(|data: &[u8]| {
-    // Small windows and batches reach the unit-boundary paths quickly.
-    let options = SourceOptions {
-        format: Some(Format::Aedat4),
-        buffer_bytes: 4096,
-        batch_events: 64,
-        ..Default::default()
-    };
-    let Ok(mut reader) = open_reader(std::io::Cursor::new(data.to_vec()), None, &options) else {
-        return;
-    };
-    let mut batch = Vec::new();
-    while let Ok(n) = reader.read_batch(&mut batch) {
-        if n == 0 {
-            break;
-        }
-        assert!(n <= 64 + 32, "batch of {n} events exceeds the cap");
-    }
-});
+fuzz_target!(|data: &[u8]| splitstream_events_fuzz::read_all(data, Format::Aedat4));
