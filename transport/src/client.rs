@@ -15,7 +15,7 @@ use crate::config::ClientConfig;
 use crate::session::{Backoff, DeviceSession, FrameCounters, OutcomeKind};
 use crate::tls::{self, Fingerprint, TlsConfigError, VerifyFailure};
 use crate::wire::{
-    self, code, AnswerHeader, CodecSpec, DropReason, FrameHeader, Hello, RejectReason,
+    self, code, AnswerHeader, CodecSpec, DropReason, EdgeTiming, FrameHeader, Hello, RejectReason,
     SessionLimits, Status, StreamConfig, ToDevice, ToEdge, ALPN,
 };
 
@@ -211,6 +211,8 @@ pub struct FrameReport {
     pub outcome: FrameOutcome,
     /// From `send_frame` to the outcome.
     pub elapsed: Duration,
+    /// The edge's account of its time on the frame, when it answered with a result.
+    pub edge: Option<EdgeTiming>,
 }
 
 struct Link {
@@ -318,6 +320,7 @@ impl Client {
                 seq: None,
                 outcome: FrameOutcome::NotConnected,
                 elapsed: started.elapsed(),
+                edge: None,
             });
         };
         let len = frame.payload.len();
@@ -341,7 +344,7 @@ impl Client {
             .max_result_payload
             .min(link.limits.max_result_payload);
         let max_control = link.limits.max_control_message;
-        let reported = exchange(
+        let (reported, edge) = exchange(
             &link,
             start.header,
             start.priority,
@@ -365,10 +368,12 @@ impl Client {
                 _ => reported,
             }
         };
+        let edge = edge.filter(|_| matches!(outcome, FrameOutcome::Answered(_)));
         Ok(FrameReport {
             seq: Some(seq),
             outcome,
             elapsed: started.elapsed(),
+            edge,
         })
     }
 
@@ -458,7 +463,7 @@ async fn exchange(
     deadline: Instant,
     max_result: u32,
     max_control: u32,
-) -> FrameOutcome {
+) -> (FrameOutcome, Option<EdgeTiming>) {
     let deadline = tokio::time::Instant::from_std(deadline);
     // Resolves only when the frame is overtaken; a dropped sender means "never", so the
     // future can be polled across both phases below without completing twice.
@@ -470,11 +475,11 @@ async fn exchange(
     tokio::pin!(cancel);
     let opened = tokio::select! {
         r = link.conn.open_bi() => r,
-        _ = &mut cancel => return FrameOutcome::Overtaken,
-        _ = tokio::time::sleep_until(deadline) => return FrameOutcome::DeadlineMissed,
+        _ = &mut cancel => return (FrameOutcome::Overtaken, None),
+        _ = tokio::time::sleep_until(deadline) => return (FrameOutcome::DeadlineMissed, None),
     };
     let Ok((mut send, mut recv)) = opened else {
-        return FrameOutcome::ConnectionLost;
+        return (FrameOutcome::ConnectionLost, None);
     };
     let _ = send.set_priority(priority);
     enum Stopped {
@@ -494,8 +499,8 @@ async fn exchange(
         _ = &mut cancel => Err(Stopped::Overtaken),
         _ = tokio::time::sleep_until(deadline) => Err(Stopped::Deadline),
     };
-    match result {
-        Ok(Ok(outcome)) => outcome,
+    let outcome = match result {
+        Ok(Ok(answered)) => return answered,
         Ok(Err(why)) => {
             if link.conn.close_reason().is_some() {
                 FrameOutcome::ConnectionLost
@@ -515,7 +520,8 @@ async fn exchange(
                 Stopped::Deadline => FrameOutcome::DeadlineMissed,
             }
         }
-    }
+    };
+    (outcome, None)
 }
 
 async fn frame_io(
@@ -525,7 +531,7 @@ async fn frame_io(
     payload: Bytes,
     max_result: u32,
     max_control: u32,
-) -> Result<FrameOutcome, String> {
+) -> Result<(FrameOutcome, Option<EdgeTiming>), String> {
     let mut head = wire::encode(&header);
     if payload.len() <= 16 << 10 {
         head.extend_from_slice(&payload);
@@ -545,19 +551,22 @@ async fn frame_io(
         .await
         .map_err(|e| format!("edge answer: {e}"))?;
     match answer {
-        AnswerHeader::Result { payload_len } if payload_len <= max_result => {
+        AnswerHeader::Result {
+            payload_len,
+            timing,
+        } if payload_len <= max_result => {
             let bytes = wire::read_payload(recv, payload_len)
                 .await
                 .map_err(|e| format!("edge result: {e}"))?;
-            Ok(FrameOutcome::Answered(bytes))
+            Ok((FrameOutcome::Answered(bytes), Some(timing)))
         }
-        AnswerHeader::Result { payload_len } => {
+        AnswerHeader::Result { payload_len, .. } => {
             let _ = recv.stop(varint(code::TOO_LARGE));
             Err(format!(
                 "edge result of {payload_len} bytes exceeds the {max_result}-byte limit"
             ))
         }
-        AnswerHeader::Dropped(reason) => Ok(FrameOutcome::Dropped(reason)),
+        AnswerHeader::Dropped(reason) => Ok((FrameOutcome::Dropped(reason), None)),
     }
 }
 

@@ -32,5 +32,6 @@ pub use server::{
 };
 pub use tls::{ClientIdentity, Fingerprint, ServerIdentity, ServerTrust};
 pub use wire::{
-    Advice, Capabilities, CodecSpec, DropReason, ModelId, RejectReason, Status, StreamConfig,
+    Advice, Capabilities, CodecSpec, DropReason, EdgeTiming, ModelId, RejectReason, Status,
+    StreamConfig,
 };

@@ -18,7 +18,7 @@ use crate::session::{
 };
 use crate::tls::{self, Fingerprint, TlsConfigError};
 use crate::wire::{
-    self, code, AnswerHeader, Capabilities, DropReason, FrameHeader, ReadMessageError,
+    self, code, AnswerHeader, Capabilities, DropReason, EdgeTiming, FrameHeader, ReadMessageError,
     SessionLimits, Status, StreamConfig, ToDevice, ToEdge,
 };
 
@@ -650,6 +650,7 @@ async fn frame_task(
         Ok((header, payload))
     })
     .await;
+    let received = Instant::now();
     let (header, payload) = match read {
         Ok(Ok(ok)) => ok,
         Ok(Err(e)) => {
@@ -666,17 +667,13 @@ async fn frame_task(
             return;
         }
     };
+    let clock = FrameClock { arrived, received };
     let _ = send.set_priority((header.seq & 0x7fff_ffff) as i32);
     let admission = lock(&session.state).on_frame(&header, arrived, Instant::now());
     let (deadline, config) = match admission {
         Admission::Accept { deadline, config } => (deadline, config),
         Admission::Drop(reason) => {
-            let _ = write_answer(
-                &mut send,
-                Answer::Dropped(reason),
-                limits.frame_read_timeout,
-            )
-            .await;
+            let _ = write_answer(&mut send, Answer::Dropped(reason), &clock, limits).await;
             return;
         }
     };
@@ -706,7 +703,8 @@ async fn frame_task(
         let _ = write_answer(
             &mut send,
             Answer::Dropped(DropReason::ShuttingDown),
-            limits.frame_read_timeout,
+            &clock,
+            limits,
         )
         .await;
         lock(&session.state).on_frame_end(seq, FrameEnd::Dropped);
@@ -729,7 +727,7 @@ async fn frame_task(
                 Answer::Result(_) => FrameEnd::Answered,
                 Answer::Dropped(_) => FrameEnd::Dropped,
             };
-            match write_answer(&mut send, answer, limits.frame_read_timeout).await {
+            match write_answer(&mut send, answer, &clock, limits).await {
                 Ok(()) => end,
                 Err(()) => FrameEnd::Failed,
             }
@@ -739,7 +737,8 @@ async fn frame_task(
             let _ = write_answer(
                 &mut send,
                 Answer::Dropped(DropReason::DeadlineExpired),
-                limits.frame_read_timeout,
+                &clock,
+                limits,
             )
             .await;
             FrameEnd::Expired
@@ -753,16 +752,37 @@ async fn frame_task(
     lock(&session.state).on_frame_end(seq, end);
 }
 
+/// When a frame's stream opened and when its payload had arrived, for its
+/// [`EdgeTiming`].
+struct FrameClock {
+    arrived: Instant,
+    received: Instant,
+}
+
+impl FrameClock {
+    /// The timing of an answer written now.
+    fn timing(&self) -> EdgeTiming {
+        EdgeTiming {
+            receive_us: EdgeTiming::micros(self.received.saturating_duration_since(self.arrived)),
+            serve_us: EdgeTiming::micros(self.received.elapsed()),
+        }
+    }
+}
+
 async fn write_answer(
     send: &mut quinn::SendStream,
     answer: Answer,
-    limit: Duration,
+    clock: &FrameClock,
+    limits: &Limits,
 ) -> Result<(), ()> {
     let write = async {
         match answer {
             Answer::Result(bytes) => {
                 let len = u32::try_from(bytes.len()).map_err(|_| ())?;
-                let mut buf = wire::encode(&AnswerHeader::Result { payload_len: len });
+                let mut buf = wire::encode(&AnswerHeader::Result {
+                    payload_len: len,
+                    timing: clock.timing(),
+                });
                 // One write for small results; large ones go separately to avoid a copy.
                 if bytes.len() <= 16 << 10 {
                     buf.extend_from_slice(&bytes);
@@ -780,5 +800,7 @@ async fn write_answer(
         }
         send.finish().map_err(|_| ())
     };
-    tokio::time::timeout(limit, write).await.map_err(|_| ())?
+    tokio::time::timeout(limits.frame_read_timeout, write)
+        .await
+        .map_err(|_| ())?
 }

@@ -13,10 +13,12 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// TLS application protocol name; a peer that does not offer it fails the TLS handshake.
 pub const ALPN: &[u8] = b"splitstream/1";
-/// The protocol version this build speaks (sent in `Hello`).
-pub const PROTOCOL_VERSION: u16 = 1;
-/// The oldest protocol version this build still accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 1;
+/// The protocol version this build speaks (sent in `Hello`). Version 2 added the
+/// edge's [`EdgeTiming`] to every result.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// The oldest protocol version this build still accepts (a version-1 answer has no
+/// timing, and postcard cannot tell the two apart).
+pub const MIN_PROTOCOL_VERSION: u16 = 2;
 
 /// Application error codes carried by QUIC `CONNECTION_CLOSE`, `RESET_STREAM` and
 /// `STOP_SENDING`. They tell the peer (and its logs) why a stream or connection ended.
@@ -415,6 +417,25 @@ pub enum DropReason {
     Other(String),
 }
 
+/// The edge's account of the time it spent on a frame, so that the device can tell the
+/// link's share of a round trip from the edge's (and so learn the uplink's bandwidth).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EdgeTiming {
+    /// From the frame's stream opening at the edge to its last payload byte, in
+    /// microseconds: the upload as the edge saw it, less its first packet.
+    pub receive_us: u32,
+    /// From the last payload byte to the answer being written, in microseconds:
+    /// queueing, decoding and the tail.
+    pub serve_us: u32,
+}
+
+impl EdgeTiming {
+    /// Microseconds of `d`, saturating at `u32::MAX` (71 minutes).
+    pub fn micros(d: std::time::Duration) -> u32 {
+        u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+    }
+}
+
 /// First thing on a frame stream's answer; for `Result`, `payload_len` raw bytes follow.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnswerHeader {
@@ -422,6 +443,8 @@ pub enum AnswerHeader {
     Result {
         /// Length of the result payload.
         payload_len: u32,
+        /// How long the edge took to receive and to serve the frame.
+        timing: EdgeTiming,
     },
     /// No result for this frame.
     Dropped(DropReason),

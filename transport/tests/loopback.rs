@@ -376,15 +376,15 @@ async fn unknown_model_and_wrong_weights_are_rejected_with_their_reason() {
         "{err}"
     );
     let mut cfg = client_config(addr, ServerTrust::Pinned(fp), "dev-0");
-    cfg.protocol_version = 2;
+    cfg.protocol_version = wire::PROTOCOL_VERSION + 1;
     let err = Client::connect(cfg).await.unwrap_err();
     assert!(
         matches!(
             err,
             ConnectError::Rejected(RejectReason::VersionTooNew {
-                device: 2,
-                edge_max: 1
-            })
+                device,
+                edge_max,
+            }) if device == wire::PROTOCOL_VERSION + 1 && edge_max == wire::PROTOCOL_VERSION
         ),
         "{err}"
     );
@@ -581,7 +581,16 @@ async fn malformed_and_oversized_messages_close_only_the_offending_peer() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(answer, AnswerHeader::Result { payload_len: 12 });
+    assert!(
+        matches!(
+            answer,
+            AnswerHeader::Result {
+                payload_len: 12,
+                ..
+            }
+        ),
+        "{answer:?}"
+    );
     let body = wire::read_payload(&mut ok_recv, 12).await.unwrap();
     assert_eq!(body, expected_echo("blocks.3", b"xyz"));
     assert!(
@@ -801,6 +810,96 @@ async fn newest_frame_overtakes_the_oldest_and_the_edge_sees_the_cancel() {
     );
     let c = client.counters();
     assert_eq!((c.sent, c.overtaken, c.answered, c.ended()), (3, 1, 2, 3));
+}
+
+/// The next frame the `Hold` runtime keeps.
+async fn next_held(log: &Arc<Mutex<EdgeLog>>) -> Responder {
+    let waited = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(r) = log.lock().unwrap().held.pop() {
+                return r;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    waited.await.expect("the frame reaches the runtime")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_carry_the_edges_receive_and_serve_times() {
+    let id = ServerIdentity::self_signed(&["localhost"]).unwrap();
+    let fp = id.fingerprint();
+    let (server, log) = start_edge(id, loopback(), 2, test_limits());
+    let addr = server.local_addr();
+    let _edge = serve(server, log.clone(), Behaviour::Hold);
+    // Raw device: the payload's second half leaves 80 ms after the first, and the
+    // runtime answers 60 ms after it has the frame.
+    let (_e, conn) = raw_connect(addr, fp, wire::ALPN).await.unwrap();
+    let (_cs, _cr) = raw_session(&conn, "dev-1").await;
+    let (mut s, mut r) = conn.open_bi().await.unwrap();
+    let header = FrameHeader {
+        seq: 1,
+        epoch: 0,
+        capture_us: 0,
+        sent_us: 1_000,
+        deadline_us: 5_001_000,
+        payload_len: 4,
+    };
+    wire::write_message(&mut s, &header).await.unwrap();
+    s.write_all(b"ab").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    s.write_all(b"cd").await.unwrap();
+    s.finish().unwrap();
+    let responder = next_held(&log).await;
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    responder.answer(Bytes::from_static(b"ok")).unwrap();
+    let answer: AnswerHeader = tokio::time::timeout(WAIT, wire::read_message(&mut r, 1024))
+        .await
+        .unwrap()
+        .unwrap();
+    let AnswerHeader::Result {
+        payload_len: 2,
+        timing,
+    } = answer
+    else {
+        panic!("{answer:?}");
+    };
+    assert!(
+        (70_000..2_000_000).contains(&timing.receive_us),
+        "{timing:?}"
+    );
+    assert!((55_000..2_000_000).contains(&timing.serve_us), "{timing:?}");
+    // The device API hands the timing on with the result.
+    let client = Client::connect(client_config(addr, ServerTrust::Pinned(fp), "dev-0"))
+        .await
+        .unwrap();
+    let answering = tokio::spawn({
+        let log = log.clone();
+        async move {
+            let responder = next_held(&log).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            responder.answer(Bytes::from_static(b"fine")).unwrap();
+        }
+    });
+    let report = client
+        .send_frame(OutgoingFrame::new(
+            Bytes::from_static(b"x"),
+            Duration::from_secs(5),
+        ))
+        .await
+        .unwrap();
+    answering.await.unwrap();
+    assert_eq!(
+        report.outcome,
+        FrameOutcome::Answered(Bytes::from_static(b"fine"))
+    );
+    let timing = report.edge.expect("a result carries the edge's timing");
+    let serve = Duration::from_micros(u64::from(timing.serve_us));
+    assert!(
+        serve >= Duration::from_millis(45) && serve <= report.elapsed,
+        "{timing:?} within {:?}",
+        report.elapsed
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -381,6 +381,7 @@ async fn tcp_edge_connection(
     let mut tls = acceptor.accept(stream).await?;
     let mut answer = wire::encode(&AnswerHeader::Result {
         payload_len: result.len() as u32,
+        timing: Default::default(),
     });
     answer.extend_from_slice(&result);
     loop {
@@ -480,7 +481,7 @@ impl TcpSide {
                     }
                     stream.flush().await?;
                     let answer: AnswerHeader = wire::read_message(&mut stream, 64 << 10).await?;
-                    let AnswerHeader::Result { payload_len } = answer else {
+                    let AnswerHeader::Result { payload_len, .. } = answer else {
                         anyhow::bail!("TCP frame not answered: {answer:?}");
                     };
                     anyhow::ensure!(payload_len <= 4 << 20, "result too large");
@@ -542,6 +543,7 @@ impl RawQuicSide {
         let addr = server.local_addr()?;
         let mut answer = wire::encode(&AnswerHeader::Result {
             payload_len: result.len() as u32,
+            timing: Default::default(),
         });
         answer.extend_from_slice(&result);
         let answer = Arc::new(answer);
@@ -608,7 +610,7 @@ impl RawQuicSide {
                     }
                     send.finish()?;
                     let answer: AnswerHeader = wire::read_message(&mut recv, 64 << 10).await?;
-                    let AnswerHeader::Result { payload_len } = answer else {
+                    let AnswerHeader::Result { payload_len, .. } = answer else {
                         anyhow::bail!("bare quinn frame not answered: {answer:?}");
                     };
                     anyhow::ensure!(payload_len <= 4 << 20, "result too large");

@@ -352,8 +352,8 @@ mod tests {
             tokens: &f.tokens,
             acceptor: &f.registry,
             limits: &f.limits,
-            min_version: 1,
-            max_version: 1,
+            min_version: PROTOCOL_VERSION,
+            max_version: PROTOCOL_VERSION,
         };
         accept_hello(h, &policy, 7, now)
     }
@@ -398,7 +398,7 @@ mod tests {
             accept(&f, &h, now).unwrap_err(),
             RejectReason::VersionTooNew {
                 device: 9,
-                edge_max: 1
+                edge_max: PROTOCOL_VERSION
             }
         );
         h.version = 0;
@@ -406,10 +406,10 @@ mod tests {
             accept(&f, &h, now).unwrap_err(),
             RejectReason::VersionTooOld {
                 device: 0,
-                edge_min: 1
+                edge_min: PROTOCOL_VERSION
             }
         );
-        h.version = 1;
+        h.version = PROTOCOL_VERSION;
         h.config.model.arch = "nope".into();
         assert_eq!(accept(&f, &h, now).unwrap_err(), RejectReason::BadToken);
         h.token = hello(&f).token;
