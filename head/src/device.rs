@@ -163,6 +163,7 @@ impl Device {
             head_ms: 0.0,
             transfer_ms: 0.0,
             tail_ms: 0.0,
+            edge_receive_ms: None,
             total_ms: 0.0,
             fallback: None,
             why: None,
@@ -264,7 +265,16 @@ impl Device {
         match report.outcome {
             FrameOutcome::Answered(bytes) => {
                 rec.bytes_sent = len;
-                rec.transfer_ms = ms(report.elapsed);
+                // The edge's account splits the round trip into its time and the
+                // link's (an edge that gives none leaves it all to the link).
+                let serve = report.edge.map_or(Duration::ZERO, |t| {
+                    Duration::from_micros(u64::from(t.serve_us)).min(report.elapsed)
+                });
+                rec.tail_ms = ms(serve);
+                rec.transfer_ms = ms(report.elapsed - serve);
+                rec.edge_receive_ms = report
+                    .edge
+                    .map(|t| ms(Duration::from_micros(u64::from(t.receive_us))));
                 let t = splitstream_codec::decode(
                     &bytes,
                     &DecodeLimits {

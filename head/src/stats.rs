@@ -100,10 +100,17 @@ pub struct FrameRecord {
     pub bytes_sent: u64,
     /// Time on the device before sending (or the whole model, when local).
     pub head_ms: f64,
-    /// Time from the last byte sent to the answer, less the edge's compute time.
+    /// Time from sending to the answer, less the edge's own time for the frame
+    /// (`tail_ms`): the link's share, i.e. the upload, propagation and the answer's way
+    /// back.
     pub transfer_ms: f64,
-    /// Time the edge reports for queueing and running the tail.
+    /// The edge's own time for the frame, as it reports it (queueing, decoding, the
+    /// tail); on a frame that fell back, the local tail's time.
     pub tail_ms: f64,
+    /// How long the payload took to arrive at the edge, first packet to last, as the
+    /// edge timed it (remote frames that got an answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edge_receive_ms: Option<f64>,
     /// From capture to result.
     pub total_ms: f64,
     /// Why the frame ran elsewhere than planned, when it did.
@@ -355,6 +362,7 @@ mod tests {
             head_ms: total_ms / 2.0,
             transfer_ms: total_ms / 4.0,
             tail_ms: total_ms / 4.0,
+            edge_receive_ms: None,
             total_ms,
             fallback: None,
             why: None,
