@@ -136,6 +136,9 @@ pub struct PolicyConfig {
     /// Weight of a new sample in the moving averages (default 0.3: about three frames
     /// to follow a change, while one outlier moves the estimate by a third).
     pub ewma_alpha: f64,
+    /// Weight of a sample from a mode not run for more than the dwell (a probe, a
+    /// return to a mode): its old average describes an older world (default 0.6).
+    pub probe_alpha: f64,
     /// How much faster the edge runs a stage than this device, for predicting the
     /// edge's compute before it has been measured (default 4).
     pub edge_speedup: f64,
@@ -154,6 +157,7 @@ impl Default for PolicyConfig {
             min_dwell_frames: 10,
             probe_every: 40,
             ewma_alpha: 0.3,
+            probe_alpha: 0.6,
             edge_speedup: 4.0,
             fallback_backoff_frames: 20,
         }

@@ -40,8 +40,12 @@ pub(crate) struct ModeEstimate {
     /// Measured round trip (send to answer), seconds: the prediction while the link's
     /// bandwidth is unknown (every payload so far too small to time it).
     pub(crate) round_trip_s: Ewma,
-    /// The frame index when this mode last ran.
-    pub(crate) last_run: Option<u64>,
+    /// Warm frames measured in this mode (see [`Policy::observe_frame`]).
+    ///
+    /// [`Policy::observe_frame`]: super::Policy::observe_frame
+    pub(crate) samples: u32,
+    /// The frame index of the last warm frame in this mode.
+    pub(crate) warm_at: Option<u64>,
     /// Remote modes: left alone until this frame after a fallback.
     pub(crate) blocked_until: u64,
 }

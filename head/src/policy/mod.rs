@@ -42,7 +42,7 @@ use crate::stats::Mode;
 use estimate::{dur, secs, LinkEstimate, ModeEstimate, MIN_BYTES_FOR_BANDWIDTH};
 
 /// One way to run a frame.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Plan {
     /// The whole model on the device.
     Local,
@@ -241,9 +241,21 @@ pub enum ObservedOutcome {
         upload: Option<Duration>,
         /// From sending to the answer.
         round_trip: Duration,
+        /// The edge's own account of the frame, when it gives one.
+        edge: Option<EdgeAccount>,
     },
     /// Planned remote, but the edge did not answer and the frame ran locally.
     FellBack,
+}
+
+/// The edge's own account of a frame (the timing in its answer): with it, the device
+/// tells the link's share of a round trip from the edge's without a prior.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EdgeAccount {
+    /// From the payload's first packet to its last, as the edge received them.
+    pub receive: Duration,
+    /// From the last packet to the answer: queueing, decoding and the tail.
+    pub serve: Duration,
 }
 
 /// Errors building a policy.
@@ -275,6 +287,10 @@ pub struct Policy {
     level: BatteryLevel,
     power: PowerModel,
     last_was_local: bool,
+    /// The candidate of the last frame observed (a frame in another mode runs cold).
+    last_candidate: Option<usize>,
+    /// A probe's second frame, due next.
+    probe_next: Option<usize>,
 }
 
 impl Policy {
@@ -303,6 +319,8 @@ impl Policy {
             queue_s: 0.0,
             level: BatteryLevel::Plenty,
             last_was_local: false,
+            last_candidate: None,
+            probe_next: None,
         })
     }
 
@@ -398,14 +416,28 @@ impl Policy {
         let queue_s = self.queue_s;
         let rtt_s = self.link.rtt_s.unwrap_or(0.0);
         let edge_prior = self.edge_prior_s(obs.candidate);
+        let probe_alpha = self.cfg.probe_alpha;
+        let dwell = self.cfg.min_dwell_frames;
+        let cold = self.last_candidate != Some(obs.candidate);
+        self.last_candidate = Some(obs.candidate);
         let Some(e) = self.est.get_mut(obs.candidate) else {
             return;
         };
-        e.last_run = Some(frame);
+        // A frame in another mode than the last one runs cold (caches hold the other
+        // mode's weights, worker threads sleep, the stream is new), and a sustained run
+        // in this mode would not: its compute time is left out. Warmup and probes run
+        // two frames for this. A warm frame in a mode not run warm for a while says more
+        // about the mode now than its old average does.
+        let stale = e
+            .warm_at
+            .is_some_and(|last| frame.saturating_sub(last) > dwell);
+        let a = if stale { probe_alpha.max(a) } else { a };
         self.last_was_local = matches!(obs.outcome, ObservedOutcome::Local);
-        if !matches!(obs.outcome, ObservedOutcome::FellBack) {
+        if !cold && !matches!(obs.outcome, ObservedOutcome::FellBack) {
             // A fallen-back frame's device time includes the local rescue.
             e.head_s.add(secs(obs.head), a);
+            e.samples = e.samples.saturating_add(1);
+            e.warm_at = Some(frame);
         }
         match obs.outcome {
             ObservedOutcome::Local => {}
@@ -418,18 +450,32 @@ impl Policy {
                 bytes,
                 upload,
                 round_trip,
+                edge,
             } => {
                 let bytes = bytes as f64;
                 e.bytes.add(bytes, a);
                 let rt = secs(round_trip);
                 e.round_trip_s.add(rt, a);
-                let up = match upload {
-                    Some(u) => {
-                        // Known upload time: the rest of the round trip is the edge's.
-                        e.edge_s.add((rt - secs(u) - rtt_s - queue_s).max(0.0), a);
+                // The edge's time excludes the queueing its status reports, which the
+                // prediction adds as it is at the time.
+                let up = match (upload, edge) {
+                    (Some(u), edge) => {
+                        // Known upload time: the rest of the round trip, less the
+                        // propagation, is the edge's (unless it says so itself).
+                        let served = edge.map_or(rt - secs(u) - rtt_s, |x| secs(x.serve));
+                        e.edge_s.add((served - queue_s).max(0.0), a);
                         secs(u)
                     }
-                    None => {
+                    (None, Some(x)) => {
+                        // What the edge did not spend is the link's: the upload and the
+                        // propagation. The smoothed RTT can run high while the uplink
+                        // queues (its acknowledgements wait too), so the upload is at
+                        // least what the edge saw arrive.
+                        let serve = secs(x.serve);
+                        e.edge_s.add((serve - queue_s).max(0.0), a);
+                        (rt - serve - rtt_s).max(secs(x.receive))
+                    }
+                    (None, None) => {
                         let edge = e.edge_s.get().unwrap_or(edge_prior);
                         rt - rtt_s - queue_s - edge
                     }
@@ -512,18 +558,19 @@ impl Policy {
             self.switch_to(self.local, frame);
             return self.answer(self.local, reason);
         }
-        // Never measured: measure it (one frame; the current mode is kept).
+        // A probe's second frame: the first ran cold.
+        if let Some(c) = self.probe_next.take().filter(|&c| self.feasible(c)) {
+            return self.answer(c, Reason::Probe);
+        }
+        // Not measured warm yet: measure it (the current mode is kept).
         if let Some(c) =
-            (0..self.plans.len()).find(|&c| self.feasible(c) && self.est[c].last_run.is_none())
+            (0..self.plans.len()).find(|&c| self.feasible(c) && self.est[c].samples == 0)
         {
             return self.answer(c, Reason::Warmup);
         }
         if self.cfg.probe_every > 0 && (frame + 1).is_multiple_of(self.cfg.probe_every) {
-            let stalest = (0..self.plans.len())
-                .filter(|&c| c != self.current && self.feasible(c))
-                .min_by_key(|&c| self.est[c].last_run);
-            if let Some(c) = stalest {
-                return self.answer(c, Reason::Probe);
+            if let Some(c) = self.probe_candidate(frame) {
+                return self.probe(c);
             }
         }
         let (best, reason) = self.best();
@@ -543,8 +590,56 @@ impl Policy {
         if self.gain(self.current, best, reason) < self.cfg.hysteresis {
             return self.answer(self.current, Reason::Hysteresis);
         }
+        if self.stale(best, frame) {
+            // Its estimate is old: measure it now, and switch only if that confirms.
+            return self.probe(best);
+        }
         self.switch_to(best, frame);
         self.answer(best, reason)
+    }
+
+    /// Whether candidate `c` has not run warm for longer than the probe interval.
+    fn stale(&self, c: usize, frame: u64) -> bool {
+        self.est[c]
+            .warm_at
+            .is_none_or(|last| frame.saturating_sub(last) > self.cfg.probe_every.max(1))
+    }
+
+    /// Starts a probe of `c`: this frame and the next (the first runs cold).
+    fn probe(&mut self, c: usize) -> Decision {
+        self.probe_next = Some(c);
+        self.answer(c, Reason::Probe)
+    }
+
+    /// The mode a probe measures: the one longest unmeasured, with a mode the
+    /// objective rates k times worse than the current one waiting k times longer (up to
+    /// four): a probe of a far worse mode costs much and rarely changes the choice.
+    fn probe_candidate(&self, frame: u64) -> Option<usize> {
+        let cur = self.cost(self.current);
+        (0..self.plans.len())
+            .filter(|&c| c != self.current && self.feasible(c))
+            .map(|c| {
+                let age = self.est[c]
+                    .warm_at
+                    .map_or(f64::INFINITY, |last| frame.saturating_sub(last) as f64);
+                let ratio = match (self.cost(c), cur) {
+                    (Some(x), Some(y)) if y > 0.0 => (x / y).clamp(1.0, 4.0),
+                    _ => 1.0,
+                };
+                (c, age / ratio)
+            })
+            .filter(|&(_, due)| due >= self.cfg.probe_every as f64)
+            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(c, _)| c)
+    }
+
+    /// What the objective minimises for `c` at the current battery level.
+    fn cost(&self, c: usize) -> Option<f64> {
+        let p = self.predict(c)?;
+        Some(match self.level {
+            BatteryLevel::Plenty => secs(p.latency),
+            _ => p.energy_j,
+        })
     }
 
     fn switch_to(&mut self, c: usize, frame: u64) {

@@ -10,10 +10,11 @@ use std::time::Duration;
 use serde::Serialize;
 use splitstream_transport::Client;
 
-use super::{Decision, FrameObservation, ObservedOutcome, Plan, Policy};
+use super::{Decision, EdgeAccount, FrameObservation, ObservedOutcome, Plan, Policy};
 use crate::device::{Device, DeviceModel, FrameResult, ModelRunError, RunMode};
 use crate::offload::JpegSettings;
 use crate::source::Frame;
+use crate::stats::FrameRecord;
 
 /// The candidates of `--policy auto`: local, a split at each of `points` with `codec`,
 /// and offload.
@@ -206,18 +207,7 @@ impl PolicyRunner {
             }
             None => {
                 let r = self.devices[d.candidate].process(frame).await;
-                let rec = &r.record;
-                let outcome = if rec.fallback.is_some() {
-                    ObservedOutcome::FellBack
-                } else if d.plan.is_remote() {
-                    ObservedOutcome::Answered {
-                        bytes: rec.bytes_sent,
-                        upload: None,
-                        round_trip: secs_ms(rec.transfer_ms),
-                    }
-                } else {
-                    ObservedOutcome::Local
-                };
+                let outcome = ObservedOutcome::of_record(&r.record, d.plan.is_remote());
                 (r, outcome)
             }
         };
@@ -230,6 +220,28 @@ impl PolicyRunner {
         self.seq += 1;
         result.record.why = Some(d.reason.to_string());
         result
+    }
+}
+
+impl ObservedOutcome {
+    /// What a device's record of a frame tells the policy (`remote`: the frame was
+    /// planned for the edge).
+    pub fn of_record(rec: &FrameRecord, remote: bool) -> Self {
+        if rec.fallback.is_some() {
+            Self::FellBack
+        } else if remote {
+            Self::Answered {
+                bytes: rec.bytes_sent,
+                upload: None,
+                round_trip: secs_ms(rec.transfer_ms + rec.tail_ms),
+                edge: rec.edge_receive_ms.map(|receive| EdgeAccount {
+                    receive: secs_ms(receive),
+                    serve: secs_ms(rec.tail_ms),
+                }),
+            }
+        } else {
+            Self::Local
+        }
     }
 }
 

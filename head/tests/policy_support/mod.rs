@@ -153,6 +153,7 @@ impl World {
                 round_trip: Duration::from_secs_f64(
                     up + (self.rtt_s + self.queue_s + m.edge_s) * scale,
                 ),
+                edge: None,
             }
         };
         FrameObservation {
