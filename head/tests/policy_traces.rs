@@ -534,3 +534,29 @@ fn far_worse_modes_are_probed_less_often_but_still_probed() {
     assert!((2..=6).contains(&split), "{split} split probe frames: {t}");
     assert_eq!(steady_sequence(&decisions), vec![Plan::Offload], "{t}");
 }
+
+#[test]
+fn a_recovered_link_is_found_even_when_the_split_payload_cannot_time_it() {
+    // As above, but the bottleneck is 800 bytes: while the split runs, no frame times the
+    // link, so the recovery must be found by probing offload, at the probe interval
+    // rather than the longer one its (stale, 2 Mbit/s) cost would earn.
+    let mut world = World::pi_on_wifi(100.0);
+    world.modes[1].bytes = 800;
+    let mut policy = Policy::new(world.plans(), config(&world)).unwrap();
+    let mut decisions = Vec::new();
+    for f in 0..300 {
+        world.mbps = if (80..160).contains(&f) { 2.0 } else { 100.0 };
+        decisions.push(step(&mut policy, &world, 1.0));
+    }
+    let t = trace(&decisions);
+    assert_eq!(
+        steady_sequence(&decisions),
+        vec![Plan::Offload, SPLIT2_U4, Plan::Offload],
+        "{t}"
+    );
+    let back = (160..300)
+        .find(|&f| decisions[f].plan == Plan::Offload && decisions[f].reason != Reason::Probe)
+        .unwrap();
+    // The next probe slot after the recovery, its two frames, then the switch.
+    assert!(back <= 160 + 40 + 3, "back at {back}: {t}");
+}

@@ -57,8 +57,33 @@ pub(crate) struct LinkEstimate {
     /// so its average predicts upload time without bias, and a drop in bandwidth moves
     /// it at once while a recovery takes a few frames (caution first).
     pub(crate) s_per_bit: Ewma,
+    /// The frame index of the last bandwidth sample.
+    pub(crate) sampled_at: Option<u64>,
+    /// Whether the last sample was more than twice (+1) or less than half (-1) the
+    /// estimate: the link may have changed, and a second such sample says it has.
+    pub(crate) surprise: i8,
     /// Round trip, seconds (the transport's smoothed RTT when it gives one).
     pub(crate) rtt_s: Option<f64>,
+}
+
+impl LinkEstimate {
+    /// Adds a sample of seconds per bit with weight `alpha`; two samples in a row beyond
+    /// a factor of two from the estimate, the same way, replace it: the link changed
+    /// (a Wi-Fi rate step, a handover), and a moving average would take ten frames to
+    /// follow, where the small payloads of a split may time the link only at probes.
+    pub(crate) fn add_sample(&mut self, spb: f64, alpha: f64, frame: u64) {
+        let dir = match self.s_per_bit.get() {
+            Some(est) if spb > 2.0 * est => 1,
+            Some(est) if spb < 0.5 * est => -1,
+            _ => 0,
+        };
+        if dir != 0 && dir == self.surprise {
+            self.s_per_bit = Ewma::default();
+        }
+        self.s_per_bit.add(spb, alpha);
+        self.surprise = if dir == self.surprise { 0 } else { dir };
+        self.sampled_at = Some(frame);
+    }
 }
 
 /// Frames smaller than this say little about bandwidth (they fit in a packet or two,

@@ -418,6 +418,8 @@ impl Policy {
         let edge_prior = self.edge_prior_s(obs.candidate);
         let probe_alpha = self.cfg.probe_alpha;
         let dwell = self.cfg.min_dwell_frames;
+        let alpha = a;
+        let link_stale = self.link_stale(frame);
         let cold = self.last_candidate != Some(obs.candidate);
         self.last_candidate = Some(obs.candidate);
         let Some(e) = self.est.get_mut(obs.candidate) else {
@@ -483,7 +485,12 @@ impl Policy {
                 if bytes >= MIN_BYTES_FOR_BANDWIDTH {
                     // Timing under 0.2 ms is noise; cap the sample at 10 Gbit/s.
                     let spb = up.max(2e-4) / (bytes * 8.0);
-                    self.link.s_per_bit.add(spb.max(1e-10), a);
+                    let link_a = if link_stale {
+                        probe_alpha.max(alpha)
+                    } else {
+                        alpha
+                    };
+                    self.link.add_sample(spb.max(1e-10), link_a, frame);
                 }
             }
         }
@@ -614,8 +621,26 @@ impl Policy {
     /// The mode a probe measures: the one longest unmeasured, with a mode the
     /// objective rates k times worse than the current one waiting k times longer (up to
     /// four): a probe of a far worse mode costs much and rarely changes the choice.
+    /// While nothing times the link, a mode whose payloads would does not wait longer:
+    /// its estimate rests on a bandwidth that may have changed since; and after a
+    /// surprising bandwidth sample, such a mode is probed at once to confirm it.
     fn probe_candidate(&self, frame: u64) -> Option<usize> {
         let cur = self.cost(self.current);
+        let link_stale = self.link_stale(frame);
+        let times_link = |c: usize| {
+            self.est[c]
+                .bytes
+                .get()
+                .is_some_and(|b| b >= MIN_BYTES_FOR_BANDWIDTH)
+        };
+        if self.link.surprise != 0 && !times_link(self.current) {
+            if let Some(c) = (0..self.plans.len())
+                .filter(|&c| c != self.current && self.feasible(c) && times_link(c))
+                .max_by_key(|&c| frame.saturating_sub(self.est[c].warm_at.unwrap_or(0)))
+            {
+                return Some(c);
+            }
+        }
         (0..self.plans.len())
             .filter(|&c| c != self.current && self.feasible(c))
             .map(|c| {
@@ -623,6 +648,7 @@ impl Policy {
                     .warm_at
                     .map_or(f64::INFINITY, |last| frame.saturating_sub(last) as f64);
                 let ratio = match (self.cost(c), cur) {
+                    _ if link_stale && times_link(c) => 1.0,
                     (Some(x), Some(y)) if y > 0.0 => (x / y).clamp(1.0, 4.0),
                     _ => 1.0,
                 };
@@ -631,6 +657,14 @@ impl Policy {
             .filter(|&(_, due)| due >= self.cfg.probe_every as f64)
             .max_by(|a, b| a.1.total_cmp(&b.1))
             .map(|(c, _)| c)
+    }
+
+    /// Whether no frame has timed the link for longer than the probe interval (the
+    /// current mode's payloads are too small to, or it is local).
+    fn link_stale(&self, frame: u64) -> bool {
+        self.link
+            .sampled_at
+            .is_none_or(|at| frame.saturating_sub(at) > self.cfg.probe_every.max(1))
     }
 
     /// What the objective minimises for `c` at the current battery level.
