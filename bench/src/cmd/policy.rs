@@ -3,8 +3,8 @@
 //! draining from full to nearly empty, a bandwidth dip (100 to 2 Mbit/s and back), and
 //! an edge power cap (the edge slowed and advising devices to run locally).
 //!
-//! What is real: the device library (`splitstream_head::device::Device`, the seeded
-//! demo ViT on the CPU), the edge library (`splitstream_tail::edge::RunningEdge`), QUIC
+//! What is real: the device library (`splitstream_head::device::Device`, the shipped
+//! BottleFit demo model on the CPU, or `--weights`), the edge library (`splitstream_tail::edge::RunningEdge`), QUIC
 //! with TLS on loopback, the shipped test images, and the link: every packet passes a
 //! UDP relay in this process that paces the uplink with a token bucket at the
 //! scenario's rate, delays both directions by half the round trip, and drops past a
@@ -35,7 +35,6 @@ use splitstream_head::policy::{
 };
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::{Mode, Percentiles};
-use splitstream_head::synthetic::{seeded_split_safetensors, DEMO_VIT};
 use splitstream_tail::config::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
@@ -58,15 +57,23 @@ pub(crate) struct Args {
     /// Repetitions; figures are medians over runs.
     #[arg(long, default_value_t = 1)]
     runs: usize,
-    /// Split point of the split candidate and of the fixed-split baseline.
-    #[arg(long, default_value_t = 2)]
-    split_at: usize,
+    /// The model, device and edge alike (safetensors with splitstream metadata). Default:
+    /// the shipped BottleFit demo student, `assets/demo/demo_vit_bottlefit.safetensors`
+    /// (a ViT with a learned rank-32 bottleneck after block 1).
+    #[arg(long, value_name = "FILE")]
+    weights: Option<std::path::PathBuf>,
+    /// Split point of the split candidate and of the fixed-split baseline. Default: the
+    /// checkpoint's bottleneck point, or 2 when it has none.
+    #[arg(long)]
+    split_at: Option<usize>,
     /// Bottleneck codec of the split.
-    #[arg(long, default_value = "u8")]
+    #[arg(long, default_value = "u4")]
     codec: String,
     /// The device's compute is this many times slower than this host's (the host's
-    /// measured compute time is multiplied by it).
-    #[arg(long, default_value_t = 8.0)]
+    /// measured compute time is multiplied by it). The default, 10, stands for a
+    /// Raspberry Pi 4 class CPU (four Cortex-A72 cores, 128-bit NEON) against one core
+    /// of this host with AVX-512.
+    #[arg(long, default_value_t = 10.0)]
     device_slowdown: f64,
     /// CPU threads of the device's model.
     #[arg(long, default_value_t = 1)]
@@ -77,6 +84,10 @@ pub(crate) struct Args {
     /// CPU threads of the edge (0: one per core).
     #[arg(long, default_value_t = 0)]
     edge_threads: usize,
+    /// Also write every frame as a JSON line to FILE: scenario, policy, run, the mode
+    /// chosen and why, what the policy predicted and what was measured.
+    #[arg(long, value_name = "FILE")]
+    frames_out: Option<std::path::PathBuf>,
     /// The device's power model (`compute=W,radio=W,wait=W,per_byte=J`).
     #[arg(long, default_value = "")]
     power_model: String,
@@ -85,7 +96,6 @@ pub(crate) struct Args {
 const MODEL: &str = "demo-vit";
 const TOKEN: &str = "bench-token-0123456789abcdef";
 const QUEUE_LIMIT: usize = 64 << 10;
-const BOTTLENECK_RANK: usize = 16;
 
 // ---------------------------------------------------------------------------------------
 // The paced link: a UDP relay between the devices and the edge.
@@ -295,6 +305,8 @@ impl Scenario {
 // ---------------------------------------------------------------------------------------
 // Runs.
 
+/// One policy in one scenario: medians over runs; frames, fallbacks, modes and reasons
+/// summed over runs.
 #[derive(Serialize, Clone, Default)]
 struct Figures {
     /// Mean modelled device energy per frame, millijoules.
@@ -306,6 +318,16 @@ struct Figures {
     failed: usize,
     modes: BTreeMap<String, usize>,
     reasons: BTreeMap<String, usize>,
+    /// Each run's energy per frame, p50 and p95, in order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    runs: Vec<RunFigures>,
+}
+
+#[derive(Serialize, Clone, Copy, Default)]
+struct RunFigures {
+    energy_mj_per_frame: f64,
+    latency_p50_ms: f64,
+    latency_p95_ms: f64,
 }
 
 #[derive(Serialize)]
@@ -394,8 +416,33 @@ async fn client(bed: &Bed, mode: &RunMode, n: usize) -> anyhow::Result<Arc<Clien
 }
 
 /// One scenario under one policy: the per-frame loop a device runs.
+/// One frame of one run, for `--frames-out`.
+#[derive(Serialize)]
+struct FrameLine<'a> {
+    scenario: &'static str,
+    policy: &'a str,
+    run: usize,
+    frame: usize,
+    plan: String,
+    why: String,
+    predicted_ms: Option<f64>,
+    predicted_mj: Option<f64>,
+    latency_ms: f64,
+    energy_mj: f64,
+    bytes: u64,
+}
+
+/// Which run of which policy, for the frame lines.
+struct RunLabel<'a> {
+    policy: &'a str,
+    run: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_policy(
     bed: &Bed,
+    label: RunLabel<'_>,
+    frames_out: &mut Option<std::io::BufWriter<std::fs::File>>,
     scenario: Scenario,
     mut policy: Policy,
     devices: &mut [Device],
@@ -453,31 +500,39 @@ async fn run_policy(
             0.0
         };
         let wait_s = if remote {
-            (rec.transfer_ms * 1e-3 - upload_s).max(0.0)
+            ((rec.transfer_ms + rec.tail_ms) * 1e-3 - upload_s).max(0.0)
         } else {
             0.0
         };
-        energy_j += power.energy_j(
+        let frame_j = power.energy_j(
             Duration::from_secs_f64(compute_ms * 1e-3),
             Duration::from_secs_f64(upload_s),
             if remote { rec.bytes_sent as f64 } else { 0.0 },
             Duration::from_secs_f64(wait_s),
         );
-        let outcome = if rec.fallback.is_some() {
-            ObservedOutcome::FellBack
-        } else if remote {
-            ObservedOutcome::Answered {
+        energy_j += frame_j;
+        if let Some(out) = frames_out.as_mut() {
+            use std::io::Write;
+            let line = FrameLine {
+                scenario: scenario.name(),
+                policy: label.policy,
+                run: label.run,
+                frame: i,
+                plan: d.plan.to_string(),
+                why: d.reason.to_string(),
+                predicted_ms: d.predicted.map(|p| p.latency.as_secs_f64() * 1e3),
+                predicted_mj: d.predicted.map(|p| p.energy_j * 1e3),
+                latency_ms,
+                energy_mj: frame_j * 1e3,
                 bytes: rec.bytes_sent,
-                upload: None,
-                round_trip: Duration::from_secs_f64(rec.transfer_ms * 1e-3),
-            }
-        } else {
-            ObservedOutcome::Local
-        };
+            };
+            serde_json::to_writer(&mut *out, &line)?;
+            out.write_all(b"\n")?;
+        }
         policy.observe_frame(&FrameObservation {
             candidate: d.candidate,
             head: Duration::from_secs_f64(rec.head_ms * f * 1e-3),
-            outcome,
+            outcome: ObservedOutcome::of_record(&rec, d.plan.is_remote()),
         });
         if rec.result.is_result() {
             latencies.push(latency_ms as f32);
@@ -505,15 +560,38 @@ fn median_figures(runs: Vec<Figures>) -> Figures {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
-    let mut out = runs.first().cloned().unwrap_or_default();
-    out.energy_mj_per_frame = med(runs.iter().map(|f| f.energy_mj_per_frame).collect());
-    out.latency_p50_ms = med(runs.iter().map(|f| f.latency_p50_ms).collect());
-    out.latency_p95_ms = med(runs.iter().map(|f| f.latency_p95_ms).collect());
+    let mut out = Figures {
+        energy_mj_per_frame: med(runs.iter().map(|f| f.energy_mj_per_frame).collect()),
+        latency_p50_ms: med(runs.iter().map(|f| f.latency_p50_ms).collect()),
+        latency_p95_ms: med(runs.iter().map(|f| f.latency_p95_ms).collect()),
+        ..Figures::default()
+    };
+    for f in &runs {
+        out.frames += f.frames;
+        out.fallbacks += f.fallbacks;
+        out.failed += f.failed;
+        for (k, v) in &f.modes {
+            *out.modes.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &f.reasons {
+            *out.reasons.entry(k.clone()).or_default() += v;
+        }
+        out.runs.push(RunFigures {
+            energy_mj_per_frame: f.energy_mj_per_frame,
+            latency_p50_ms: f.latency_p50_ms,
+            latency_p95_ms: f.latency_p95_ms,
+        });
+    }
     out
 }
 
+/// The shipped demo folder (models and test images).
+fn assets_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/demo")
+}
+
 fn load_frames() -> anyhow::Result<Vec<Frame>> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/demo/test");
+    let dir = assets_dir().join("test");
     let mut frames = Vec::new();
     for i in 0..60u64 {
         let path = dir.join(format!("{i:04}.jpg"));
@@ -553,24 +631,29 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             CodecChoice::ALL.map(|c| c.name()).join(", ")
         );
     };
-    if args.split_at > DEMO_VIT.depth {
-        bail!(
-            "--split-at {}: the demo model has {} blocks",
-            args.split_at,
-            DEMO_VIT.depth
-        );
-    }
     let power = PowerModel::parse(&args.power_model)?;
-    // The seeded demo ViT with a bottleneck-shaped encoder/decoder pair (rank 16) at
-    // the split point: the payload sizes and compute of a BottleFit-style split.
-    let bytes = seeded_split_safetensors(&DEMO_VIT, 7, args.split_at, BOTTLENECK_RANK);
-    let (model, id) = load_model(MODEL, bytes.clone(), "seeded", None, args.device_threads)?;
+    let path = args
+        .weights
+        .clone()
+        .unwrap_or_else(|| assets_dir().join("demo_vit_bottlefit.safetensors"));
+    let bytes = std::fs::read(&path).with_context(|| {
+        format!(
+            "reading the model {} (give another with --weights FILE)",
+            path.display()
+        )
+    })?;
+    let shown = path.display().to_string();
+    let (model, id) = load_model(MODEL, bytes.clone(), &shown, None, args.device_threads)?;
+    let split_at = args
+        .split_at
+        .or(model.bottleneck().map(|b| b.point))
+        .unwrap_or(2);
     let backend = match args.edge_backend.as_str() {
         "wgpu" => BackendChoice::Wgpu,
         "auto" => BackendChoice::Auto,
         _ => BackendChoice::Cpu,
     };
-    let served = ServedModel::from_bytes(MODEL, bytes, "seeded", None, backend, args.edge_threads)?;
+    let served = ServedModel::from_bytes(MODEL, bytes, &shown, None, backend, args.edge_threads)?;
     let mut tokens = TokenStore::new();
     for i in 0..16 {
         tokens.insert(format!("dev-{i}"), TOKEN);
@@ -601,15 +684,15 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     };
 
     let split = Plan::Split {
-        point: args.split_at,
+        point: split_at,
         codec,
     };
     let plans = [Plan::Local, split, Plan::Offload];
     let split_mode = RunMode::Split {
         at: bed
             .model
-            .split_at(args.split_at)
-            .map_err(|e| anyhow::anyhow!("--split-at {}: {e}", args.split_at))?,
+            .split_at(split_at)
+            .map_err(|e| anyhow::anyhow!("--split-at {split_at}: {e}"))?,
         codec,
     };
     let mode_of = |p: Plan| match p {
@@ -655,10 +738,16 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     // The edge runs on this host too: its compute before measurement is the local
     // time at this host's speed, not a fast GPU's.
     cfg.edge_speedup = args.device_slowdown;
+    let mut frames_out = match &args.frames_out {
+        Some(p) => Some(std::io::BufWriter::new(
+            std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
+        )),
+        None => None,
+    };
     let mut scenarios = Vec::new();
     for scenario in Scenario::ALL {
         let mut per: BTreeMap<String, Vec<Figures>> = BTreeMap::new();
-        for _ in 0..args.runs.max(1) {
+        for run in 0..args.runs.max(1) {
             for (name, policy) in [
                 ("auto", Policy::new(plans.to_vec(), cfg.clone())?),
                 ("local", Policy::fixed(Plan::Local, cfg.clone())),
@@ -684,8 +773,27 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
                     .collect();
                 let cls: Vec<Option<Arc<Client>>> =
                     order.iter().map(|&k| clients[k].clone()).collect();
-                let fig =
-                    run_policy(&bed, scenario, policy, &mut devs, &cls, &args, &power).await?;
+                // A new device's first frame allocates its buffers (tens of ms here,
+                // times the slowdown): a start-up cost, not the policy's. Every device
+                // of every policy runs one unmeasured frame first; the policy's own
+                // warmup frames are measured.
+                bed.link.set(100.0, 4.0, 0.0);
+                for d in devs.iter_mut() {
+                    d.process(&bed.frames[0]).await;
+                }
+                let label = RunLabel { policy: name, run };
+                let fig = run_policy(
+                    &bed,
+                    label,
+                    &mut frames_out,
+                    scenario,
+                    policy,
+                    &mut devs,
+                    &cls,
+                    &args,
+                    &power,
+                )
+                .await?;
                 per.entry(name.to_owned()).or_default().push(fig);
             }
         }
@@ -704,6 +812,10 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         });
     }
     devices.clear();
+    if let Some(mut out) = frames_out {
+        use std::io::Write;
+        out.flush().context("writing the frame lines")?;
+    }
     let report = Report {
         bench: "policy",
         method: "real device and edge libraries over QUIC on loopback through a pacing UDP relay; device energy MODELLED (power model x measured compute, upload and wait times); battery level scripted; device compute = host compute x device_slowdown; power-cap scenario: edge slowed by the relay and PreferLocal advice handed to the policy",
