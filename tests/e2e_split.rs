@@ -56,6 +56,11 @@ async fn split_with_lossless_codec_equals_local_exactly() {
             r.fallback
         );
         assert!(r.bytes_sent > 50 * 96 * 4, "the f32 tokens were sent");
+        // The edge's account splits the round trip: its own time (it ran the tail) and
+        // the link's, and it saw the payload arrive.
+        assert!(r.tail_ms > 0.0 && r.transfer_ms > 0.0, "{r:?}");
+        assert!(r.edge_receive_ms.is_some_and(|ms| ms >= 0.0), "{r:?}");
+        assert!(r.tail_ms + r.transfer_ms <= r.total_ms, "{r:?}");
     }
     assert_eq!(
         split, local,

@@ -51,11 +51,12 @@ pub(crate) struct Args {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
-    /// Frames per scenario and policy.
-    #[arg(long, default_value_t = 150)]
+    /// Frames per scenario and policy (each scenario changes at a third and at two
+    /// thirds of them).
+    #[arg(long, default_value_t = 300)]
     frames: usize,
     /// Repetitions; figures are medians over runs.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 3)]
     runs: usize,
     /// The model, device and edge alike (safetensors with splitstream metadata). Default:
     /// the shipped BottleFit demo student, `assets/demo/demo_vit_bottlefit.safetensors`
