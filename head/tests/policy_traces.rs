@@ -22,6 +22,8 @@ fn battery(pct: f64) -> Option<BatteryObservation> {
 fn config(world: &World) -> PolicyConfig {
     PolicyConfig {
         power: world.power,
+        // The traces below count probes at this interval.
+        probe_every: 40,
         ..PolicyConfig::default()
     }
 }

@@ -130,8 +130,11 @@ pub struct PolicyConfig {
     /// Frames a mode is kept after a switch before the objective may change it again
     /// (default 10). Advice from the edge and a lost connection do not wait.
     pub min_dwell_frames: u64,
-    /// Every this many frames one frame runs in the mode measured least recently, so
-    /// its estimate stays fresh (default 40; 0 turns probing off).
+    /// Every this many frames a probe (two frames: the first runs cold) runs in the
+    /// mode measured least recently, so its estimate stays fresh (default 80, i.e.
+    /// 2.5% of frames, every 2.7 s at 30 frames/s; 0 turns probing off). A probe of a
+    /// slower mode costs a slow frame and a cold one, so probing more often than the
+    /// world changes spends more than it learns.
     pub probe_every: u64,
     /// Weight of a new sample in the moving averages (default 0.3: about three frames
     /// to follow a change, while one outlier moves the estimate by a third).
@@ -155,7 +158,7 @@ impl Default for PolicyConfig {
             latency_bound: Duration::from_secs(1),
             hysteresis: 0.15,
             min_dwell_frames: 10,
-            probe_every: 40,
+            probe_every: 80,
             ewma_alpha: 0.3,
             probe_alpha: 0.6,
             edge_speedup: 4.0,
