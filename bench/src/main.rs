@@ -3,6 +3,7 @@
 //! transport, expelliarmus for event decoding) and prints JSON.
 
 mod cmd;
+mod plot;
 
 use clap::{Parser, Subcommand};
 

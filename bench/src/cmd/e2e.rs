@@ -721,24 +721,35 @@ fn write_report(dir: &Path, cells: &[Cell]) -> anyhow::Result<()> {
     let json = dir.join("report.json");
     std::fs::write(&json, serde_json::to_vec_pretty(&report)?)
         .with_context(|| format!("cannot write {}", json.display()))?;
-    let fonts = plots::load_font();
+    let fonts = crate::plot::load_font();
     if !fonts {
-        eprintln!(
-            "note: no TrueType font found (looked for DejaVu/Liberation/Noto Sans; set \
-             SPLITSTREAM_FONT=FILE.ttf): plots are drawn without text"
-        );
+        crate::plot::note_without_font();
     }
     let mut devices: Vec<usize> = cells.iter().map(|c| c.row.devices).collect();
     devices.dedup();
     for n in devices {
-        let series: Vec<(&str, &[Sample])> = cells
+        // Latency of every frame against its capture time, one colour per mode.
+        let series: Vec<(&str, Vec<(f64, f64)>)> = cells
             .iter()
             .filter(|c| c.row.devices == n)
-            .map(|c| (c.row.mode.as_str(), c.samples.as_slice()))
+            .map(|c| {
+                let points = c
+                    .samples
+                    .iter()
+                    .map(|s| (s.t_s, f64::from(s.latency_ms)))
+                    .collect();
+                (c.row.mode.as_str(), points)
+            })
             .collect();
         let path = dir.join(format!("latency_{n}dev.png"));
-        plots::latency_over_time(&path, n, &series, fonts)
-            .with_context(|| format!("cannot draw {}", path.display()))?;
+        crate::plot::scatter(
+            &path,
+            &format!("latency per frame, {n} device(s)"),
+            ("time since start (s)", "latency (ms)"),
+            &series,
+            fonts,
+        )
+        .with_context(|| format!("cannot draw {}", path.display()))?;
     }
     let path = dir.join("bytes_per_frame.png");
     let rows: Vec<&Row> = cells.iter().map(|c| &c.row).collect();
@@ -748,138 +759,14 @@ fn write_report(dir: &Path, cells: &[Cell]) -> anyhow::Result<()> {
 }
 
 mod plots {
-    //! PNG plots drawn with plotters into an RGB buffer, written by `image`.
+    //! The bytes-per-frame bars (the shared helpers are in `crate::plot`).
 
     use std::path::Path;
 
     use plotters::prelude::*;
 
-    use super::{Row, Sample};
-
-    const W: u32 = 960;
-    const H: u32 = 540;
-    const COLOURS: [RGBColor; 4] = [
-        RGBColor(31, 119, 180),
-        RGBColor(214, 39, 40),
-        RGBColor(44, 160, 44),
-        RGBColor(148, 103, 189),
-    ];
-
-    /// Registers a TrueType font for plot text: `SPLITSTREAM_FONT`, else a common
-    /// system sans. Whether one was found.
-    pub(super) fn load_font() -> bool {
-        let candidates = std::env::var_os("SPLITSTREAM_FONT")
-            .map(std::path::PathBuf::from)
-            .into_iter()
-            .chain(
-                [
-                    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-                    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-                    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-                    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-                    "/usr/share/fonts/truetype/noto/NotoSans-Regular.ttf",
-                    "/System/Library/Fonts/Supplemental/Arial.ttf",
-                    "C:\\Windows\\Fonts\\arial.ttf",
-                ]
-                .map(std::path::PathBuf::from),
-            );
-        for path in candidates {
-            // A font file, capped: ab_glyph holds it for the life of the process.
-            let Ok(meta) = std::fs::metadata(&path) else {
-                continue;
-            };
-            if meta.len() > 64 << 20 {
-                continue;
-            }
-            let Ok(bytes) = std::fs::read(&path) else {
-                continue;
-            };
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", FontStyle::Normal, bytes).is_ok() {
-                return true;
-            }
-        }
-        false
-    }
-
-    fn save(path: &Path, buf: Vec<u8>) -> anyhow::Result<()> {
-        let img = image::RgbImage::from_raw(W, H, buf)
-            .ok_or_else(|| anyhow::anyhow!("plot buffer has the wrong size"))?;
-        img.save(path)?;
-        Ok(())
-    }
-
-    fn err(e: impl std::fmt::Display) -> anyhow::Error {
-        anyhow::anyhow!("plotting: {e}")
-    }
-
-    /// Latency of every frame against its capture time, one colour per mode.
-    pub(super) fn latency_over_time(
-        path: &Path,
-        devices: usize,
-        series: &[(&str, &[Sample])],
-        text: bool,
-    ) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; (W * H * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
-            root.fill(&WHITE).map_err(err)?;
-            let t_max = series
-                .iter()
-                .flat_map(|(_, s)| s.iter().map(|x| x.t_s))
-                .fold(1e-3, f64::max);
-            let y_max = series
-                .iter()
-                .flat_map(|(_, s)| s.iter().map(|x| f64::from(x.latency_ms)))
-                .fold(1.0, f64::max)
-                * 1.05;
-            let mut builder = ChartBuilder::on(&root);
-            builder.margin(16);
-            if text {
-                builder
-                    .caption(
-                        format!("latency per frame, {devices} device(s)"),
-                        ("sans-serif", 22),
-                    )
-                    .x_label_area_size(40)
-                    .y_label_area_size(60);
-            }
-            let mut chart = builder
-                .build_cartesian_2d(0f64..t_max, 0f64..y_max)
-                .map_err(err)?;
-            let mut mesh = chart.configure_mesh();
-            if text {
-                mesh.x_desc("time since start (s)").y_desc("latency (ms)");
-            } else {
-                mesh.disable_x_axis().disable_y_axis();
-            }
-            mesh.draw().map_err(err)?;
-            for (i, (mode, samples)) in series.iter().enumerate() {
-                let colour = COLOURS[i % COLOURS.len()];
-                let drawn =
-                    chart
-                        .draw_series(samples.iter().map(|s| {
-                            Circle::new((s.t_s, f64::from(s.latency_ms)), 2, colour.filled())
-                        }))
-                        .map_err(err)?;
-                if text {
-                    drawn
-                        .label(*mode)
-                        .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
-                }
-            }
-            if text {
-                chart
-                    .configure_series_labels()
-                    .background_style(WHITE.mix(0.8))
-                    .border_style(BLACK)
-                    .draw()
-                    .map_err(err)?;
-            }
-            root.present().map_err(err)?;
-        }
-        save(path, buf)
-    }
+    use super::Row;
+    use crate::plot::{err, save, COLOURS, H, W};
 
     /// Bytes per frame of each cell, grouped by mode, one bar per device count.
     pub(super) fn bytes_per_frame(path: &Path, rows: &[&Row], text: bool) -> anyhow::Result<()> {

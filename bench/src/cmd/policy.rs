@@ -85,6 +85,11 @@ pub(crate) struct Args {
     /// CPU threads of the edge (0: one per core).
     #[arg(long, default_value_t = 0)]
     edge_threads: usize,
+    /// Also write the report to DIR: report.json, energy_per_frame.png,
+    /// latency_p50.png, latency_p95.png, and timeline_SCENARIO.png (auto's latency per
+    /// frame, coloured by the mode it ran in).
+    #[arg(long, value_name = "DIR")]
+    report: Option<std::path::PathBuf>,
     /// Also write every frame as a JSON line to FILE: scenario, policy, run, the mode
     /// chosen and why, what the policy predicted and what was measured.
     #[arg(long, value_name = "FILE")]
@@ -322,6 +327,9 @@ struct Figures {
     /// Each run's energy per frame, p50 and p95, in order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     runs: Vec<RunFigures>,
+    /// The first run's frames: the mode each ran in, and its latency (for the plots).
+    #[serde(skip)]
+    timeline: Vec<(String, f64)>,
 }
 
 #[derive(Serialize, Clone, Copy, Default)]
@@ -545,6 +553,9 @@ async fn run_policy(
             Some(k) if rec.mode == Mode::Split => format!("split@{k}"),
             _ => rec.mode.as_str().to_owned(),
         };
+        if rec.result.is_result() {
+            fig.timeline.push((mode_name.clone(), latency_ms));
+        }
         *fig.modes.entry(mode_name).or_default() += 1;
         *fig.reasons.entry(d.reason.to_string()).or_default() += 1;
     }
@@ -562,6 +573,7 @@ fn median_figures(runs: Vec<Figures>) -> Figures {
         v.get(v.len() / 2).copied().unwrap_or(0.0)
     };
     let mut out = Figures {
+        timeline: runs.first().map(|f| f.timeline.clone()).unwrap_or_default(),
         energy_mj_per_frame: med(runs.iter().map(|f| f.energy_mj_per_frame).collect()),
         latency_p50_ms: med(runs.iter().map(|f| f.latency_p50_ms).collect()),
         latency_p95_ms: med(runs.iter().map(|f| f.latency_p95_ms).collect()),
@@ -841,10 +853,91 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         }
     }
     bed.edge.shutdown().await;
+    if let Some(dir) = &args.report {
+        write_report(dir, &report)?;
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print_table(&report);
+    }
+    Ok(())
+}
+
+/// The policies in the order the plots show them.
+const POLICIES: [&str; 4] = ["auto", "local", "offload", "split"];
+
+fn write_report(dir: &Path, r: &Report) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let json = dir.join("report.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(r)?)
+        .with_context(|| format!("cannot write {}", json.display()))?;
+    let fonts = crate::plot::load_font();
+    if !fonts {
+        crate::plot::note_without_font();
+    }
+    let bars = |file: &str, caption: &str, y: &str, of: fn(&Figures) -> f64| {
+        let groups: Vec<(String, Vec<f64>)> = r
+            .scenarios
+            .iter()
+            .map(|s| {
+                let v = POLICIES
+                    .iter()
+                    .map(|p| s.policies.get(*p).map_or(0.0, of))
+                    .collect();
+                (s.scenario.name().to_owned(), v)
+            })
+            .collect();
+        let path = dir.join(file);
+        crate::plot::grouped_bars(&path, caption, y, &POLICIES, &groups, fonts)
+            .with_context(|| format!("cannot draw {}", path.display()))
+    };
+    let note = format!(
+        "device {}x this host, medians of {} runs",
+        r.device_slowdown, r.runs
+    );
+    bars(
+        "energy_per_frame.png",
+        &format!("device energy per frame (modelled; {note})"),
+        "mJ per frame",
+        |f| f.energy_mj_per_frame,
+    )?;
+    bars(
+        "latency_p50.png",
+        &format!("median latency ({note})"),
+        "p50 latency (ms)",
+        |f| f.latency_p50_ms,
+    )?;
+    bars(
+        "latency_p95.png",
+        &format!("95th percentile latency ({note})"),
+        "p95 latency (ms)",
+        |f| f.latency_p95_ms,
+    )?;
+    for s in &r.scenarios {
+        let Some(auto) = s.policies.get("auto") else {
+            continue;
+        };
+        let mut series: Vec<(&str, Vec<(f64, f64)>)> = Vec::new();
+        for (i, (mode, ms)) in auto.timeline.iter().enumerate() {
+            let point = (i as f64, *ms);
+            match series.iter_mut().find(|(m, _)| *m == mode.as_str()) {
+                Some((_, points)) => points.push(point),
+                None => series.push((mode.as_str(), vec![point])),
+            }
+        }
+        let path = dir.join(format!("timeline_{}.png", s.scenario.name()));
+        crate::plot::scatter(
+            &path,
+            &format!(
+                "auto, {}: latency per frame by where it ran (run 1)",
+                s.scenario.name()
+            ),
+            ("frame", "latency (ms)"),
+            &series,
+            fonts,
+        )
+        .with_context(|| format!("cannot draw {}", path.display()))?;
     }
     Ok(())
 }
