@@ -8,21 +8,24 @@
 //! For every candidate mode it predicts a frame's latency and the device's energy:
 //!
 //! - device compute: the measured time of the head at that split point (the whole
-//!   model when local; the JPEG encoding when offloading), a moving average;
-//! - upload: bytes / uplink bandwidth, the bandwidth learnt from measured upload times
-//!   (or, when the shell cannot time the upload, from the round trip less the parts
-//!   it can account for);
+//!   model when local; the JPEG encoding when offloading), a moving average of warm
+//!   frames (the first frame after a frame in another mode runs cold and is left out);
+//! - upload: bytes / uplink bandwidth, the bandwidth learnt from the round trip less
+//!   the edge's own account of its time ([`EdgeAccount`]) and the RTT (or from a
+//!   timed upload, or, without either, less a prior for the edge);
 //! - round trip (the transport's smoothed RTT), the edge's reported queue delay, and
-//!   the edge's compute (measured, or the local time of the tail over `edge_speedup`);
+//!   the edge's compute (its account, or the local time of the tail over
+//!   `edge_speedup` before the first answer);
 //! - energy: [`PowerModel`] watts times those times.
 //!
 //! The objective follows the battery ([`BatteryLevel`]): plenty (or on mains): least
 //! latency; low: least energy among the modes that meet the user's latency target;
 //! critical: least energy within the hard latency bound. A new best mode replaces the
-//! current one only past a hysteresis margin and a minimum dwell; advice from the edge
-//! to run locally and a lost connection act at once. Every `probe_every` frames one
-//! frame runs in the mode measured least recently. Each decision carries a [`Reason`]
-//! for the frame's JSON line.
+//! current one only past a hysteresis margin and a minimum dwell, and after a fresh
+//! measurement when its estimate is old; advice from the edge to run locally and a
+//! lost connection act at once. Every `probe_every` frames a two-frame probe runs in
+//! the mode measured least recently (a far worse mode waits longer). Each decision
+//! carries a [`Reason`] for the frame's JSON line.
 
 mod config;
 mod estimate;
