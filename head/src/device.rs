@@ -272,9 +272,10 @@ impl Device {
                 });
                 rec.tail_ms = ms(serve);
                 rec.transfer_ms = ms(report.elapsed - serve);
-                rec.edge_receive_ms = report
-                    .edge
-                    .map(|t| ms(Duration::from_micros(u64::from(t.receive_us))));
+                // The edge's figures are its word: neither can exceed the round trip.
+                rec.edge_receive_ms = report.edge.map(|t| {
+                    ms(Duration::from_micros(u64::from(t.receive_us)).min(report.elapsed))
+                });
                 let t = splitstream_codec::decode(
                     &bytes,
                     &DecodeLimits {

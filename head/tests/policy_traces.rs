@@ -562,3 +562,35 @@ fn a_recovered_link_is_found_even_when_the_split_payload_cannot_time_it() {
     // The next probe slot after the recovery, its two frames, then the switch.
     assert!(back <= 160 + 40 + 3, "back at {back}: {t}");
 }
+
+#[test]
+fn an_edge_claiming_absurd_times_cannot_skew_predictions_past_the_round_trip() {
+    // A broken (or lying) edge says every frame took it ten seconds to receive and ten
+    // to serve. Its figures are capped at the measured round trip, so the predictions
+    // stay near what the device itself measured.
+    let world = World::pi_on_wifi(20.0);
+    let mut policy = Policy::new(world.plans(), config(&world)).unwrap();
+    for _ in 0..30 {
+        policy.observe_link(true, Some(Duration::from_secs_f64(world.rtt_s)));
+        let d = policy.decide();
+        let mut obs = world.observe(&d, 1.0);
+        if let ObservedOutcome::Answered { upload, edge, .. } = &mut obs.outcome {
+            *upload = None;
+            *edge = Some(EdgeAccount {
+                receive: Duration::from_secs(10),
+                serve: Duration::from_secs(10),
+            });
+        }
+        policy.observe_frame(&obs);
+    }
+    for (i, m) in world.modes.iter().enumerate() {
+        let p = policy.predict(i).unwrap();
+        let (latency, _) = world.truth(i);
+        let predicted = p.latency.as_secs_f64();
+        assert!(
+            predicted.is_finite() && predicted < 1.5 * latency + world.rtt_s,
+            "{}: predicted {predicted} s, truly {latency} s",
+            m.plan
+        );
+    }
+}

@@ -476,9 +476,10 @@ impl Policy {
                         // propagation. The smoothed RTT can run high while the uplink
                         // queues (its acknowledgements wait too), so the upload is at
                         // least what the edge saw arrive.
-                        let serve = secs(x.serve);
+                        // The edge's figures are its word: capped at the round trip.
+                        let serve = secs(x.serve).min(rt);
                         e.edge_s.add((serve - queue_s).max(0.0), a);
-                        (rt - serve - rtt_s).max(secs(x.receive))
+                        (rt - serve - rtt_s).max(secs(x.receive).min(rt - serve))
                     }
                     (None, None) => {
                         let edge = e.edge_s.get().unwrap_or(edge_prior);
