@@ -4,14 +4,15 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 /// Plot size in pixels.
-pub(crate) const W: u32 = 960;
-pub(crate) const H: u32 = 540;
+const W: u32 = 960;
+const H: u32 = 540;
 
 /// Series colours (matplotlib's first four, which readers know).
-pub(crate) const COLOURS: [RGBColor; 4] = [
+const COLOURS: [RGBColor; 4] = [
     RGBColor(31, 119, 180),
     RGBColor(214, 39, 40),
     RGBColor(44, 160, 44),
@@ -64,7 +65,7 @@ pub(crate) fn note_without_font() {
 }
 
 /// Writes a `W` x `H` RGB buffer as an image (the format from the extension).
-pub(crate) fn save(path: &Path, buf: Vec<u8>) -> anyhow::Result<()> {
+fn save(path: &Path, buf: Vec<u8>) -> anyhow::Result<()> {
     let img = image::RgbImage::from_raw(W, H, buf)
         .ok_or_else(|| anyhow::anyhow!("plot buffer has the wrong size"))?;
     img.save(path)?;
@@ -72,8 +73,50 @@ pub(crate) fn save(path: &Path, buf: Vec<u8>) -> anyhow::Result<()> {
 }
 
 /// A plotters error as an `anyhow` one.
-pub(crate) fn err(e: impl std::fmt::Display) -> anyhow::Error {
+fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow::anyhow!("plotting: {e}")
+}
+
+type Chart<'a, 'b> =
+    ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Draws one plot into `path`: a white canvas, x and y from zero to `x_max` and
+/// `y_max`, a caption (when there is text), then `draw` fills the chart; the legend
+/// of the labelled series comes last.
+fn plot(
+    path: &Path,
+    caption: &str,
+    (x_max, y_max): (f64, f64),
+    text: bool,
+    draw: impl FnOnce(&mut Chart<'_, '_>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; (W * H * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
+        root.fill(&WHITE).map_err(err)?;
+        let mut builder = ChartBuilder::on(&root);
+        builder.margin(16);
+        if text {
+            builder
+                .caption(caption, ("sans-serif", 22))
+                .x_label_area_size(40)
+                .y_label_area_size(70);
+        }
+        let mut chart = builder
+            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
+            .map_err(err)?;
+        draw(&mut chart)?;
+        if text {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()
+                .map_err(err)?;
+        }
+        root.present().map_err(err)?;
+    }
+    save(path, buf)
 }
 
 /// A scatter plot: one colour per series of (x, y) points, with a legend.
@@ -84,24 +127,10 @@ pub(crate) fn scatter(
     series: &[(&str, Vec<(f64, f64)>)],
     text: bool,
 ) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; (W * H * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let points = || series.iter().flat_map(|(_, s)| s.iter());
-        let x_max = points().map(|p| p.0).fold(1e-3, f64::max);
-        let y_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.05;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(16);
-        if text {
-            builder
-                .caption(caption, ("sans-serif", 22))
-                .x_label_area_size(40)
-                .y_label_area_size(60);
-        }
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_max, 0f64..y_max)
-            .map_err(err)?;
+    let points = || series.iter().flat_map(|(_, s)| s.iter());
+    let x_max = points().map(|p| p.0).fold(1e-3, f64::max);
+    let y_max = points().map(|p| p.1).fold(1.0, f64::max) * 1.05;
+    plot(path, caption, (x_max, y_max), text, |chart| {
         let mut mesh = chart.configure_mesh();
         if text {
             mesh.x_desc(x_desc).y_desc(y_desc);
@@ -124,17 +153,8 @@ pub(crate) fn scatter(
                     .legend(move |(x, y)| Circle::new((x + 8, y), 4, colour.filled()));
             }
         }
-        if text {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
-        }
-        root.present().map_err(err)?;
-    }
-    save(path, buf)
+        Ok(())
+    })
 }
 
 /// Bars in groups: for each group (an x label), one bar per member, coloured by the
@@ -147,27 +167,12 @@ pub(crate) fn grouped_bars(
     groups: &[(String, Vec<f64>)],
     text: bool,
 ) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; (W * H * 3) as usize];
-    {
-        let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
-        root.fill(&WHITE).map_err(err)?;
-        let y_max = groups
-            .iter()
-            .flat_map(|(_, v)| v.iter().copied())
-            .fold(1e-9, f64::max)
-            * 1.15;
-        let mut builder = ChartBuilder::on(&root);
-        builder.margin(16);
-        if text {
-            builder
-                .caption(caption, ("sans-serif", 22))
-                .x_label_area_size(40)
-                .y_label_area_size(70);
-        }
-        let mut chart = builder
-            .build_cartesian_2d(0f64..groups.len() as f64, 0f64..y_max)
-            .map_err(err)?;
-        let mut mesh = chart.configure_mesh();
+    let y_max = groups
+        .iter()
+        .flat_map(|(_, v)| v.iter().copied())
+        .fold(1e-9, f64::max)
+        * 1.15;
+    plot(path, caption, (groups.len() as f64, y_max), text, |chart| {
         let label_of = |x: &f64| {
             let i = x.floor() as usize;
             if (x - x.floor() - 0.5).abs() < 1e-6 {
@@ -176,6 +181,7 @@ pub(crate) fn grouped_bars(
                 String::new()
             }
         };
+        let mut mesh = chart.configure_mesh();
         if text {
             mesh.disable_x_mesh()
                 .x_labels(groups.len() * 2 + 1)
@@ -201,15 +207,6 @@ pub(crate) fn grouped_bars(
                 });
             }
         }
-        if text {
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(err)?;
-        }
-        root.present().map_err(err)?;
-    }
-    save(path, buf)
+        Ok(())
+    })
 }

@@ -5,7 +5,7 @@ mod policy_support;
 
 use std::time::Duration;
 
-use policy_support::{steady_sequence, step, switches, trace, Noise, World, SPLIT2_U4};
+use policy_support::{steady_sequence, step, step_with, switches, trace, Noise, World, SPLIT2_U4};
 use splitstream_head::policy::{
     BatteryLevel, BatteryObservation, Decision, EdgeAccount, FrameObservation, ObservedOutcome,
     Plan, Policy, PolicyConfig, Reason,
@@ -188,13 +188,11 @@ fn bandwidth_is_learnt_from_round_trips_when_the_upload_time_is_unknown() {
     cfg.edge_speedup = 12.0;
     let mut policy = Policy::new(world.plans(), cfg).unwrap();
     for _ in 0..30 {
-        policy.observe_link(true, Some(Duration::from_secs_f64(world.rtt_s)));
-        let d = policy.decide();
-        let mut obs = world.observe(&d, 1.0);
-        if let ObservedOutcome::Answered { upload, .. } = &mut obs.outcome {
-            *upload = None;
-        }
-        policy.observe_frame(&obs);
+        step_with(&mut policy, &world, world.rtt_s, 1.0, |_, outcome| {
+            if let ObservedOutcome::Answered { upload, .. } = outcome {
+                *upload = None;
+            }
+        });
     }
     let est = policy.bandwidth_bps().unwrap();
     assert!(
@@ -213,27 +211,31 @@ fn bandwidth_and_edge_time_are_learnt_from_the_edges_account() {
     cfg.edge_speedup = 1.0;
     let mut policy = Policy::new(world.plans(), cfg).unwrap();
     for _ in 0..30 {
-        policy.observe_link(true, Some(Duration::from_secs_f64(world.rtt_s + 0.004)));
-        let d = policy.decide();
-        let mut obs = world.observe(&d, 1.0);
-        if let ObservedOutcome::Answered {
-            upload,
-            bytes,
-            edge,
-            ..
-        } = &mut obs.outcome
-        {
-            let m = world.modes.iter().find(|m| m.plan == d.plan).unwrap();
-            let up = upload.take().unwrap();
-            // The edge sees the payload arrive from its first packet on.
-            let first_packet = Duration::from_secs_f64(1200.0 * 8.0 / (world.mbps * 1e6));
-            *edge = Some(EdgeAccount {
-                receive: up.saturating_sub(first_packet),
-                serve: Duration::from_secs_f64(world.queue_s + m.edge_s),
-            });
-            assert!(*bytes > 0);
-        }
-        policy.observe_frame(&obs);
+        step_with(
+            &mut policy,
+            &world,
+            world.rtt_s + 0.004,
+            1.0,
+            |d, outcome| {
+                if let ObservedOutcome::Answered {
+                    upload,
+                    bytes,
+                    edge,
+                    ..
+                } = outcome
+                {
+                    let m = world.modes.iter().find(|m| m.plan == d.plan).unwrap();
+                    let up = upload.take().unwrap();
+                    // The edge sees the payload arrive from its first packet on.
+                    let first_packet = Duration::from_secs_f64(1200.0 * 8.0 / (world.mbps * 1e6));
+                    *edge = Some(EdgeAccount {
+                        receive: up.saturating_sub(first_packet),
+                        serve: Duration::from_secs_f64(world.queue_s + m.edge_s),
+                    });
+                    assert!(*bytes > 0);
+                }
+            },
+        );
     }
     let est = policy.bandwidth_bps().unwrap();
     assert!(
@@ -571,17 +573,15 @@ fn an_edge_claiming_absurd_times_cannot_skew_predictions_past_the_round_trip() {
     let world = World::pi_on_wifi(20.0);
     let mut policy = Policy::new(world.plans(), config(&world)).unwrap();
     for _ in 0..30 {
-        policy.observe_link(true, Some(Duration::from_secs_f64(world.rtt_s)));
-        let d = policy.decide();
-        let mut obs = world.observe(&d, 1.0);
-        if let ObservedOutcome::Answered { upload, edge, .. } = &mut obs.outcome {
-            *upload = None;
-            *edge = Some(EdgeAccount {
-                receive: Duration::from_secs(10),
-                serve: Duration::from_secs(10),
-            });
-        }
-        policy.observe_frame(&obs);
+        step_with(&mut policy, &world, world.rtt_s, 1.0, |_, outcome| {
+            if let ObservedOutcome::Answered { upload, edge, .. } = outcome {
+                *upload = None;
+                *edge = Some(EdgeAccount {
+                    receive: Duration::from_secs(10),
+                    serve: Duration::from_secs(10),
+                });
+            }
+        });
     }
     for (i, m) in world.modes.iter().enumerate() {
         let p = policy.predict(i).unwrap();

@@ -199,6 +199,18 @@ async fn raw_session(
     (send, recv)
 }
 
+/// A frame header from a raw device: configuration epoch 0, times in microseconds.
+fn raw_header(seq: u64, sent_us: u64, deadline_us: u64, payload_len: u32) -> FrameHeader {
+    FrameHeader {
+        seq,
+        epoch: 0,
+        capture_us: 0,
+        sent_us,
+        deadline_us,
+        payload_len,
+    }
+}
+
 async fn closed_code(conn: &quinn::Connection) -> Option<u64> {
     match tokio::time::timeout(WAIT, conn.closed())
         .await
@@ -549,14 +561,7 @@ async fn malformed_and_oversized_messages_close_only_the_offending_peer() {
     .unwrap();
     assert!(err.is_err(), "malformed frame got an answer: {err:?}");
     let (mut big_send, mut big_recv) = conn.open_bi().await.unwrap();
-    let header = FrameHeader {
-        seq: 1,
-        epoch: 0,
-        capture_us: 0,
-        sent_us: 0,
-        deadline_us: 5_000_000,
-        payload_len: u32::MAX,
-    };
+    let header = raw_header(1, 0, 5_000_000, u32::MAX);
     wire::write_message(&mut big_send, &header).await.unwrap();
     let err = tokio::time::timeout(
         WAIT,
@@ -566,14 +571,7 @@ async fn malformed_and_oversized_messages_close_only_the_offending_peer() {
     .unwrap();
     assert!(err.is_err(), "oversized frame got an answer: {err:?}");
     let (mut ok_send, mut ok_recv) = conn.open_bi().await.unwrap();
-    let header = FrameHeader {
-        seq: 2,
-        epoch: 0,
-        capture_us: 0,
-        sent_us: 0,
-        deadline_us: 5_000_000,
-        payload_len: 3,
-    };
+    let header = raw_header(2, 0, 5_000_000, 3);
     wire::write_message(&mut ok_send, &header).await.unwrap();
     ok_send.write_all(b"xyz").await.unwrap();
     ok_send.finish().unwrap();
@@ -656,14 +654,7 @@ async fn slowloris_peers_are_timed_out_without_hurting_other_devices() {
         .await
         .unwrap()
         .unwrap();
-    let header = FrameHeader {
-        seq: 1,
-        epoch: 0,
-        capture_us: 0,
-        sent_us: 0,
-        deadline_us: 5_000_000,
-        payload_len: 1,
-    };
+    let header = raw_header(1, 0, 5_000_000, 1);
     wire::write_message(&mut s, &header).await.unwrap();
     s.write_all(b"z").await.unwrap();
     s.finish().unwrap();
@@ -837,14 +828,7 @@ async fn answers_carry_the_edges_receive_and_serve_times() {
     let (_e, conn) = raw_connect(addr, fp, wire::ALPN).await.unwrap();
     let (_cs, _cr) = raw_session(&conn, "dev-1").await;
     let (mut s, mut r) = conn.open_bi().await.unwrap();
-    let header = FrameHeader {
-        seq: 1,
-        epoch: 0,
-        capture_us: 0,
-        sent_us: 1_000,
-        deadline_us: 5_001_000,
-        payload_len: 4,
-    };
+    let header = raw_header(1, 1_000, 5_001_000, 4);
     wire::write_message(&mut s, &header).await.unwrap();
     s.write_all(b"ab").await.unwrap();
     tokio::time::sleep(Duration::from_millis(80)).await;
@@ -913,14 +897,7 @@ async fn a_frame_past_its_deadline_at_the_edge_is_answered_dropped() {
     let (_e, conn) = raw_connect(addr, fp, wire::ALPN).await.unwrap();
     let (_cs, _cr) = raw_session(&conn, "dev-1").await;
     let (mut s, mut r) = conn.open_bi().await.unwrap();
-    let header = FrameHeader {
-        seq: 1,
-        epoch: 0,
-        capture_us: 0,
-        sent_us: 1_000,
-        deadline_us: 101_000,
-        payload_len: 2,
-    };
+    let header = raw_header(1, 1_000, 101_000, 2);
     wire::write_message(&mut s, &header).await.unwrap();
     s.write_all(b"hi").await.unwrap();
     s.finish().unwrap();
@@ -933,14 +910,7 @@ async fn a_frame_past_its_deadline_at_the_edge_is_answered_dropped() {
     assert!(started.elapsed() < Duration::from_secs(2));
     // A frame whose deadline is before its send time is dropped on arrival.
     let (mut s, mut r) = conn.open_bi().await.unwrap();
-    let header = FrameHeader {
-        seq: 2,
-        epoch: 0,
-        capture_us: 0,
-        sent_us: 5_000,
-        deadline_us: 4_000,
-        payload_len: 0,
-    };
+    let header = raw_header(2, 5_000, 4_000, 0);
     wire::write_message(&mut s, &header).await.unwrap();
     s.finish().unwrap();
     let answer: AnswerHeader = tokio::time::timeout(WAIT, wire::read_message(&mut r, 1024))
@@ -995,14 +965,7 @@ async fn abrupt_device_disconnect_mid_frame_ends_its_session_and_spares_others()
             let (endpoint, conn) = raw_connect(addr, fp, wire::ALPN).await.unwrap();
             let (cs, cr) = raw_session(&conn, "dev-1").await;
             let (mut s, r) = conn.open_bi().await.unwrap();
-            let header = FrameHeader {
-                seq: 1,
-                epoch: 0,
-                capture_us: 0,
-                sent_us: 0,
-                deadline_us: 60_000_000,
-                payload_len: 10_000,
-            };
+            let header = raw_header(1, 0, 60_000_000, 10_000);
             wire::write_message(&mut s, &header).await.unwrap();
             s.write_all(&[7u8; 5_000]).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -752,80 +752,32 @@ fn write_report(dir: &Path, cells: &[Cell]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot draw {}", path.display()))?;
     }
     let path = dir.join("bytes_per_frame.png");
-    let rows: Vec<&Row> = cells.iter().map(|c| &c.row).collect();
-    plots::bytes_per_frame(&path, &rows, fonts)
-        .with_context(|| format!("cannot draw {}", path.display()))?;
-    Ok(())
-}
-
-mod plots {
-    //! The bytes-per-frame bars (the shared helpers are in `crate::plot`).
-
-    use std::path::Path;
-
-    use plotters::prelude::*;
-
-    use super::Row;
-    use crate::plot::{err, save, COLOURS, H, W};
-
-    /// Bytes per frame of each cell, grouped by mode, one bar per device count.
-    pub(super) fn bytes_per_frame(path: &Path, rows: &[&Row], text: bool) -> anyhow::Result<()> {
-        let mut buf = vec![0u8; (W * H * 3) as usize];
-        {
-            let root = BitMapBackend::with_buffer(&mut buf, (W, H)).into_drawing_area();
-            root.fill(&WHITE).map_err(err)?;
-            let y_max = rows.iter().map(|r| r.bytes_per_frame).fold(1.0, f64::max) * 1.1;
-            let labels: Vec<String> = rows
-                .iter()
-                .map(|r| format!("{} x{}", r.mode, r.devices))
-                .collect();
-            let mut builder = ChartBuilder::on(&root);
-            builder.margin(16);
-            if text {
-                builder
-                    .caption("bytes sent per frame", ("sans-serif", 22))
-                    .x_label_area_size(60)
-                    .y_label_area_size(70);
+    // Bytes sent per frame: one group per device count, one bar per mode.
+    let mut modes: Vec<&str> = cells.iter().map(|c| c.row.mode.as_str()).collect();
+    modes.sort_unstable();
+    modes.dedup();
+    let mut groups: Vec<(String, Vec<f64>)> = Vec::new();
+    for c in cells {
+        let label = format!("{} device(s)", c.row.devices);
+        let at = match groups.iter().position(|g| g.0 == label) {
+            Some(at) => at,
+            None => {
+                groups.push((label, vec![0.0; modes.len()]));
+                groups.len() - 1
             }
-            let mut chart = builder
-                .build_cartesian_2d(0f64..rows.len() as f64, 0f64..y_max)
-                .map_err(err)?;
-            let mut mesh = chart.configure_mesh();
-            let label_of = |x: &f64| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 1e-6 {
-                    labels.get(i).cloned().unwrap_or_default()
-                } else {
-                    String::new()
-                }
-            };
-            if text {
-                mesh.disable_x_mesh()
-                    .x_labels(rows.len() * 2 + 1)
-                    .x_label_formatter(&label_of)
-                    .y_desc("bytes per frame");
-            } else {
-                mesh.disable_x_axis().disable_y_axis();
-            }
-            mesh.draw().map_err(err)?;
-            let modes: Vec<&str> = {
-                let mut m: Vec<&str> = rows.iter().map(|r| r.mode.as_str()).collect();
-                m.sort_unstable();
-                m.dedup();
-                m
-            };
-            chart
-                .draw_series(rows.iter().enumerate().map(|(i, r)| {
-                    let c = modes.iter().position(|m| *m == r.mode).unwrap_or(0);
-                    let colour = COLOURS[c % COLOURS.len()];
-                    Rectangle::new(
-                        [(i as f64 + 0.15, 0.0), (i as f64 + 0.85, r.bytes_per_frame)],
-                        colour.filled(),
-                    )
-                }))
-                .map_err(err)?;
-            root.present().map_err(err)?;
+        };
+        if let Some(m) = modes.iter().position(|m| *m == c.row.mode) {
+            groups[at].1[m] = c.row.bytes_per_frame;
         }
-        save(path, buf)
     }
+    crate::plot::grouped_bars(
+        &path,
+        "bytes sent per frame",
+        "bytes per frame",
+        &modes,
+        &groups,
+        fonts,
+    )
+    .with_context(|| format!("cannot draw {}", path.display()))?;
+    Ok(())
 }

@@ -40,14 +40,22 @@ pub(crate) struct ModeEstimate {
     /// Measured round trip (send to answer), seconds: the prediction while the link's
     /// bandwidth is unknown (every payload so far too small to time it).
     pub(crate) round_trip_s: Ewma,
-    /// Warm frames measured in this mode (see [`Policy::observe_frame`]).
+    /// The frame index of the last warm frame in this mode (see
+    /// [`Policy::observe_frame`]); None until one ran.
     ///
     /// [`Policy::observe_frame`]: super::Policy::observe_frame
-    pub(crate) samples: u32,
-    /// The frame index of the last warm frame in this mode.
     pub(crate) warm_at: Option<u64>,
     /// Remote modes: left alone until this frame after a fallback.
     pub(crate) blocked_until: u64,
+}
+
+impl ModeEstimate {
+    /// Whether this mode's payloads are large enough to time the link.
+    pub(crate) fn times_link(&self) -> bool {
+        self.bytes
+            .get()
+            .is_some_and(|b| b >= MIN_BYTES_FOR_BANDWIDTH)
+    }
 }
 
 /// What the policy knows of the link.

@@ -411,7 +411,9 @@ impl Policy {
 
     /// What a frame in `plan` taught.
     pub fn observe_frame(&mut self, obs: &FrameObservation) {
-        let a = self.cfg.ewma_alpha;
+        // Samples weigh `ewma_alpha`; one taken after a long gap weighs `probe_alpha`.
+        let base = self.cfg.ewma_alpha;
+        let after_gap = self.cfg.probe_alpha.max(base);
         let Some(plan) = self.plans.get(obs.candidate).copied() else {
             return;
         };
@@ -419,9 +421,7 @@ impl Policy {
         let queue_s = self.queue_s;
         let rtt_s = self.link.rtt_s.unwrap_or(0.0);
         let edge_prior = self.edge_prior_s(obs.candidate);
-        let probe_alpha = self.cfg.probe_alpha;
         let dwell = self.cfg.min_dwell_frames;
-        let alpha = a;
         let link_stale = self.link_stale(frame);
         let cold = self.last_candidate != Some(obs.candidate);
         self.last_candidate = Some(obs.candidate);
@@ -436,12 +436,11 @@ impl Policy {
         let stale = e
             .warm_at
             .is_some_and(|last| frame.saturating_sub(last) > dwell);
-        let a = if stale { probe_alpha.max(a) } else { a };
+        let a = if stale { after_gap } else { base };
         self.last_was_local = matches!(obs.outcome, ObservedOutcome::Local);
         if !cold && !matches!(obs.outcome, ObservedOutcome::FellBack) {
             // A fallen-back frame's device time includes the local rescue.
             e.head_s.add(secs(obs.head), a);
-            e.samples = e.samples.saturating_add(1);
             e.warm_at = Some(frame);
         }
         match obs.outcome {
@@ -489,11 +488,7 @@ impl Policy {
                 if bytes >= MIN_BYTES_FOR_BANDWIDTH {
                     // Timing under 0.2 ms is noise; cap the sample at 10 Gbit/s.
                     let spb = up.max(2e-4) / (bytes * 8.0);
-                    let link_a = if link_stale {
-                        probe_alpha.max(alpha)
-                    } else {
-                        alpha
-                    };
+                    let link_a = if link_stale { after_gap } else { base };
                     self.link.add_sample(spb.max(1e-10), link_a, frame);
                 }
             }
@@ -575,7 +570,7 @@ impl Policy {
         }
         // Not measured warm yet: measure it (the current mode is kept).
         if let Some(c) =
-            (0..self.plans.len()).find(|&c| self.feasible(c) && self.est[c].samples == 0)
+            (0..self.plans.len()).find(|&c| self.feasible(c) && self.est[c].warm_at.is_none())
         {
             return self.answer(c, Reason::Warmup);
         }
@@ -631,12 +626,7 @@ impl Policy {
     fn probe_candidate(&self, frame: u64) -> Option<usize> {
         let cur = self.cost(self.current);
         let link_stale = self.link_stale(frame);
-        let times_link = |c: usize| {
-            self.est[c]
-                .bytes
-                .get()
-                .is_some_and(|b| b >= MIN_BYTES_FOR_BANDWIDTH)
-        };
+        let times_link = |c: usize| self.est[c].times_link();
         if self.link.surprise != 0 && !times_link(self.current) {
             if let Some(c) = (0..self.plans.len())
                 .filter(|&c| c != self.current && self.feasible(c) && times_link(c))

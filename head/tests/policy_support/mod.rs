@@ -166,9 +166,23 @@ impl World {
 
 /// One step: the policy sees the link, decides, the world answers.
 pub fn step(policy: &mut Policy, world: &World, scale: f64) -> Decision {
-    policy.observe_link(true, Some(Duration::from_secs_f64(world.rtt_s)));
+    step_with(policy, world, world.rtt_s, scale, |_, _| {})
+}
+
+/// One step where the transport reports `rtt_s` and `edit` changes the remote outcome
+/// the device loop reports (what the shell can time, what the edge says).
+pub fn step_with(
+    policy: &mut Policy,
+    world: &World,
+    rtt_s: f64,
+    scale: f64,
+    edit: impl FnOnce(&Decision, &mut ObservedOutcome),
+) -> Decision {
+    policy.observe_link(true, Some(Duration::from_secs_f64(rtt_s)));
     let d = policy.decide();
-    policy.observe_frame(&world.observe(&d, scale));
+    let mut obs = world.observe(&d, scale);
+    edit(&d, &mut obs.outcome);
+    policy.observe_frame(&obs);
     d
 }
 
