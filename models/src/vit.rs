@@ -14,7 +14,7 @@
 //! after block `k - 1`. [`Vit::head`] runs up to a point and [`Vit::tail`] from it; both
 //! run the same ops as [`Vit::forward`], so `tail(head(x, k), k)` equals it bit for bit.
 
-use crate::backend::{Activation, Backend, BackendError, DeviceTensor};
+use crate::backend::{Activation, Backend, BackendError, Conv2dSpec, DeviceTensor};
 use crate::tensor::HostTensor;
 use crate::weights::{VarBuilder, Weights, WeightsError};
 
@@ -298,8 +298,7 @@ impl<B: Backend> Vit<B> {
         let patch_embed = be.prepare_conv2d(
             &pe.get("weight", &[d, c, p, p])?,
             Some(&pe.get("bias", &[d])?),
-            [p, p],
-            [0, 0],
+            Conv2dSpec::new([p, p], [0, 0]),
         )?;
         let cls_token = be.upload(&vb.get("cls_token", &[1, 1, d])?)?;
         let dist_token = match config.distilled {

@@ -8,6 +8,7 @@ use std::sync::OnceLock;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuInitError, WgpuOptions};
+use splitstream_models::backend::Conv2dSpec;
 use splitstream_models::{Activation, Backend, HostTensor};
 
 /// f32 kernels against the CPU's: accumulation order differs, nothing else.
@@ -194,7 +195,9 @@ impl<B: Backend> ConvOn for B {
         stride: [usize; 2],
         pad: [usize; 2],
     ) -> HostTensor {
-        let l = self.prepare_conv2d(w, Some(b), stride, pad).unwrap();
+        let l = self
+            .prepare_conv2d(w, Some(b), Conv2dSpec::new(stride, pad))
+            .unwrap();
         self.readback(&self.conv2d(&self.upload(x).unwrap(), &l).unwrap())
             .unwrap()
     }
@@ -365,11 +368,11 @@ fn elementwise_and_layout_ops_match_cpu() {
         &g,
         KERNEL_TOLERANCE,
         |c| {
-            c.readback(&c.gelu(&c.upload(&x).unwrap()).unwrap())
+            c.readback(&c.activate(&c.upload(&x).unwrap(), Activation::Gelu).unwrap())
                 .unwrap()
         },
         |c| {
-            c.readback(&c.gelu(&c.upload(&x).unwrap()).unwrap())
+            c.readback(&c.activate(&c.upload(&x).unwrap(), Activation::Gelu).unwrap())
                 .unwrap()
         },
     );

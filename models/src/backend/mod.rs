@@ -29,9 +29,16 @@
 //!   panicking; device failures are [`BackendError::Device`].
 
 pub mod cpu;
+pub mod kv_cache;
+pub mod ops;
 pub mod wgpu;
 
 use crate::tensor::HostTensor;
+pub use kv_cache::KvCache;
+pub use ops::{
+    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, PoolKind, Pool2dSpec, ReduceOp,
+    ResizeMode,
+};
 
 /// Errors from backend operations.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -43,6 +50,14 @@ pub enum BackendError {
         op: &'static str,
         /// What was wrong, with the shapes involved.
         detail: String,
+    },
+    /// This backend does not implement the op (yet).
+    #[error("backend {backend} has no {op} kernel")]
+    Unsupported {
+        /// Which backend.
+        backend: &'static str,
+        /// The op.
+        op: &'static str,
     },
     /// The device failed (lost, out of memory, kernel compilation error, ...).
     #[error("backend {backend}: {detail}")]
@@ -68,15 +83,6 @@ impl BackendError {
 pub trait DeviceTensor: Send + Sync {
     /// The logical dimensions, outermost first.
     fn shape(&self) -> &[usize];
-}
-
-/// Activation applied in the epilogue of [`Backend::linear`], fused with the bias.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Activation {
-    /// None: `y = x W^T + b`.
-    Identity,
-    /// Exact GELU, `0.5 * y * (1 + erf(y / sqrt(2)))` (PyTorch's `nn.GELU()` default).
-    Gelu,
 }
 
 /// The operations model code needs, over backend-owned tensors.
@@ -116,13 +122,13 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<Self::Linear, BackendError>;
 
     /// Prepares a convolution from PyTorch's `nn.Conv2d` layout: `weight`
-    /// `[out, in, kh, kw]`, `bias` `[out]`, no dilation, no groups.
+    /// `[out, in / groups, kh, kw]`, `bias` `[out]`, with the stride, padding, dilation,
+    /// groups and fused activation of `spec`.
     fn prepare_conv2d(
         &self,
         weight: &HostTensor,
         bias: Option<&HostTensor>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        spec: Conv2dSpec,
     ) -> Result<Self::Conv2d, BackendError>;
 
     /// `act(x W^T + b)` over the last dimension: `[.., in]` -> `[.., out]`.
@@ -133,7 +139,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
         activation: Activation,
     ) -> Result<Self::Tensor, BackendError>;
 
-    /// 2-D convolution: `[B, C, H, W]` -> `[B, O, Ho, Wo]`.
+    /// 2-D convolution with the prepared layer's bias and activation:
+    /// `[B, C, H, W]` -> `[B, O, Ho, Wo]`.
     fn conv2d(&self, x: &Self::Tensor, layer: &Self::Conv2d) -> Result<Self::Tensor, BackendError>;
 
     /// Layer norm over the last dimension `D`, with `gamma` and `beta` of shape `[D]`
@@ -149,8 +156,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     /// Softmax over the last dimension (max-subtracted).
     fn softmax(&self, x: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
 
-    /// Exact (erf) GELU, elementwise.
-    fn gelu(&self, x: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// `act(x)`, elementwise.
+    fn activate(&self, x: &Self::Tensor, act: Activation) -> Result<Self::Tensor, BackendError>;
 
     /// Fused multi-head self-attention core, timm's layout.
     ///
@@ -167,8 +174,11 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// `a + b`, elementwise. `b` has `a`'s shape, or the same with a leading dimension
     /// of 1 that broadcasts over `a`'s first dimension (e.g. a position embedding
-    /// `[1, N, D]` added to `[B, N, D]`).
-    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor, BackendError>;
+    /// `[1, N, D]` added to `[B, N, D]`). The residual connection's fast path; any
+    /// other broadcast is [`Backend::binary`].
+    fn add(&self, a: &Self::Tensor, b: &Self::Tensor) -> Result<Self::Tensor, BackendError> {
+        self.binary(a, b, BinaryOp::Add)
+    }
 
     /// `x * s`, elementwise.
     fn scale(&self, x: &Self::Tensor, s: f32) -> Result<Self::Tensor, BackendError>;
@@ -192,6 +202,121 @@ pub trait Backend: Clone + Send + Sync + 'static {
 
     /// Token `index` of every item: `[B, N, D]` -> `[B, D]` (timm's `x[:, index]`).
     fn select_token(&self, x: &Self::Tensor, index: usize) -> Result<Self::Tensor, BackendError>;
+
+    /// `a op b` with NumPy/PyTorch broadcasting ([`ops::broadcast_shape`]).
+    fn binary(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        op: BinaryOp,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// `a op b` with broadcasting, as a mask: 1.0 where it holds, 0.0 elsewhere.
+    fn compare(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        op: CompareOp,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// `torch.where(mask != 0, a, b)`, the three broadcast together.
+    fn select(
+        &self,
+        mask: &Self::Tensor,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Reduces dimension `axis` away: `[.., n, ..]` -> `[.., ..]` (`keepdim=False`).
+    /// An empty axis is refused.
+    fn reduce(
+        &self,
+        x: &Self::Tensor,
+        axis: usize,
+        op: ReduceOp,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Max or average pooling over `[B, C, H, W]` -> `[B, C, Ho, Wo]`, with
+    /// `Ho = (H + 2 * pad - kernel) / stride + 1` (floor, as PyTorch's default).
+    fn pool2d(&self, x: &Self::Tensor, spec: Pool2dSpec) -> Result<Self::Tensor, BackendError>;
+
+    /// Resamples `[B, C, H, W]` to `[B, C, size[0], size[1]]`.
+    fn resize(
+        &self,
+        x: &Self::Tensor,
+        size: [usize; 2],
+        mode: ResizeMode,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Joins tensors along `axis` (`torch.cat`); every other dimension must agree.
+    fn concat(&self, xs: &[&Self::Tensor], axis: usize) -> Result<Self::Tensor, BackendError>;
+
+    /// `x.narrow(axis, start, len)`, materialised.
+    fn slice(
+        &self,
+        x: &Self::Tensor,
+        axis: usize,
+        start: usize,
+        len: usize,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Writes `src` into `dst` at `start..start + src.shape[axis]` along `axis`, in
+    /// place; every other dimension must agree (how a KV cache grows, see
+    /// [`KvCache`]).
+    fn write_slice(
+        &self,
+        dst: &mut Self::Tensor,
+        axis: usize,
+        start: usize,
+        src: &Self::Tensor,
+    ) -> Result<(), BackendError>;
+
+    /// Batched activation x activation product: `a` `[.., M, K]` times `b` `[.., K, N]`
+    /// (or `[.., N, K]` with `transpose_b`) -> `[.., M, N]`; the leading (batch)
+    /// dimensions must be equal.
+    fn matmul(
+        &self,
+        a: &Self::Tensor,
+        b: &Self::Tensor,
+        transpose_b: bool,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Rows of `table` `[V, D]` by index: `ids` -> `[ids.len(), D]` (an embedding
+    /// lookup). An index past `V` is refused.
+    fn embedding(&self, table: &Self::Tensor, ids: &[u32]) -> Result<Self::Tensor, BackendError>;
+
+    /// RMS norm over the last dimension: `x / sqrt(mean(x^2) + eps) * gamma`, `gamma`
+    /// `[D]` (Llama's and Qwen2's `RMSNorm`, computed in f32).
+    fn rms_norm(
+        &self,
+        x: &Self::Tensor,
+        gamma: &Self::Tensor,
+        eps: f32,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Rotary position embedding in Hugging Face's rotate-half form on `x`
+    /// `[B, N, H, hd]`: `x * cos + rotate_half(x) * sin`, where `rotate_half` of a
+    /// head's vector `[x1, x2]` (halves) is `[-x2, x1]`, and `cos`, `sin` are `[N, hd]`
+    /// (HF's `cat(freqs, freqs)`, made by the model so that it owns the scaling).
+    fn rope(
+        &self,
+        x: &Self::Tensor,
+        cos: &Self::Tensor,
+        sin: &Self::Tensor,
+    ) -> Result<Self::Tensor, BackendError>;
+
+    /// Scaled dot-product attention with grouped-query heads: `q` `[B, Nq, Hq, hd]`,
+    /// `k` and `v` `[B, Nk, Hkv, hd]` with `Hq` a multiple of `Hkv` (query head `h`
+    /// reads key/value head `h / (Hq / Hkv)`); keys `0..spec.kv_len` take part, under
+    /// the causal mask of `spec.causal` if any. Returns `[B, Nq, Hq * hd]`, heads
+    /// concatenated along the channels. A query that sees no key is refused.
+    fn attention_gqa(
+        &self,
+        q: &Self::Tensor,
+        k: &Self::Tensor,
+        v: &Self::Tensor,
+        spec: AttentionSpec,
+    ) -> Result<Self::Tensor, BackendError>;
 }
 
 /// The checked geometry of a 2-D convolution over `[B, C, H, W]`.

@@ -25,7 +25,7 @@
 //! per-pixel linear `c -> 4 * out` followed by a pixel shuffle: it runs on the seam's
 //! `linear`, `permute` and `reshape`, on every backend, without a new op.
 
-use crate::backend::{Activation, Backend, DeviceTensor};
+use crate::backend::{Activation, Backend, Conv2dSpec, DeviceTensor};
 use crate::tensor::HostTensor;
 use crate::weights::Weights;
 
@@ -93,7 +93,7 @@ impl<B: Backend> ConvBottleneck<B> {
                 "every bottleneck convolution has a bias (fold a BatchNorm into it)",
                 exactly(&[o]),
             )?;
-            encoder.push(backend.prepare_conv2d(&w, Some(&b), [2, 2], [k / 2, k / 2])?);
+            encoder.push(backend.prepare_conv2d(&w, Some(&b), Conv2dSpec::new([2, 2], [k / 2, k / 2]))?);
             channels = o;
             index += 2;
         }
@@ -141,7 +141,7 @@ impl<B: Backend> ConvBottleneck<B> {
                     out: o,
                 }
             } else {
-                DecoderLayer::Same(backend.prepare_conv2d(&w, Some(&b), [1, 1], [k / 2, k / 2])?)
+                DecoderLayer::Same(backend.prepare_conv2d(&w, Some(&b), Conv2dSpec::new([1, 1], [k / 2, k / 2]))?)
             });
             channels = o;
             last_weight = wname;
@@ -230,7 +230,7 @@ impl<B: Backend> ConvBottleneck<B> {
         })?;
         let mut y = be.conv2d(x, first)?;
         for layer in layers {
-            y = be.gelu(&y)?;
+            y = be.activate(&y, Activation::Gelu)?;
             y = be.conv2d(&y, layer)?;
         }
         Ok(y)
@@ -255,7 +255,7 @@ impl<B: Backend> ConvBottleneck<B> {
                 DecoderLayer::Same(conv) => {
                     let out = be.conv2d(x, conv)?;
                     if act {
-                        be.gelu(&out)?
+                        be.activate(&out, Activation::Gelu)?
                     } else {
                         out
                     }

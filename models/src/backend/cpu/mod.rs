@@ -26,7 +26,10 @@ use rayon::prelude::*;
 pub use kernels::Isa;
 use matmul::{gemm, View};
 
-use super::{conv2d_geometry, Activation, Backend, BackendError, Conv2dGeometry, DeviceTensor};
+use super::{
+    conv2d_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
+    Conv2dGeometry, Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+};
 use crate::tensor::{checked_numel, HostTensor};
 
 /// Below this many elements an elementwise op runs on one thread (the fork-join costs
@@ -113,6 +116,10 @@ impl std::fmt::Debug for CpuBackend {
 }
 
 impl CpuBackend {
+    fn unsupported(&self, op: &'static str) -> BackendError {
+        BackendError::Unsupported { backend: "cpu", op }
+    }
+
     /// A backend with its own pool of `threads` workers (0: one per available core),
     /// using the best instruction set this CPU has.
     pub fn new(threads: usize) -> Result<Self, BackendError> {
@@ -312,9 +319,14 @@ impl Backend for CpuBackend {
         &self,
         weight: &HostTensor,
         bias: Option<&HostTensor>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        spec: Conv2dSpec,
     ) -> Result<CpuConv2d, BackendError> {
+        let Conv2dSpec {
+            stride, padding, ..
+        } = spec;
+        if spec.dilation != [1, 1] || spec.groups != 1 || spec.activation != Activation::Identity {
+            return Err(self.unsupported("grouped, dilated or fused conv2d"));
+        }
         let &[out_channels, in_channels, kh, kw] = weight.shape() else {
             return Err(BackendError::shape(
                 "prepare_conv2d",
@@ -544,7 +556,10 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::new(x.shape.clone(), out))
     }
 
-    fn gelu(&self, x: &CpuTensor) -> Result<CpuTensor, BackendError> {
+    fn activate(&self, x: &CpuTensor, act: Activation) -> Result<CpuTensor, BackendError> {
+        if act != Activation::Gelu {
+            return Err(self.unsupported("activate"));
+        }
         let d = last_dim("gelu", x)?.max(1);
         let mut out = x.data.clone();
         let isa = self.isa;
@@ -818,6 +833,50 @@ impl Backend for CpuBackend {
         }
         Ok(CpuTensor::new(vec![batch, d], out))
     }
+
+    // Placeholders until the kernels land (issue 14): each refuses clearly.
+    fn binary(&self, _a: &CpuTensor, _b: &CpuTensor, _op: BinaryOp) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("binary"))
+    }
+    fn compare(&self, _a: &CpuTensor, _b: &CpuTensor, _op: CompareOp) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("compare"))
+    }
+    fn select(&self, _mask: &CpuTensor, _a: &CpuTensor, _b: &CpuTensor) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("select"))
+    }
+    fn reduce(&self, _x: &CpuTensor, _axis: usize, _op: ReduceOp) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("reduce"))
+    }
+    fn pool2d(&self, _x: &CpuTensor, _spec: Pool2dSpec) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("pool2d"))
+    }
+    fn resize(&self, _x: &CpuTensor, _size: [usize; 2], _mode: ResizeMode) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("resize"))
+    }
+    fn concat(&self, _xs: &[&CpuTensor], _axis: usize) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("concat"))
+    }
+    fn slice(&self, _x: &CpuTensor, _axis: usize, _start: usize, _len: usize) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("slice"))
+    }
+    fn write_slice(&self, _dst: &mut CpuTensor, _axis: usize, _start: usize, _src: &CpuTensor) -> Result<(), BackendError> {
+        Err(self.unsupported("write_slice"))
+    }
+    fn matmul(&self, _a: &CpuTensor, _b: &CpuTensor, _transpose_b: bool) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("matmul"))
+    }
+    fn embedding(&self, _table: &CpuTensor, _ids: &[u32]) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("embedding"))
+    }
+    fn rms_norm(&self, _x: &CpuTensor, _gamma: &CpuTensor, _eps: f32) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("rms_norm"))
+    }
+    fn rope(&self, _x: &CpuTensor, _cos: &CpuTensor, _sin: &CpuTensor) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("rope"))
+    }
+    fn attention_gqa(&self, _q: &CpuTensor, _k: &CpuTensor, _v: &CpuTensor, _spec: AttentionSpec) -> Result<CpuTensor, BackendError> {
+        Err(self.unsupported("attention_gqa"))
+    }
 }
 
 #[cfg(test)]
@@ -875,7 +934,7 @@ mod tests {
         let x = t(&[2, 3, 7, 6], |i| (i % 11) as f32 - 5.0);
         let w = t(&[4, 3, 3, 2], |i| (i % 7) as f32 * 0.25 - 0.5);
         let bias = t(&[4], |i| i as f32);
-        let conv = be.prepare_conv2d(&w, Some(&bias), [2, 1], [1, 1]).unwrap();
+        let conv = be.prepare_conv2d(&w, Some(&bias), Conv2dSpec::new([2, 1], [1, 1])).unwrap();
         let y = be
             .readback(&be.conv2d(&be.upload(&x).unwrap(), &conv).unwrap())
             .unwrap();

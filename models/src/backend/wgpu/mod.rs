@@ -39,7 +39,10 @@ use kernels::{Kernel, MAX_HEAD_DIM};
 use pool::{size_class, Pool, PooledBuffer};
 use queue::{device_error, Command, Dispatch, Pending, PARAM_WORDS};
 
-use super::{conv2d_geometry, Activation, Backend, BackendError, Conv2dGeometry, DeviceTensor};
+use super::{
+    conv2d_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
+    Conv2dGeometry, Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+};
 use crate::tensor::{checked_numel, HostTensor};
 
 /// Matmul output tile (must match `matmul.wgsl`).
@@ -142,6 +145,10 @@ fn last_dim(op: &'static str, x: &WgpuTensor) -> Result<usize, BackendError> {
 }
 
 impl WgpuBackend {
+    fn unsupported(&self, op: &'static str) -> BackendError {
+        BackendError::Unsupported { backend: "wgpu", op }
+    }
+
     /// Opens the best adapter `options` allow, software rasterisers included unless
     /// [`WgpuOptions::hardware_only`].
     pub fn new(options: &WgpuOptions) -> Result<Self, WgpuInitError> {
@@ -554,9 +561,14 @@ impl Backend for WgpuBackend {
         &self,
         weight: &HostTensor,
         bias: Option<&HostTensor>,
-        stride: [usize; 2],
-        padding: [usize; 2],
+        spec: Conv2dSpec,
     ) -> Result<WgpuConv2d, BackendError> {
+        let Conv2dSpec {
+            stride, padding, ..
+        } = spec;
+        if spec.dilation != [1, 1] || spec.groups != 1 || spec.activation != Activation::Identity {
+            return Err(self.unsupported("grouped, dilated or fused conv2d"));
+        }
         let &[out_channels, in_channels, kh, kw] = weight.shape() else {
             return Err(BackendError::shape(
                 "prepare_conv2d",
@@ -700,7 +712,10 @@ impl Backend for WgpuBackend {
         self.row_kernel("softmax", Kernel::Softmax, x, 0.0, Vec::new())
     }
 
-    fn gelu(&self, x: &WgpuTensor) -> Result<WgpuTensor, BackendError> {
+    fn activate(&self, x: &WgpuTensor, act: Activation) -> Result<WgpuTensor, BackendError> {
+        if act != Activation::Gelu {
+            return Err(self.unsupported("activate"));
+        }
         let out = self.output("gelu", x.shape.clone())?;
         self.elementwise(
             "gelu",
@@ -924,5 +939,49 @@ impl Backend for WgpuBackend {
             vec![(1, x.buf.buffer().clone()), (2, out.buf.buffer().clone())],
         )?;
         Ok(out)
+    }
+
+    // Placeholders until the kernels land (issue 14): each refuses clearly.
+    fn binary(&self, _a: &WgpuTensor, _b: &WgpuTensor, _op: BinaryOp) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("binary"))
+    }
+    fn compare(&self, _a: &WgpuTensor, _b: &WgpuTensor, _op: CompareOp) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("compare"))
+    }
+    fn select(&self, _mask: &WgpuTensor, _a: &WgpuTensor, _b: &WgpuTensor) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("select"))
+    }
+    fn reduce(&self, _x: &WgpuTensor, _axis: usize, _op: ReduceOp) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("reduce"))
+    }
+    fn pool2d(&self, _x: &WgpuTensor, _spec: Pool2dSpec) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("pool2d"))
+    }
+    fn resize(&self, _x: &WgpuTensor, _size: [usize; 2], _mode: ResizeMode) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("resize"))
+    }
+    fn concat(&self, _xs: &[&WgpuTensor], _axis: usize) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("concat"))
+    }
+    fn slice(&self, _x: &WgpuTensor, _axis: usize, _start: usize, _len: usize) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("slice"))
+    }
+    fn write_slice(&self, _dst: &mut WgpuTensor, _axis: usize, _start: usize, _src: &WgpuTensor) -> Result<(), BackendError> {
+        Err(self.unsupported("write_slice"))
+    }
+    fn matmul(&self, _a: &WgpuTensor, _b: &WgpuTensor, _transpose_b: bool) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("matmul"))
+    }
+    fn embedding(&self, _table: &WgpuTensor, _ids: &[u32]) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("embedding"))
+    }
+    fn rms_norm(&self, _x: &WgpuTensor, _gamma: &WgpuTensor, _eps: f32) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("rms_norm"))
+    }
+    fn rope(&self, _x: &WgpuTensor, _cos: &WgpuTensor, _sin: &WgpuTensor) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("rope"))
+    }
+    fn attention_gqa(&self, _q: &WgpuTensor, _k: &WgpuTensor, _v: &WgpuTensor, _spec: AttentionSpec) -> Result<WgpuTensor, BackendError> {
+        Err(self.unsupported("attention_gqa"))
     }
 }
