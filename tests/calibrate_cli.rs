@@ -11,7 +11,8 @@ use reference_support::reference_dir;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
-use splitstream_models::split::{SplitMetadata, SplitModel};
+use splitstream_models::split::SplitMetadata;
+use splitstream_models::vit::SplitModel;
 use splitstream_models::vit::VitOptions;
 use splitstream_models::weights::Weights;
 

@@ -6,24 +6,34 @@
 mod e2e_support;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, RunMode, SplitAt};
+use splitstream_head::device::{CodecChoice, RunMode};
 use splitstream_head::stats::Mode;
+use splitstream_models::net::SplitPoint;
 use splitstream_tail::batcher::BatcherConfig;
 use splitstream_transport::{ConnectError, RejectReason};
 
 const FRAMES: usize = 4;
-const BOTTLENECK: SplitAt = SplitAt::Bottleneck(2);
+
+/// The seeded split model's bottleneck point: after two blocks, named by the model.
+fn bottleneck_point() -> SplitPoint {
+    SplitPoint {
+        name: "block1-bottleneck".into(),
+        depth: 2,
+        shape: vec![50, 16],
+        bottleneck: Some(16),
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_with_bottleneck_and_lossless_codec_equals_local_exactly() {
     let (model, id, bytes) = split_model();
     assert_eq!(
         model.split_at(2).expect("the bottleneck's point"),
-        BOTTLENECK
+        bottleneck_point()
     );
     let edge = start_edge(bytes, 1, BatcherConfig::default());
     let mode = RunMode::Split {
-        at: BOTTLENECK,
+        at: bottleneck_point(),
         codec: CodecChoice::Lossless,
     };
     let client = connect(&edge, &id, &mode, "dev-0", TOKEN)
@@ -47,7 +57,7 @@ async fn split_with_bottleneck_and_lossless_codec_equals_local_exactly() {
             "the code was sent, not the activation: {} bytes",
             r.record.bytes_sent
         );
-        logits.push(r.logits);
+        logits.push(r.logits().to_vec());
     }
     drop(dev);
     edge.shutdown().await;
@@ -63,7 +73,7 @@ async fn local_fallback_from_a_code_is_exact() {
     let (model, id, bytes) = split_model();
     let edge = start_edge(bytes, 1, BatcherConfig::default());
     let mode = RunMode::Split {
-        at: BOTTLENECK,
+        at: bottleneck_point(),
         codec: CodecChoice::Lossless,
     };
     let client = connect(&edge, &id, &mode, "dev-0", TOKEN)
@@ -77,7 +87,7 @@ async fn local_fallback_from_a_code_is_exact() {
         let r = dev.process(f).await;
         assert_eq!(r.record.mode, Mode::Local);
         assert!(r.record.fallback.is_some());
-        assert_eq!(&r.logits, want, "decoder + tail run locally on the code");
+        assert_eq!(&r.logits(), want, "decoder + tail run locally on the code");
     }
 }
 
@@ -86,7 +96,13 @@ async fn a_plain_split_of_a_bottleneck_model_is_refused_with_the_split_to_use() 
     let (_, id, bytes) = split_model();
     let edge = start_edge(bytes, 1, BatcherConfig::default());
     let mode = RunMode::Split {
-        at: SplitAt::Point(2),
+        // What the device would ask of a plain ViT: the edge must refuse it.
+        at: SplitPoint {
+            name: "block1".into(),
+            depth: 2,
+            shape: vec![50, 96],
+            bottleneck: None,
+        },
         codec: CodecChoice::Lossless,
     };
     let Err(err) = connect(&edge, &id, &mode, "dev-0", TOKEN).await else {
@@ -94,7 +110,7 @@ async fn a_plain_split_of_a_bottleneck_model_is_refused_with_the_split_to_use() 
     };
     match &err {
         ConnectError::Rejected(RejectReason::UnsupportedSplit { supported, .. }) => {
-            assert_eq!(supported, &vec![BOTTLENECK.name()]);
+            assert_eq!(supported, &vec![bottleneck_point().name]);
         }
         other => panic!("unexpected refusal: {other:?}"),
     }

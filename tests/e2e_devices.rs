@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, RunMode, SplitAt};
+use splitstream_head::device::{CodecChoice, RunMode};
 use splitstream_head::stats::Mode;
 use splitstream_tail::batcher::BatcherConfig;
 
@@ -22,7 +22,7 @@ async fn four_devices_share_batches_on_one_edge() {
     };
     let edge = start_edge(bytes, 4, batcher);
     let mode = RunMode::Split {
-        at: SplitAt::Point(2),
+        at: model.split_at(2).expect("point 2"),
         codec: CodecChoice::Lossless,
     };
     let frames = frames(5);
@@ -53,12 +53,12 @@ async fn four_devices_share_batches_on_one_edge() {
             );
             // A batch runs the same ops on more rows; allow GEMM blocking to differ.
             let diff = r
-                .logits
+                .logits()
                 .iter()
                 .zip(want)
                 .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
             assert!(diff < 1e-3, "logits differ from local by {diff}");
-            assert_eq!(argmax(&r.logits), argmax(want));
+            assert_eq!(argmax(r.logits()), argmax(want));
         }
     }
     let c = edge.counters();

@@ -4,7 +4,7 @@
 mod e2e_support;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, RunMode, SplitAt};
+use splitstream_head::device::{CodecChoice, RunMode};
 use splitstream_head::stats::{Mode, Outcome};
 use splitstream_tail::batcher::BatcherConfig;
 use splitstream_transport::{ConnectError, RejectReason};
@@ -14,7 +14,7 @@ async fn device_finishes_every_frame_locally_when_the_edge_dies() {
     let (model, id, bytes) = model();
     let edge = start_edge(bytes, 1, BatcherConfig::default());
     let mode = RunMode::Split {
-        at: SplitAt::Point(2),
+        at: model.split_at(2).expect("point 2"),
         codec: CodecChoice::Lossless,
     };
     let client = connect(&edge, &id, &mode, "dev-0", TOKEN)
@@ -34,7 +34,11 @@ async fn device_finishes_every_frame_locally_when_the_edge_dies() {
             matches!(r.record.result, Outcome::Classified { .. }),
             "frame {i} has a result"
         );
-        assert_eq!(r.logits, local[i], "frame {i}: the local fallback is exact");
+        assert_eq!(
+            r.logits(),
+            local[i],
+            "frame {i}: the local fallback is exact"
+        );
         records.push(r.record);
     }
     assert!(records[..3]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, Device, RunMode, SplitAt};
+use splitstream_head::device::{CodecChoice, Device, RunMode};
 use splitstream_head::stats::{Mode, Outcome};
 use splitstream_transport::{Client, ClientConfig, Fingerprint, ServerTrust, StreamConfig};
 
@@ -110,7 +110,7 @@ async fn device_finishes_every_frame_locally_when_the_edge_process_is_killed() {
     let (model, id, bytes) = model();
     let mut edge = spawn_edge(&bytes);
     let mode = RunMode::Split {
-        at: SplitAt::Point(2),
+        at: model.split_at(2).expect("point 2"),
         codec: CodecChoice::Lossless,
     };
     let (split, codec) = mode.wire().expect("remote");
@@ -155,7 +155,8 @@ async fn device_finishes_every_frame_locally_when_the_edge_process_is_killed() {
             "frame {i} has a result"
         );
         assert_eq!(
-            r.logits, local[i],
+            r.logits(),
+            local[i],
             "frame {i} equals the local result exactly"
         );
         records.push(r.record);

@@ -5,7 +5,7 @@
 mod e2e_support;
 
 use e2e_support::*;
-use splitstream_head::device::{CodecChoice, RunMode, SplitAt};
+use splitstream_head::device::{CodecChoice, RunMode};
 use splitstream_head::offload::{encode_jpeg, JpegSettings};
 use splitstream_head::source::Payload;
 use splitstream_head::stats::Mode;
@@ -31,7 +31,7 @@ async fn remote(
     let mut records = Vec::new();
     for f in &frames {
         let r = dev.process(f).await;
-        logits.push(r.logits);
+        logits.push(r.logits().to_vec());
         records.push(r.record);
     }
     drop(dev);
@@ -43,7 +43,7 @@ async fn remote(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_with_lossless_codec_equals_local_exactly() {
     let (split, local, records) = remote(RunMode::Split {
-        at: SplitAt::Point(2),
+        at: model().0.split_at(2).expect("point 2"),
         codec: CodecChoice::Lossless,
     })
     .await;
@@ -71,7 +71,7 @@ async fn split_with_lossless_codec_equals_local_exactly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn split_with_8bit_codec_stays_within_tolerance_of_local() {
     let (split, local, records) = remote(RunMode::Split {
-        at: SplitAt::Point(2),
+        at: model().0.split_at(2).expect("point 2"),
         codec: CodecChoice::U8,
     })
     .await;
@@ -135,7 +135,7 @@ async fn offload_equals_local_on_the_same_decoded_jpeg() {
         let decoded = splitstream_tail::offload::decode_jpeg(&jpeg, 4096).expect("decodes");
         let mut same = f.clone();
         same.payload = Payload::Image(decoded);
-        let local = dev.process(&same).await.logits;
+        let local = dev.process(&same).await.logits().to_vec();
         assert_eq!(remote, &local, "frame {}", r.seq);
     }
 }

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::RgbImage;
-use splitstream_codec::{Bits, CodecParams, DecodeLimits, Entropy, TensorView};
-use splitstream_models::preprocess::EvalTransform;
+use splitstream_codec::{Bits, CodecParams, Entropy, TensorView};
+use splitstream_models::net::{Answer, InputSpec, Output, SplitPoint};
 use splitstream_models::HostTensor;
 use splitstream_transport::names::{jpeg_spec, OFFLOAD_SPLIT};
 use splitstream_transport::{Client, CodecSpec, FrameOutcome, OutgoingFrame};
 
 pub use crate::model::{load_model, DeviceModel, LoadModelError, ModelRunError};
-pub use splitstream_transport::{CodecChoice, SplitAt};
+pub use splitstream_transport::CodecChoice;
 
 use crate::offload::{encode_jpeg, JpegSettings};
 use crate::source::{Frame, Payload};
@@ -44,7 +44,7 @@ pub enum RunMode {
     /// when the split is a bottleneck), the tail on the edge.
     Split {
         /// Where the model is cut.
-        at: SplitAt,
+        at: SplitPoint,
         /// Bottleneck codec.
         codec: CodecChoice,
     },
@@ -69,25 +69,34 @@ impl RunMode {
     pub fn wire(&self) -> Option<(String, CodecSpec)> {
         match self {
             Self::Local => None,
-            Self::Split { at, codec } => Some((at.name(), codec.spec())),
+            Self::Split { at, codec } => Some((at.name.clone(), codec.spec())),
             Self::Offload { .. } => Some((OFFLOAD_SPLIT.to_owned(), jpeg_spec())),
         }
     }
 }
 
-/// One frame's result: the stats line and the logits it ended with.
+/// One frame's result: the stats line and the answer it ended with.
 #[derive(Clone, Debug)]
 pub struct FrameResult {
     /// The JSON line's content.
     pub record: FrameRecord,
-    /// Logits `[classes]` (empty when the frame failed).
-    pub logits: Vec<f32>,
+    /// The model's answer (`None` when the frame failed).
+    pub answer: Option<Answer>,
+}
+
+impl FrameResult {
+    /// The class logits of a classifier's answer (empty otherwise).
+    pub fn logits(&self) -> &[f32] {
+        match &self.answer {
+            Some(Answer::Logits(l)) => l,
+            _ => &[],
+        }
+    }
 }
 
 /// Runs frames in one mode, with an optional connection to an edge.
 pub struct Device {
     model: DeviceModel,
-    transform: EvalTransform,
     mode: RunMode,
     client: Option<Arc<Client>>,
     budget: Duration,
@@ -121,10 +130,8 @@ impl Device {
         client: Option<Arc<Client>>,
         budget: Duration,
     ) -> Self {
-        let transform = model.transform().clone();
         Self {
             model,
-            transform,
             mode,
             client,
             budget,
@@ -137,10 +144,20 @@ impl Device {
         &self.mode
     }
 
-    /// The model's preprocessing of an image: `[1, 3, S, S]`.
+    /// The model's preprocessing of an image: `[1, 3, S, S]` through the checkpoint's
+    /// eval transform.
     pub fn preprocess(&self, img: &RgbImage) -> Result<HostTensor, ComputeError> {
-        let s = self.model.config().image_size;
-        HostTensor::new([1, 3, s, s], self.transform.apply(img))
+        let InputSpec::Image {
+            channels,
+            size,
+            transform,
+        } = self.model.input()
+        else {
+            return Err(ComputeError::Model(
+                "this model does not take images: give it tensors or events".into(),
+            ));
+        };
+        HostTensor::new([1, *channels, *size, *size], transform.apply(img))
             .map_err(|e| ComputeError::Model(e.to_string()))
     }
 
@@ -153,7 +170,7 @@ impl Device {
             seq,
             mode: self.mode.mode(),
             split: match &self.mode {
-                RunMode::Split { at, .. } => u32::try_from(at.point()).ok(),
+                RunMode::Split { at, .. } => u32::try_from(at.depth).ok(),
                 _ => None,
             },
             result: Outcome::Failed {
@@ -168,26 +185,26 @@ impl Device {
             fallback: None,
             why: None,
         };
-        let logits = match self.run(frame, &mut rec).await {
-            Ok(l) => {
-                rec.result = classify(&l);
-                l
+        let answer = match self.run(frame, &mut rec).await {
+            Ok(a) => {
+                rec.result = outcome(&a);
+                Some(a)
             }
             Err(e) => {
                 rec.result = Outcome::Failed {
                     error: e.to_string(),
                 };
-                Vec::new()
+                None
             }
         };
         rec.total_ms = ms(started.elapsed());
         FrameResult {
             record: rec,
-            logits,
+            answer,
         }
     }
 
-    async fn run(&self, frame: &Frame, rec: &mut FrameRecord) -> Result<Vec<f32>, ComputeError> {
+    async fn run(&self, frame: &Frame, rec: &mut FrameRecord) -> Result<Answer, ComputeError> {
         let t0 = Instant::now();
         let input = match &frame.payload {
             Payload::Image(img) => self.preprocess(img)?,
@@ -196,12 +213,13 @@ impl Device {
         };
         match self.mode.clone() {
             RunMode::Local => {
-                let l = self.blocking(move |m| m.run(&input)).await?;
+                let out = self.on_worker(move |m| m.run(&input)).await?;
                 rec.head_ms = ms(t0.elapsed());
-                Ok(l.into_data())
+                only_answer(out)
             }
             RunMode::Split { at, codec } => {
-                let act = self.blocking(move |m| m.head(&input, at)).await?;
+                let head_at = at.clone();
+                let act = self.on_worker(move |m| m.head(&input, &head_at)).await?;
                 let encoded = TensorView::f32(act.shape(), act.data())
                     .map_err(|e| e.to_string())
                     .and_then(|v| {
@@ -220,9 +238,9 @@ impl Device {
                         rec.fallback = Some(why);
                         rec.mode = Mode::Local;
                         let t = Instant::now();
-                        let l = self.blocking(move |m| m.tail(&act, at)).await?;
+                        let out = self.on_worker(move |m| m.tail(&act, &at)).await?;
                         rec.tail_ms = ms(t.elapsed());
-                        Ok(l.into_data())
+                        only_answer(out)
                     }
                 }
             }
@@ -243,17 +261,17 @@ impl Device {
                         rec.fallback = Some(why);
                         rec.mode = Mode::Local;
                         let t = Instant::now();
-                        let l = self.blocking(move |m| m.run(&input)).await?;
+                        let out = self.on_worker(move |m| m.run(&input)).await?;
                         rec.tail_ms = ms(t.elapsed());
-                        Ok(l.into_data())
+                        only_answer(out)
                     }
                 }
             }
         }
     }
 
-    /// Sends a payload; the logits, or why there are none.
-    async fn send(&self, payload: Bytes, rec: &mut FrameRecord) -> Result<Vec<f32>, String> {
+    /// Sends a payload; the edge's answer, or why there is none.
+    async fn send(&self, payload: Bytes, rec: &mut FrameRecord) -> Result<Answer, String> {
         let Some(client) = &self.client else {
             return Err("no connection to the edge".into());
         };
@@ -276,30 +294,44 @@ impl Device {
                 rec.edge_receive_ms = report.edge.map(|t| {
                     ms(Duration::from_micros(u64::from(t.receive_us)).min(report.elapsed))
                 });
-                let t = splitstream_codec::decode(
-                    &bytes,
-                    &DecodeLimits {
-                        max_elements: 1 << 20,
-                        max_bytes: 4 << 20,
-                    },
-                )
-                .map_err(|e| format!("the edge's answer did not decode: {e}"))?;
-                Ok(t.to_f32())
+                Answer::decode(&bytes).map_err(|e| format!("the edge's answer did not decode: {e}"))
             }
             FrameOutcome::Dropped(reason) => Err(format!("edge dropped the frame: {reason}")),
             other => Err(format!("{:?}", other.kind()).to_lowercase()),
         }
     }
 
-    async fn blocking<F>(&self, f: F) -> Result<HostTensor, ComputeError>
+    /// Runs model work on a blocking thread.
+    async fn on_worker<T, F>(&self, f: F) -> Result<T, ComputeError>
     where
-        F: FnOnce(&DeviceModel) -> Result<HostTensor, ModelRunError> + Send + 'static,
+        T: Send + 'static,
+        F: FnOnce(&DeviceModel) -> Result<T, ModelRunError> + Send + 'static,
     {
         let model = self.model.clone();
         tokio::task::spawn_blocking(move || f(&model))
             .await
             .map_err(|e| ComputeError::Model(format!("worker thread: {e}")))?
             .map_err(|e| ComputeError::Model(e.to_string()))
+    }
+}
+
+/// The one answer of a one-frame batch.
+fn only_answer(out: Output) -> Result<Answer, ComputeError> {
+    out.into_answers()
+        .into_iter()
+        .next()
+        .ok_or_else(|| ComputeError::Model("the model returned no answer".into()))
+}
+
+/// The stats line's outcome for an answer.
+pub fn outcome(answer: &Answer) -> Outcome {
+    match answer {
+        Answer::Logits(l) => classify(l),
+        Answer::Detections(d) => Outcome::Detected { boxes: d.clone() },
+        Answer::NextToken { token, logprob } => Outcome::Generated {
+            token: *token,
+            logprob: *logprob,
+        },
     }
 }
 

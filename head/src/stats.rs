@@ -14,6 +14,7 @@ use std::io::Write;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use splitstream_models::net::Detection;
 
 /// Where a frame ran.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -56,10 +57,17 @@ pub enum Outcome {
         /// Its probability (softmax) or logit, as the model reports.
         score: f32,
     },
-    /// A detector's answer.
-    Detections {
-        /// Objects found.
-        count: u32,
+    /// A detector's answer: every object found.
+    Detected {
+        /// Boxes (corners, input pixels), scores and labels.
+        boxes: Vec<Detection>,
+    },
+    /// A language model's next token.
+    Generated {
+        /// Token id.
+        token: u32,
+        /// Its log-probability.
+        logprob: f32,
     },
     /// The frame got no result (the edge dropped it past its deadline and there was
     /// no time left to compute it locally, or it was overtaken by a newer frame).
@@ -79,7 +87,7 @@ impl Outcome {
     pub fn is_result(&self) -> bool {
         matches!(
             self,
-            Outcome::Classified { .. } | Outcome::Detections { .. }
+            Outcome::Classified { .. } | Outcome::Detected { .. } | Outcome::Generated { .. }
         )
     }
 }

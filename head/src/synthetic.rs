@@ -201,10 +201,13 @@ mod tests {
         assert_eq!(a, seeded_vit_safetensors(&DEMO_VIT, 7));
         assert_ne!(a, seeded_vit_safetensors(&DEMO_VIT, 8));
         let (model, _) = crate::device::load_model("demo", a, "seeded", None, 1).unwrap();
-        let c = model.config();
+        let net = model.net();
+        assert_eq!(model.max_depth(), 4);
+        assert_eq!(net.split_points().len(), 5);
+        assert_eq!(net.split_points()[1].shape, [50, 96]);
         assert_eq!(
-            (c.depth, c.num_heads, c.num_classes, c.num_tokens()),
-            (4, 3, 10, 50)
+            net.output(),
+            splitstream_models::net::OutputKind::ClassLogits { classes: 10 }
         );
         assert_eq!(model.bottleneck(), None);
     }
@@ -214,10 +217,10 @@ mod tests {
         let a = seeded_split_safetensors(&DEMO_VIT, 7, 2, 16);
         assert_eq!(a, seeded_split_safetensors(&DEMO_VIT, 7, 2, 16));
         let (model, _) = crate::device::load_model("demo", a, "seeded", None, 1).unwrap();
-        assert_eq!(model.config().num_heads, 3);
+        let b = model.bottleneck().expect("a bottleneck");
         assert_eq!(
-            model.bottleneck(),
-            Some(crate::model::BottleneckInfo { point: 2, rank: 16 })
+            (b.depth, b.bottleneck, b.name.as_str()),
+            (2, Some(16), "block1-bottleneck")
         );
         assert!(model.split_at(1).is_err(), "only the bottleneck's point");
     }

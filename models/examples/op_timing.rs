@@ -94,6 +94,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         be.layer_norm(&x, &g, &g, 1e-6).map(drop)
     });
     time(only, "add", 0.0, &be, || be.add(&x, &x).map(drop));
-    time(only, "gelu", 0.0, &be, || be.activate(&xh, Activation::Gelu).map(drop));
+    time(only, "gelu", 0.0, &be, || {
+        be.activate(&xh, Activation::Gelu).map(drop)
+    });
     Ok(())
 }

@@ -7,11 +7,13 @@
 
 pub mod backend;
 pub mod bottleneck;
+pub mod net;
 pub mod preprocess;
 pub mod split;
 pub mod tensor;
 
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
+pub use net::{Answer, SplitNet};
 pub use tensor::HostTensor;
 pub mod vit;
 pub mod weights;

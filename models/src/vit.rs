@@ -14,7 +14,14 @@
 //! after block `k - 1`. [`Vit::head`] runs up to a point and [`Vit::tail`] from it; both
 //! run the same ops as [`Vit::forward`], so `tail(head(x, k), k)` equals it bit for bit.
 
+use std::path::Path;
+use std::sync::Arc;
+
 use crate::backend::{Activation, Backend, BackendError, Conv2dSpec, DeviceTensor};
+use crate::bottleneck::{Bottleneck, BottleneckLoadError, CodeError};
+use crate::net::{Family, InputSpec, NetError, NetState, Output, OutputKind, SplitNet, SplitPoint};
+use crate::preprocess::{EvalTransform, InvalidCropPct};
+use crate::split::{has_bottleneck, MetadataError, SplitMetadata, BOTTLENECK_PREFIX};
 use crate::tensor::HostTensor;
 use crate::weights::{VarBuilder, Weights, WeightsError};
 
@@ -196,17 +203,6 @@ pub enum RunError {
     Backend(#[from] BackendError),
 }
 
-/// A place the model can be cut.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SplitPoint {
-    /// Index for [`Vit::head`] and [`Vit::tail`].
-    pub index: usize,
-    /// `"embed"` or `"block{i}"` (the reference's `tokens.*` names).
-    pub name: String,
-    /// Activation shape per item: `[tokens, embed_dim]`.
-    pub shape: [usize; 2],
-}
-
 struct LayerNorm<B: Backend> {
     gamma: B::Tensor,
     beta: B::Tensor,
@@ -340,17 +336,17 @@ impl<B: Backend> Vit<B> {
         &self.backend
     }
 
-    /// Where the model can be cut: `depth + 1` points (see the module docs).
+    /// Where the model can be cut: `depth + 1` points (see the module docs), named
+    /// `embed` (depth 0) and `block{i}` (after block `i`, depth `i + 1`), the
+    /// reference's `tokens.*` names.
     pub fn split_points(&self) -> Vec<SplitPoint> {
-        let shape = [self.config.num_tokens(), self.config.embed_dim];
+        let shape = vec![self.config.num_tokens(), self.config.embed_dim];
         (0..=self.config.depth)
-            .map(|index| SplitPoint {
-                index,
-                name: match index {
-                    0 => "embed".to_string(),
-                    k => format!("block{}", k - 1),
-                },
-                shape,
+            .map(|depth| SplitPoint {
+                name: point_name(depth),
+                depth,
+                shape: shape.clone(),
+                bottleneck: None,
             })
             .collect()
     }
@@ -490,6 +486,17 @@ impl<B: Backend> Vit<B> {
     }
 }
 
+/// The name of split point `depth`: `embed` for 0, `block{depth-1}` after a block.
+pub fn point_name(depth: usize) -> String {
+    match depth {
+        0 => "embed".to_owned(),
+        k => format!("block{}", k - 1),
+    }
+}
+
+/// Suffix of a split point whose head ends in the learned bottleneck's encoder.
+pub const BOTTLENECK_SUFFIX: &str = "-bottleneck";
+
 /// Activations of a traced forward pass.
 pub struct Trace<B: Backend> {
     /// Activation at each split point, `[B, N, D]`, index = split point.
@@ -594,4 +601,485 @@ pub fn infer_config(weights: &Weights, options: &VitOptions) -> Result<VitConfig
         distilled,
         eps: options.eps.unwrap_or(TIMM_LAYER_NORM_EPS),
     })
+}
+
+// ---------------------------------------------------------------------------------
+// The split model: a ViT cut at one point, with the learned bottleneck at the cut.
+
+/// Errors loading a split model.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitLoadError {
+    /// The bottleneck tensors are wrong.
+    #[error(transparent)]
+    Bottleneck(#[from] BottleneckLoadError),
+    /// The ViT tensors are wrong.
+    #[error(transparent)]
+    Vit(#[from] LoadError),
+    /// The file could not be read.
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    /// The metadata is unreadable.
+    #[error(transparent)]
+    Metadata(#[from] MetadataError),
+    /// No split point was given and the checkpoint names none.
+    #[error("no split point: give one (--split), or use a checkpoint whose metadata has `split`")]
+    NoSplitPoint,
+    /// The split point does not exist in this model.
+    #[error("split point {point} does not exist: this model has points 0..={max}")]
+    PointOutOfRange {
+        /// The point asked for.
+        point: usize,
+        /// The last point.
+        max: usize,
+    },
+    /// The split point asked for is not the one the bottleneck was made for.
+    #[error(
+        "the bottleneck was made for split point {metadata} (metadata `split`), not {asked}; \
+         drop the split argument or use a bottleneck made for {asked}"
+    )]
+    PointMismatch {
+        /// The point asked for.
+        asked: usize,
+        /// The point in the metadata.
+        metadata: usize,
+    },
+    /// The bottleneck does not fit the model at the split.
+    #[error("the bottleneck does not fit this model: {0}")]
+    Mismatch(String),
+}
+
+/// Errors running a split model.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitRunError {
+    /// The ViT refused the input or activation.
+    #[error(transparent)]
+    Vit(#[from] RunError),
+    /// The bottleneck refused the activation or code.
+    #[error(transparent)]
+    Code(#[from] CodeError),
+    /// A backend op failed.
+    #[error(transparent)]
+    Backend(#[from] crate::BackendError),
+}
+
+/// A ViT cut at one split point, with an optional bottleneck at the cut.
+pub struct SplitModel<B: Backend> {
+    vit: Arc<Vit<B>>,
+    point: usize,
+    bottleneck: Option<Bottleneck<B>>,
+}
+
+impl<B: Backend> SplitModel<B> {
+    /// Puts a loaded model and bottleneck together, checking that the point exists and
+    /// that the bottleneck is a token bottleneck of the model's width.
+    pub fn new(
+        vit: Arc<Vit<B>>,
+        point: usize,
+        bottleneck: Option<Bottleneck<B>>,
+    ) -> Result<Self, SplitLoadError> {
+        let cfg = vit.config();
+        if point > cfg.depth {
+            return Err(SplitLoadError::PointOutOfRange {
+                point,
+                max: cfg.depth,
+            });
+        }
+        if let Some(b) = &bottleneck {
+            if !matches!(b, Bottleneck::Token(_)) {
+                return Err(SplitLoadError::Mismatch(format!(
+                    "a ViT split carries tokens; this is a {} bottleneck",
+                    b.kind()
+                )));
+            }
+            if b.input_channels() != cfg.embed_dim {
+                return Err(SplitLoadError::Mismatch(format!(
+                    "its encoder takes {} channels, the ViT's tokens have {}",
+                    b.input_channels(),
+                    cfg.embed_dim
+                )));
+            }
+        }
+        Ok(Self {
+            vit,
+            point,
+            bottleneck,
+        })
+    }
+
+    /// Loads the ViT and its `bottleneck.*` tensors (if any) from `weights`, with the
+    /// split point `point` or else the weights' metadata `split` (see
+    /// [`SplitModel::load_with_metadata`] for the checks).
+    pub fn load(
+        backend: B,
+        weights: &Weights,
+        options: &VitOptions,
+        point: Option<usize>,
+    ) -> Result<Self, SplitLoadError> {
+        let metadata = SplitMetadata::from_weights(weights)?;
+        Self::load_with_metadata(backend, weights, options, point, &metadata)
+    }
+
+    /// Loads as [`SplitModel::load`], with the checkpoint's metadata: the split point
+    /// defaults to its `split` (and must equal it when both are given and there is a
+    /// bottleneck), its `rank` must equal the bottleneck's, and its `num_heads` is
+    /// used when `options` give none.
+    pub fn load_with_metadata(
+        backend: B,
+        weights: &Weights,
+        options: &VitOptions,
+        point: Option<usize>,
+        metadata: &SplitMetadata,
+    ) -> Result<Self, SplitLoadError> {
+        // The bottleneck first: Vit::load refuses tensors nobody has taken.
+        let bottleneck = Bottleneck::load(&backend, weights, BOTTLENECK_PREFIX)?;
+        let point = match (point, metadata.split) {
+            (Some(asked), Some(meta)) if asked != meta && bottleneck.is_some() => {
+                return Err(SplitLoadError::PointMismatch {
+                    asked,
+                    metadata: meta,
+                })
+            }
+            (Some(p), _) | (None, Some(p)) => p,
+            (None, None) => return Err(SplitLoadError::NoSplitPoint),
+        };
+        if let (Some(rank), Some(b)) = (metadata.rank, &bottleneck) {
+            if rank != b.code_channels() {
+                return Err(SplitLoadError::Mismatch(format!(
+                    "metadata says rank {rank}, the encoder has {} outputs",
+                    b.code_channels()
+                )));
+            }
+        }
+        let mut options = options.clone();
+        if options.num_heads.is_none() && options.arch.is_none() {
+            options.num_heads = metadata.num_heads;
+        }
+        let vit = Vit::load(backend, weights, &options)?;
+        Self::new(Arc::new(vit), point, bottleneck)
+    }
+
+    /// Loads from safetensors bytes, taking the split point (when `point` is `None`),
+    /// rank and head count from the metadata.
+    pub fn from_bytes(
+        backend: B,
+        bytes: Vec<u8>,
+        source_name: &str,
+        options: &VitOptions,
+        point: Option<usize>,
+    ) -> Result<Self, SplitLoadError> {
+        let weights = Weights::from_bytes(bytes, source_name)?;
+        Self::load(backend, &weights, options, point)
+    }
+
+    /// [`SplitModel::from_bytes`] on a file.
+    pub fn from_file(
+        backend: B,
+        path: impl AsRef<Path>,
+        options: &VitOptions,
+        point: Option<usize>,
+    ) -> Result<Self, SplitLoadError> {
+        let path = path.as_ref();
+        let shown = path.display().to_string();
+        let size = std::fs::metadata(path)
+            .map_err(|source| WeightsError::Io {
+                path: shown.clone(),
+                source,
+            })?
+            .len();
+        if size > crate::weights::MAX_WEIGHTS_BYTES {
+            return Err(WeightsError::TooLarge { path: shown, size }.into());
+        }
+        let bytes = std::fs::read(path).map_err(|source| WeightsError::Io {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::from_bytes(backend, bytes, &shown, options, point)
+    }
+
+    /// The split point (blocks on the device).
+    pub fn point(&self) -> usize {
+        self.point
+    }
+
+    /// Whether a bottleneck sits at the cut.
+    pub fn has_bottleneck(&self) -> bool {
+        self.bottleneck.is_some()
+    }
+
+    /// The bottleneck, if any.
+    pub fn bottleneck(&self) -> Option<&Bottleneck<B>> {
+        self.bottleneck.as_ref()
+    }
+
+    /// The whole model.
+    pub fn vit(&self) -> &Arc<Vit<B>> {
+        &self.vit
+    }
+
+    /// The shape of what [`SplitModel::head`] returns for `batch` images: `[batch, N,
+    /// r]` with a bottleneck, `[batch, N, D]` without.
+    pub fn code_shape(&self, batch: usize) -> Vec<usize> {
+        let cfg = self.vit.config();
+        let channels = self
+            .bottleneck
+            .as_ref()
+            .map_or(cfg.embed_dim, Bottleneck::code_channels);
+        vec![batch, cfg.num_tokens(), channels]
+    }
+
+    /// The device side: `[B, C, H, W]` images -> the code that crosses the link.
+    pub fn head(&self, input: &B::Tensor) -> Result<B::Tensor, SplitRunError> {
+        self.vit.backend().scope(|| {
+            let act = self.vit.head(input, self.point)?;
+            Ok(match &self.bottleneck {
+                Some(b) => b.encode(&act)?,
+                None => act,
+            })
+        })
+    }
+
+    /// The edge side: the code -> logits `[B, classes]`.
+    pub fn tail(&self, code: &B::Tensor) -> Result<B::Tensor, SplitRunError> {
+        self.vit.backend().scope(|| {
+            Ok(match &self.bottleneck {
+                Some(b) => self.vit.tail(&b.decode(code)?, self.point)?,
+                None => self.vit.tail(code, self.point)?,
+            })
+        })
+    }
+
+    /// `tail(head(x))`.
+    pub fn forward(&self, input: &B::Tensor) -> Result<B::Tensor, SplitRunError> {
+        self.vit.backend().scope(|| self.tail(&self.head(input)?))
+    }
+
+    /// Host in, host out: uploads `input`, runs [`SplitModel::forward`], reads the
+    /// logits back.
+    pub fn run(&self, input: &HostTensor) -> Result<HostTensor, SplitRunError> {
+        let be = self.vit.backend();
+        let logits = self.forward(&be.upload(input)?)?;
+        Ok(be.readback(&logits)?)
+    }
+
+    /// Checks a code's shape before [`SplitModel::tail`] (for a receiver that wants
+    /// to refuse a frame before running anything).
+    pub fn check_code(&self, code: &B::Tensor) -> Result<(), SplitRunError> {
+        let shape = code.shape();
+        let expected = self.code_shape(shape.first().copied().unwrap_or(0));
+        if shape != expected.as_slice() {
+            return Err(CodeError::Shape {
+                stage: "decoder",
+                actual: shape.to_vec(),
+                expected: format!("{expected:?}"),
+            }
+            .into());
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// The family's face to the runtime: a ViT (or its split model) behind `SplitNet`.
+
+/// Errors loading a ViT as a [`SplitNet`].
+#[derive(Debug, thiserror::Error)]
+pub enum VitNetLoadError {
+    /// The split model or the ViT refused the weights.
+    #[error(transparent)]
+    Split(#[from] SplitLoadError),
+    /// The checkpoint's `crop_pct` is not a valid crop fraction.
+    #[error(transparent)]
+    Transform(#[from] InvalidCropPct),
+}
+
+/// A ViT/DeiT as a [`SplitNet`]: cut at any block, or, when the checkpoint carries a
+/// learned bottleneck, only at the bottleneck (its layers were trained around it).
+pub struct VitNet<B: Backend> {
+    vit: Arc<Vit<B>>,
+    split: Option<SplitModel<B>>,
+    input: InputSpec,
+    points: Vec<SplitPoint>,
+}
+
+impl<B: Backend> VitNet<B> {
+    /// Loads a checkpoint: with `bottleneck.*` tensors the split model (at `point`, or
+    /// the metadata's `split`), else the plain ViT; the eval transform from the
+    /// metadata's `crop_pct` (timm's default without one).
+    pub fn load(
+        backend: B,
+        weights: &Weights,
+        options: &VitOptions,
+        point: Option<usize>,
+        metadata: &SplitMetadata,
+    ) -> Result<Self, VitNetLoadError> {
+        let crop_pct = weights.metadata_value("crop_pct");
+        if has_bottleneck(weights) {
+            let split = SplitModel::load_with_metadata(backend, weights, options, point, metadata)?;
+            let size = split.vit().config().image_size as u32;
+            let transform = EvalTransform::for_checkpoint(size, crop_pct)?;
+            Ok(Self::with_bottleneck(split, transform))
+        } else {
+            let mut options = options.clone();
+            if options.num_heads.is_none() && options.arch.is_none() {
+                options.num_heads = metadata.num_heads;
+            }
+            let vit = Vit::load(backend, weights, &options).map_err(SplitLoadError::from)?;
+            let transform =
+                EvalTransform::for_checkpoint(vit.config().image_size as u32, crop_pct)?;
+            Ok(Self::plain(Arc::new(vit), transform))
+        }
+    }
+
+    /// A plain ViT, cut at any of its `depth + 1` points.
+    pub fn plain(vit: Arc<Vit<B>>, transform: EvalTransform) -> Self {
+        let points = vit.split_points();
+        Self {
+            input: image_input(vit.config(), transform),
+            vit,
+            split: None,
+            points,
+        }
+    }
+
+    /// A split model; with a bottleneck it is cut only there (`block{k-1}-bottleneck`),
+    /// without one at its point (a plain name).
+    pub fn with_bottleneck(split: SplitModel<B>, transform: EvalTransform) -> Self {
+        let vit = split.vit().clone();
+        let code = split.code_shape(1).split_off(1);
+        let rank = split.bottleneck().map(Bottleneck::code_channels);
+        let suffix = if rank.is_some() {
+            BOTTLENECK_SUFFIX
+        } else {
+            ""
+        };
+        let points = vec![SplitPoint {
+            name: format!("{}{suffix}", point_name(split.point())),
+            depth: split.point(),
+            shape: code,
+            bottleneck: rank,
+        }];
+        Self {
+            input: image_input(vit.config(), transform),
+            vit,
+            split: Some(split),
+            points,
+        }
+    }
+
+    /// The ViT.
+    pub fn vit(&self) -> &Arc<Vit<B>> {
+        &self.vit
+    }
+
+    /// The split model, when the checkpoint carried a bottleneck.
+    pub fn split_model(&self) -> Option<&SplitModel<B>> {
+        self.split.as_ref()
+    }
+
+    fn host<F>(&self, x: &HostTensor, f: F) -> Result<HostTensor, NetError>
+    where
+        F: FnOnce(&B::Tensor) -> Result<B::Tensor, NetError>,
+    {
+        let be = self.vit.backend();
+        let y = f(&be.upload(x).map_err(NetError::run)?)?;
+        be.readback(&y).map_err(NetError::run)
+    }
+}
+
+fn image_input(cfg: &VitConfig, transform: EvalTransform) -> InputSpec {
+    InputSpec::Image {
+        channels: cfg.in_chans,
+        size: cfg.image_size,
+        transform,
+    }
+}
+
+impl<B: Backend> SplitNet for VitNet<B> {
+    fn family(&self) -> Family {
+        Family::Vit
+    }
+
+    fn describe(&self) -> String {
+        let c = self.vit.config();
+        let arch = c
+            .arch
+            .clone()
+            .unwrap_or_else(|| format!("vit d{}", c.embed_dim));
+        let bottleneck = match self.points.first() {
+            Some(SplitPoint {
+                depth,
+                bottleneck: Some(rank),
+                ..
+            }) if self.split.is_some() => {
+                format!(", bottleneck after point {depth} (rank {rank})")
+            }
+            _ => String::new(),
+        };
+        format!(
+            "{arch} ({} blocks, {} classes, backend {}{bottleneck})",
+            c.depth,
+            c.num_classes,
+            self.vit.backend().name()
+        )
+    }
+
+    fn backend_name(&self) -> &'static str {
+        self.vit.backend().name()
+    }
+
+    fn input(&self) -> &InputSpec {
+        &self.input
+    }
+
+    fn output(&self) -> OutputKind {
+        OutputKind::ClassLogits {
+            classes: self.vit.config().num_classes,
+        }
+    }
+
+    fn split_points(&self) -> &[SplitPoint] {
+        &self.points
+    }
+
+    fn head(
+        &self,
+        x: &HostTensor,
+        at: &str,
+        _state: Option<&mut dyn NetState>,
+    ) -> Result<HostTensor, NetError> {
+        let depth = self.split_point(at)?.depth;
+        self.host(x, |x| match &self.split {
+            Some(split) => split.head(x).map_err(NetError::run),
+            None => self.vit.head(x, depth).map_err(NetError::run),
+        })
+    }
+
+    fn tail(
+        &self,
+        h: &HostTensor,
+        at: &str,
+        _state: Option<&mut dyn NetState>,
+    ) -> Result<Output, NetError> {
+        let depth = self.split_point(at)?.depth;
+        let logits = self.host(h, |h| match &self.split {
+            Some(split) => {
+                split.check_code(h).map_err(NetError::run)?;
+                split.tail(h).map_err(NetError::run)
+            }
+            None => self.vit.tail(h, depth).map_err(NetError::run),
+        })?;
+        Ok(Output::Logits(logits))
+    }
+
+    fn forward(
+        &self,
+        x: &HostTensor,
+        _state: Option<&mut dyn NetState>,
+    ) -> Result<Output, NetError> {
+        let logits = self.host(x, |x| match &self.split {
+            Some(split) => split.forward(x).map_err(NetError::run),
+            None => self.vit.forward(x).map_err(NetError::run),
+        })?;
+        Ok(Output::Logits(logits))
+    }
 }

@@ -9,8 +9,9 @@ use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::{Bottleneck, BottleneckLoadError};
-use splitstream_models::split::{SplitLoadError, SplitMetadata, SplitModel};
+use splitstream_models::split::SplitMetadata;
 use splitstream_models::vit::VitOptions;
+use splitstream_models::vit::{SplitLoadError, SplitModel};
 use splitstream_models::weights::Weights;
 use splitstream_models::Backend;
 

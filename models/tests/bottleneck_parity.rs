@@ -10,9 +10,11 @@
 use std::path::PathBuf;
 
 use splitstream_models::backend::cpu::CpuBackend;
+#[cfg(feature = "wgpu")]
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::bottleneck::{Bottleneck, TokenDecoder};
-use splitstream_models::split::{SplitMetadata, SplitModel};
+use splitstream_models::split::SplitMetadata;
+use splitstream_models::vit::SplitModel;
 use splitstream_models::vit::VitOptions;
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
@@ -176,6 +178,7 @@ fn bottlenecks_and_split_model_match_pytorch_on_the_cpu() {
     check_parity(CpuBackend::new(2).unwrap(), CPU_TOLERANCE);
 }
 
+#[cfg(feature = "wgpu")]
 #[test]
 fn bottlenecks_and_split_model_match_pytorch_on_wgpu() {
     match WgpuBackend::new(&WgpuOptions::from_env()) {

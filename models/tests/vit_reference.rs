@@ -95,10 +95,10 @@ fn check_splits(model: &str) {
     let input = be.upload(&expected(&reference, "input")).unwrap();
     let full = be.readback(&vit.forward(&input).unwrap()).unwrap();
     for point in vit.split_points() {
-        let act = vit.head(&input, point.index).unwrap();
+        let act = vit.head(&input, point.depth).unwrap();
         let shape = &be.readback(&act).unwrap();
         assert_eq!(&shape.shape()[1..], point.shape);
-        let out = be.readback(&vit.tail(&act, point.index).unwrap()).unwrap();
+        let out = be.readback(&vit.tail(&act, point.depth).unwrap()).unwrap();
         let same = out
             .data()
             .iter()
@@ -107,7 +107,7 @@ fn check_splits(model: &str) {
         assert!(
             same,
             "{model}: split at {} ({}) differs from the full forward",
-            point.index, point.name
+            point.depth, point.name
         );
     }
     let past = vit.split_points().len();

@@ -368,12 +368,18 @@ fn elementwise_and_layout_ops_match_cpu() {
         &g,
         KERNEL_TOLERANCE,
         |c| {
-            c.readback(&c.activate(&c.upload(&x).unwrap(), Activation::Gelu).unwrap())
-                .unwrap()
+            c.readback(
+                &c.activate(&c.upload(&x).unwrap(), Activation::Gelu)
+                    .unwrap(),
+            )
+            .unwrap()
         },
         |c| {
-            c.readback(&c.activate(&c.upload(&x).unwrap(), Activation::Gelu).unwrap())
-                .unwrap()
+            c.readback(
+                &c.activate(&c.upload(&x).unwrap(), Activation::Gelu)
+                    .unwrap(),
+            )
+            .unwrap()
         },
     );
 }

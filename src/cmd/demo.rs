@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
-use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode, SplitAt};
+use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode};
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
@@ -190,16 +190,17 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             model_dir.join(STUDENT_FILE).display()
         );
     };
-    let c = teacher.device.config();
+    let bottleneck = bottleneck.clone();
+    let teacher_net = teacher.device.net();
+    let plain = teacher.device.split_at(bottleneck.depth)?;
     println!(
-        "splitstream demo: {} test images; teacher {TEACHER_FILE} ({} blocks, {} classes), \
-         student {STUDENT_FILE} (bottleneck after point {}, rank {} of {} channels)",
+        "splitstream demo: {} test images; teacher {TEACHER_FILE} ({}), student \
+         {STUDENT_FILE} (bottleneck {}: {:?} per image where the teacher sends {:?})",
         samples.len(),
-        c.depth,
-        c.num_classes,
-        bottleneck.point,
-        bottleneck.rank,
-        c.embed_dim,
+        teacher_net.describe(),
+        bottleneck.name,
+        bottleneck.shape,
+        plain.shape,
     );
 
     let mut tokens = TokenStore::new();
@@ -220,14 +221,14 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         edge.fingerprint()
     );
 
-    let k = bottleneck.point;
+    let k = bottleneck.depth;
     let modes: Vec<(String, &DemoModel, RunMode)> = vec![
         ("local (teacher)".to_owned(), &teacher, RunMode::Local),
         (
             format!("split@{k} bottleneck u8"),
             &student,
             RunMode::Split {
-                at: SplitAt::Bottleneck(k),
+                at: bottleneck.clone(),
                 codec: CodecChoice::U8,
             },
         ),
@@ -235,7 +236,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             format!("split@{k} bottleneck u4"),
             &student,
             RunMode::Split {
-                at: SplitAt::Bottleneck(k),
+                at: bottleneck.clone(),
                 codec: CodecChoice::U4,
             },
         ),
@@ -243,7 +244,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             format!("split@{k} lossless"),
             &teacher,
             RunMode::Split {
-                at: SplitAt::Point(k),
+                at: plain.clone(),
                 codec: CodecChoice::Lossless,
             },
         ),
@@ -251,7 +252,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             format!("split@{k} u8"),
             &teacher,
             RunMode::Split {
-                at: SplitAt::Point(k),
+                at: plain.clone(),
                 codec: CodecChoice::U8,
             },
         ),
@@ -310,7 +311,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             run.latency_ms.push(r.record.total_ms as f32);
             run.bytes += r.record.bytes_sent;
             run.fallbacks += u64::from(r.record.fallback.is_some());
-            run.logits.push(r.logits);
+            run.logits.push(r.logits().to_vec());
         }
         drop(device);
         if let Some(c) = client.and_then(|c| Arc::try_unwrap(c).ok()) {

@@ -38,40 +38,42 @@ pub struct SessionId(pub u64);
 /// What the edge computes for a key's items.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Route {
-    /// The tail from split point `k` (head stages the device ran), on activations.
-    Tail(u32),
-    /// The learned bottleneck's decoder at split point `k`, then the tail, on codes.
-    Decode(u32),
+    /// The tail from the split point after `k` head stages (the model's point of that
+    /// depth: a plain cut, or a learned bottleneck's code).
+    Split(u32),
     /// The whole model, on an offloaded frame.
     Full,
 }
 
 impl Route {
-    /// The `split` label of metrics: the point (`4`), the point and `-bottleneck`, or
-    /// `offload`.
+    /// The `split` label of metrics: the point's depth (`4`) or `offload`.
     pub fn label(self) -> String {
         match self {
-            Self::Tail(k) => k.to_string(),
-            Self::Decode(k) => format!("{k}-bottleneck"),
+            Self::Split(k) => k.to_string(),
             Self::Full => "offload".to_owned(),
         }
     }
 }
 
 /// What items must share to be batched: the model and what runs of it (so the same
-/// layers run on tensors of the same shape).
+/// layers run on tensors of the same shape), and, for a model that keeps state between
+/// a session's frames, the session (its frames run with its own state, never batched
+/// with another's).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct BatchKey {
     /// The model's name (as in the edge config).
     pub model: Arc<str>,
     /// What runs.
     pub route: Route,
+    /// The session whose state the items use; `None`: stateless, batched across
+    /// sessions.
+    pub session: Option<SessionId>,
 }
 
 impl BatchKey {
-    /// A key for the tail of `model` from split point `split`.
+    /// A key for the tail of `model` from the split point of depth `split`.
     pub fn new(model: impl Into<Arc<str>>, split: u32) -> Self {
-        Self::routed(model, Route::Tail(split))
+        Self::routed(model, Route::Split(split))
     }
 
     /// A key for `route` of `model`.
@@ -79,7 +81,14 @@ impl BatchKey {
         Self {
             model: model.into(),
             route,
+            session: None,
         }
+    }
+
+    /// The same key, for the frames of one stateful session.
+    pub fn for_session(mut self, session: SessionId) -> Self {
+        self.session = Some(session);
+        self
     }
 }
 

@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use splitstream_codec::{CodecParams, DecodeLimits, TensorView};
+use splitstream_codec::DecodeLimits;
+use splitstream_models::net::NetState;
 use splitstream_models::HostTensor;
 use splitstream_transport::acceptor::ModelEntry;
 use splitstream_transport::{
@@ -46,6 +47,7 @@ use crate::metrics::EdgeMetrics;
 use crate::model::{CodecChoice, ServedModel, JPEG_CODEC, OFFLOAD_SPLIT};
 use crate::offload::{decode_jpeg, DEFAULT_MAX_SIDE};
 use crate::reason::DropReason;
+use crate::state::{self, StateHandle, StateLimits, StateStore};
 
 /// What runs on the edge besides the transport's own configuration.
 #[derive(Clone, Debug)]
@@ -59,6 +61,8 @@ pub struct EdgeOptions {
     /// The power governor; `None`: none (devices are told full headroom and normal
     /// advice).
     pub power: Option<PowerConfig>,
+    /// Caps on the state stateful models keep per session (KV caches, membranes).
+    pub state: StateLimits,
 }
 
 impl Default for EdgeOptions {
@@ -68,6 +72,7 @@ impl Default for EdgeOptions {
             max_jpeg_side: DEFAULT_MAX_SIDE,
             close_grace: Duration::from_secs(1),
             power: None,
+            state: StateLimits::default(),
         }
     }
 }
@@ -109,9 +114,13 @@ pub struct EdgeCounters {
     pub multi_frame_batches: AtomicU64,
 }
 
-/// The edge's say over sessions: the models it loaded, their splits, codecs, offload.
+/// The edge's say over sessions: the models it loaded, their splits, codecs, offload,
+/// and whether a session's model state fits the caps.
 struct Registry {
     models: HashMap<String, (ModelEntry, bool)>,
+    /// Bytes a session's state may reach, per stateful model.
+    state_sizes: HashMap<String, usize>,
+    state: Arc<StateStore>,
 }
 
 impl Acceptor for Registry {
@@ -132,6 +141,11 @@ impl Acceptor for Registry {
                 device_sha256: config.model.weights_hex(),
                 edge_sha256: config_hex(&entry.weights_sha256),
             });
+        }
+        if let Some(&need) = self.state_sizes.get(arch) {
+            self.state
+                .admissible(need)
+                .map_err(|e| RejectReason::Policy(e.to_string()))?;
         }
         if config.split == OFFLOAD_SPLIT {
             if !offload {
@@ -172,6 +186,8 @@ struct Job {
     payload: Bytes,
     responder: Responder,
     priority: Priority,
+    /// The session's model state, for a stateful model.
+    state: Option<StateHandle>,
 }
 
 /// What every session task shares.
@@ -183,6 +199,7 @@ struct SessionShared {
     power: watch::Receiver<PowerState>,
     load: Arc<LoadTracker>,
     low_priority: Arc<[String]>,
+    state: Arc<StateStore>,
 }
 
 /// A running edge. Dropping it without [`RunningEdge::shutdown`] aborts it.
@@ -246,8 +263,11 @@ impl RunningEdge {
             }
         };
         let load = Arc::new(LoadTracker::new());
+        let state = Arc::new(StateStore::new(options.state));
         let mut registry = Registry {
             models: HashMap::new(),
+            state_sizes: HashMap::new(),
+            state: state.clone(),
         };
         let mut table: HashMap<Arc<str>, ServedModel> = HashMap::new();
         for m in models {
@@ -266,6 +286,9 @@ impl RunningEdge {
                 .is_some()
             {
                 return Err(StartEdgeError::DuplicateModel(name));
+            }
+            if let Some(need) = m.net.state_size() {
+                registry.state_sizes.insert(name.clone(), need);
             }
             table.insert(Arc::from(name.as_str()), m);
         }
@@ -310,6 +333,7 @@ impl RunningEdge {
             power: power.clone(),
             load,
             low_priority,
+            state,
         };
         let accept_task = tokio::spawn(accept_loop(server, stop_rx, shared));
         Ok(Self {
@@ -462,6 +486,7 @@ async fn serve_session(
         mut power,
         load,
         low_priority,
+        state,
     } = shared;
     let id = SessionId(session.info().session_id);
     let priority = Priority::of(
@@ -529,14 +554,31 @@ async fn serve_session(
                 .drop_frame(WireDrop::Other(why.message().to_owned()));
             continue;
         }
+        // A stateful model's frames run with this session's state, one session per
+        // batch; its state is created (and reserved) on the session's first frame.
+        let name: Arc<str> = Arc::from(model.id.arch.as_str());
+        let mut key = BatchKey::routed(name.clone(), route);
+        let session_state = match state.open(id, &name, model.net.as_ref()) {
+            Ok(s) => s,
+            Err(why) => {
+                metrics.dropped(DropReason::Shed);
+                tracing::debug!(session = id.0, "frame refused: {why}");
+                let _ = frame.responder.drop_frame(WireDrop::Other(why.to_string()));
+                continue;
+            }
+        };
+        if session_state.is_some() {
+            key = key.for_session(id);
+        }
         let item = Item {
             session: id,
-            key: BatchKey::routed(Arc::from(model.id.arch.as_str()), route),
+            key,
             deadline: Some(frame.meta.deadline),
             payload: Job {
                 payload: frame.payload,
                 responder: frame.responder,
                 priority,
+                state: session_state,
             },
         };
         if let Err((item, _)) = batches.submit(item).await {
@@ -545,6 +587,8 @@ async fn serve_session(
         }
     }
     let _ = batches.end_session(id).await;
+    // Frames still queued hold their own handle to the state; the store lets go.
+    state.close_session(id);
     metrics.session_closed();
     tracing::info!(session = id.0, "session closed");
 }
@@ -584,7 +628,7 @@ impl Worker {
             }
             return;
         };
-        let Some(shape_tail) = model.model.input_shape(key.route) else {
+        let Some(shape_tail) = model.input_shape(key.route) else {
             for q in batch.items {
                 self.drop_job(q.item.payload, DropReason::Error);
             }
@@ -596,7 +640,7 @@ impl Worker {
             max_elements: per_item,
             max_bytes: per_item.saturating_mul(4),
         };
-        let transform = &model.transform;
+        let transform = model.transform();
         let mut data = Vec::with_capacity(per_item * batch.items.len());
         let mut jobs = Vec::with_capacity(batch.items.len());
         for q in batch.items {
@@ -608,9 +652,11 @@ impl Worker {
                 continue;
             }
             let row = if key.route == Route::Full {
-                decode_jpeg(&job.payload, self.max_jpeg_side)
-                    .ok()
-                    .map(|img| transform.apply(&img))
+                transform.and_then(|t| {
+                    decode_jpeg(&job.payload, self.max_jpeg_side)
+                        .ok()
+                        .map(|img| t.apply(&img))
+                })
             } else {
                 splitstream_codec::decode(&job.payload, &limits)
                     .ok()
@@ -663,16 +709,37 @@ impl Worker {
         if jobs.is_empty() {
             return;
         }
+        if key.session.is_some() && jobs.len() > 1 {
+            // A session's state moves frame by frame: its frames run one at a time, in
+            // the order they came.
+            let per_item: usize = shape_tail.iter().product();
+            for (job, row) in jobs.into_iter().zip(data.chunks(per_item.max(1))) {
+                self.run_group(model, key, shape_tail, row.to_vec(), vec![job]);
+            }
+            return;
+        }
         let n = jobs.len();
         let mut shape = vec![n];
         shape.extend_from_slice(shape_tail);
         let started = Instant::now();
+        let session_state = jobs.first().and_then(|j| j.state.clone());
         let result = HostTensor::new(shape, data)
             .map_err(|e| e.to_string())
-            .and_then(|x| model.model.run(key.route, &x).map_err(|e| e.to_string()));
+            .and_then(|x| {
+                let mut guard = session_state.as_ref().map(state::lock);
+                let state = guard.as_deref_mut().map(|b| &mut **b as &mut dyn NetState);
+                model.run(key.route, &x, state).map_err(|e| e.to_string())
+            });
         self.load.busy(started.elapsed(), Instant::now());
-        let logits = match result {
-            Ok(l) => l,
+        let output = match result {
+            Ok(out) if out.len() == n => out,
+            Ok(out) => {
+                tracing::error!("tail of {} answered {} items for {n}", key.model, out.len());
+                for job in jobs {
+                    self.drop_job(job, DropReason::Error);
+                }
+                return;
+            }
             Err(e) => {
                 tracing::error!("tail of {} failed: {e}", key.model);
                 for job in jobs {
@@ -690,25 +757,11 @@ impl Worker {
                 .multi_frame_batches
                 .fetch_add(1, Ordering::Relaxed);
         }
-        let classes = logits.shape().get(1).copied().unwrap_or(0);
-        for (i, job) in jobs.into_iter().enumerate() {
-            let row = logits
-                .data()
-                .get(i * classes..(i + 1) * classes)
-                .unwrap_or(&[]);
-            let shape = [1, row.len()];
-            let encoded = TensorView::f32(&shape, row)
-                .map_err(|e| e.to_string())
-                .and_then(|v| {
-                    splitstream_codec::encode(&v, &CodecParams::LOSSLESS).map_err(|e| e.to_string())
-                });
-            match encoded {
-                Ok(bytes) => {
-                    self.counters.answered.fetch_add(1, Ordering::Relaxed);
-                    let _ = job.responder.answer(Bytes::from(bytes));
-                }
-                Err(_) => self.drop_job(job, DropReason::Error),
-            }
+        // One typed answer per frame (logits, detections, a token), as the device
+        // decodes it.
+        for (job, answer) in jobs.into_iter().zip(output.into_answers()) {
+            self.counters.answered.fetch_add(1, Ordering::Relaxed);
+            let _ = job.responder.answer(Bytes::from(answer.encode()));
         }
     }
 }

@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod model;
 pub mod offload;
 mod reason;
+pub mod state;
 
 pub use reason::DropReason;

@@ -117,7 +117,7 @@ pub async fn local_logits(model: &DeviceModel, frames: &[Frame]) -> Vec<Vec<f32>
     let mut d = device(model, RunMode::Local, None);
     let mut out = Vec::new();
     for f in frames {
-        out.push(d.process(f).await.logits);
+        out.push(d.process(f).await.logits().to_vec());
     }
     out
 }

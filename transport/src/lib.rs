@@ -25,7 +25,7 @@ pub use client::{
     ReconfigureError, SendFrameError,
 };
 pub use config::{ClientAuth, ClientConfig, Limits, ReconnectPolicy, ServerConfig};
-pub use names::{CodecChoice, SplitAt};
+pub use names::CodecChoice;
 pub use server::{
     AnswerError, BindError, FrameMeta, IncomingFrame, Responder, Server, Session, SessionInfo,
     StatusHandle,

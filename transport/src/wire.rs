@@ -14,11 +14,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// TLS application protocol name; a peer that does not offer it fails the TLS handshake.
 pub const ALPN: &[u8] = b"splitstream/1";
 /// The protocol version this build speaks (sent in `Hello`). Version 2 added the
-/// edge's [`EdgeTiming`] to every result.
-pub const PROTOCOL_VERSION: u16 = 2;
-/// The oldest protocol version this build still accepts (a version-1 answer has no
-/// timing, and postcard cannot tell the two apart).
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+/// edge's [`EdgeTiming`] to every result; version 3 made results typed answers (the
+/// models crate's `Answer`: logits, detections or a token) and split names the model's
+/// own.
+pub const PROTOCOL_VERSION: u16 = 3;
+/// The oldest protocol version this build still accepts (a version-2 result is a bare
+/// logits tensor that a version-3 device would misread as an answer).
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// Application error codes carried by QUIC `CONNECTION_CLOSE`, `RESET_STREAM` and
 /// `STOP_SENDING`. They tell the peer (and its logs) why a stream or connection ended.

@@ -221,8 +221,8 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
     let (model, id) = load_model(MODEL_NAME, bytes.clone(), &weights_name, None, 1)?;
     let point = args
         .at
-        .or(model.bottleneck().map(|b| b.point))
-        .unwrap_or(model.config().depth / 2);
+        .or(model.bottleneck().map(|b| b.depth))
+        .unwrap_or(model.max_depth() / 2);
     let at = model.split_at(point)?;
     let frames = Arc::new(load_frames(32)?);
     let scratch = std::env::temp_dir().join(format!("splitstream-e2e-{}", std::process::id()));
@@ -239,8 +239,9 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
 
     if !args.json {
         println!(
-            "e2e: model {weights_name}; split {at} codec {}; {} fps per device for {} s; \
+            "e2e: model {weights_name}; split {} codec {}; {} fps per device for {} s; \
              edge {}",
+            at.name,
             codec.name(),
             args.fps,
             args.seconds,
@@ -255,7 +256,10 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
         for mode_name in &args.modes {
             let mode = match mode_name.as_str() {
                 "local" => RunMode::Local,
-                "split" => RunMode::Split { at, codec },
+                "split" => RunMode::Split {
+                    at: at.clone(),
+                    codec,
+                },
                 _ => RunMode::Offload {
                     jpeg: JpegSettings::default(),
                 },

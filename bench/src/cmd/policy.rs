@@ -659,7 +659,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     let (model, id) = load_model(MODEL, bytes.clone(), &shown, None, args.device_threads)?;
     let split_at = args
         .split_at
-        .or(model.bottleneck().map(|b| b.point))
+        .or(model.bottleneck().map(|b| b.depth))
         .unwrap_or(2);
     let backend = match args.edge_backend.as_str() {
         "wgpu" => BackendChoice::Wgpu,

@@ -197,7 +197,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.heads,
         args.threads,
     )?;
-    let depth = model.config().depth;
+    let depth = model.max_depth();
     let codec = || {
         CodecChoice::parse(&args.codec).ok_or_else(|| {
             anyhow::anyhow!(
@@ -227,7 +227,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let policy = match args.mode.as_str() {
         "local" => Policy::fixed(Plan::Local, cfg),
         "split" => {
-            let Some(point) = args.at.or(model.bottleneck().map(|b| b.point)) else {
+            let Some(point) = args.at.or(model.bottleneck().map(|b| b.depth)) else {
                 bail!("--policy split needs --at K (0..={depth}: head blocks on the device)");
             };
             model
@@ -246,7 +246,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let points = if !args.split_points.is_empty() {
                 args.split_points.clone()
             } else if let Some(b) = model.bottleneck() {
-                vec![b.point]
+                vec![b.depth]
             } else {
                 (0..=depth).collect()
             };
@@ -347,11 +347,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
             "events from {}: {w}x{h} sensor, {} ms windows as {} frames",
             args.input, args.event_window_ms, args.event_repr
         );
-        if args.event_repr == "histogram" && model.config().in_chans != 2 {
+        let channels = model.input().item_shape().first().copied().unwrap_or(0);
+        if args.event_repr == "histogram" && channels != 2 {
             bail!(
                 "--event-repr histogram makes [1,2,H,W] tensors, but this model takes {} \
                  channels: use --event-repr rendered for image models",
-                model.config().in_chans
+                channels
             );
         }
     }

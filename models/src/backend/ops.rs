@@ -274,7 +274,10 @@ mod tests {
     #[test]
     fn broadcasting_aligns_trailing_dimensions() {
         assert_eq!(broadcast_shape("t", &[2, 3, 4], &[4]).unwrap(), [2, 3, 4]);
-        assert_eq!(broadcast_shape("t", &[2, 1, 4], &[3, 1]).unwrap(), [2, 3, 4]);
+        assert_eq!(
+            broadcast_shape("t", &[2, 1, 4], &[3, 1]).unwrap(),
+            [2, 3, 4]
+        );
         assert_eq!(broadcast_shape("t", &[], &[5]).unwrap(), [5]);
         assert!(broadcast_shape("t", &[2, 3], &[4, 3]).is_err());
         assert_eq!(broadcast_strides(&[3, 1], 3), [0, 1, 0]);

@@ -93,7 +93,11 @@ impl<B: Backend> ConvBottleneck<B> {
                 "every bottleneck convolution has a bias (fold a BatchNorm into it)",
                 exactly(&[o]),
             )?;
-            encoder.push(backend.prepare_conv2d(&w, Some(&b), Conv2dSpec::new([2, 2], [k / 2, k / 2]))?);
+            encoder.push(backend.prepare_conv2d(
+                &w,
+                Some(&b),
+                Conv2dSpec::new([2, 2], [k / 2, k / 2]),
+            )?);
             channels = o;
             index += 2;
         }
@@ -141,7 +145,11 @@ impl<B: Backend> ConvBottleneck<B> {
                     out: o,
                 }
             } else {
-                DecoderLayer::Same(backend.prepare_conv2d(&w, Some(&b), Conv2dSpec::new([1, 1], [k / 2, k / 2]))?)
+                DecoderLayer::Same(backend.prepare_conv2d(
+                    &w,
+                    Some(&b),
+                    Conv2dSpec::new([1, 1], [k / 2, k / 2]),
+                )?)
             });
             channels = o;
             last_weight = wname;

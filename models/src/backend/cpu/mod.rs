@@ -835,46 +835,104 @@ impl Backend for CpuBackend {
     }
 
     // Placeholders until the kernels land (issue 14): each refuses clearly.
-    fn binary(&self, _a: &CpuTensor, _b: &CpuTensor, _op: BinaryOp) -> Result<CpuTensor, BackendError> {
+    fn binary(
+        &self,
+        _a: &CpuTensor,
+        _b: &CpuTensor,
+        _op: BinaryOp,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("binary"))
     }
-    fn compare(&self, _a: &CpuTensor, _b: &CpuTensor, _op: CompareOp) -> Result<CpuTensor, BackendError> {
+    fn compare(
+        &self,
+        _a: &CpuTensor,
+        _b: &CpuTensor,
+        _op: CompareOp,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("compare"))
     }
-    fn select(&self, _mask: &CpuTensor, _a: &CpuTensor, _b: &CpuTensor) -> Result<CpuTensor, BackendError> {
+    fn select(
+        &self,
+        _mask: &CpuTensor,
+        _a: &CpuTensor,
+        _b: &CpuTensor,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("select"))
     }
-    fn reduce(&self, _x: &CpuTensor, _axis: usize, _op: ReduceOp) -> Result<CpuTensor, BackendError> {
+    fn reduce(
+        &self,
+        _x: &CpuTensor,
+        _axis: usize,
+        _op: ReduceOp,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("reduce"))
     }
     fn pool2d(&self, _x: &CpuTensor, _spec: Pool2dSpec) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("pool2d"))
     }
-    fn resize(&self, _x: &CpuTensor, _size: [usize; 2], _mode: ResizeMode) -> Result<CpuTensor, BackendError> {
+    fn resize(
+        &self,
+        _x: &CpuTensor,
+        _size: [usize; 2],
+        _mode: ResizeMode,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("resize"))
     }
     fn concat(&self, _xs: &[&CpuTensor], _axis: usize) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("concat"))
     }
-    fn slice(&self, _x: &CpuTensor, _axis: usize, _start: usize, _len: usize) -> Result<CpuTensor, BackendError> {
+    fn slice(
+        &self,
+        _x: &CpuTensor,
+        _axis: usize,
+        _start: usize,
+        _len: usize,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("slice"))
     }
-    fn write_slice(&self, _dst: &mut CpuTensor, _axis: usize, _start: usize, _src: &CpuTensor) -> Result<(), BackendError> {
+    fn write_slice(
+        &self,
+        _dst: &mut CpuTensor,
+        _axis: usize,
+        _start: usize,
+        _src: &CpuTensor,
+    ) -> Result<(), BackendError> {
         Err(self.unsupported("write_slice"))
     }
-    fn matmul(&self, _a: &CpuTensor, _b: &CpuTensor, _transpose_b: bool) -> Result<CpuTensor, BackendError> {
+    fn matmul(
+        &self,
+        _a: &CpuTensor,
+        _b: &CpuTensor,
+        _transpose_b: bool,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("matmul"))
     }
     fn embedding(&self, _table: &CpuTensor, _ids: &[u32]) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("embedding"))
     }
-    fn rms_norm(&self, _x: &CpuTensor, _gamma: &CpuTensor, _eps: f32) -> Result<CpuTensor, BackendError> {
+    fn rms_norm(
+        &self,
+        _x: &CpuTensor,
+        _gamma: &CpuTensor,
+        _eps: f32,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("rms_norm"))
     }
-    fn rope(&self, _x: &CpuTensor, _cos: &CpuTensor, _sin: &CpuTensor) -> Result<CpuTensor, BackendError> {
+    fn rope(
+        &self,
+        _x: &CpuTensor,
+        _cos: &CpuTensor,
+        _sin: &CpuTensor,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("rope"))
     }
-    fn attention_gqa(&self, _q: &CpuTensor, _k: &CpuTensor, _v: &CpuTensor, _spec: AttentionSpec) -> Result<CpuTensor, BackendError> {
+    fn attention_gqa(
+        &self,
+        _q: &CpuTensor,
+        _k: &CpuTensor,
+        _v: &CpuTensor,
+        _spec: AttentionSpec,
+    ) -> Result<CpuTensor, BackendError> {
         Err(self.unsupported("attention_gqa"))
     }
 }
@@ -934,7 +992,9 @@ mod tests {
         let x = t(&[2, 3, 7, 6], |i| (i % 11) as f32 - 5.0);
         let w = t(&[4, 3, 3, 2], |i| (i % 7) as f32 * 0.25 - 0.5);
         let bias = t(&[4], |i| i as f32);
-        let conv = be.prepare_conv2d(&w, Some(&bias), Conv2dSpec::new([2, 1], [1, 1])).unwrap();
+        let conv = be
+            .prepare_conv2d(&w, Some(&bias), Conv2dSpec::new([2, 1], [1, 1]))
+            .unwrap();
         let y = be
             .readback(&be.conv2d(&be.upload(&x).unwrap(), &conv).unwrap())
             .unwrap();

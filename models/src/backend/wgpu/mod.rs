@@ -146,7 +146,10 @@ fn last_dim(op: &'static str, x: &WgpuTensor) -> Result<usize, BackendError> {
 
 impl WgpuBackend {
     fn unsupported(&self, op: &'static str) -> BackendError {
-        BackendError::Unsupported { backend: "wgpu", op }
+        BackendError::Unsupported {
+            backend: "wgpu",
+            op,
+        }
     }
 
     /// Opens the best adapter `options` allow, software rasterisers included unless
@@ -942,46 +945,104 @@ impl Backend for WgpuBackend {
     }
 
     // Placeholders until the kernels land (issue 14): each refuses clearly.
-    fn binary(&self, _a: &WgpuTensor, _b: &WgpuTensor, _op: BinaryOp) -> Result<WgpuTensor, BackendError> {
+    fn binary(
+        &self,
+        _a: &WgpuTensor,
+        _b: &WgpuTensor,
+        _op: BinaryOp,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("binary"))
     }
-    fn compare(&self, _a: &WgpuTensor, _b: &WgpuTensor, _op: CompareOp) -> Result<WgpuTensor, BackendError> {
+    fn compare(
+        &self,
+        _a: &WgpuTensor,
+        _b: &WgpuTensor,
+        _op: CompareOp,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("compare"))
     }
-    fn select(&self, _mask: &WgpuTensor, _a: &WgpuTensor, _b: &WgpuTensor) -> Result<WgpuTensor, BackendError> {
+    fn select(
+        &self,
+        _mask: &WgpuTensor,
+        _a: &WgpuTensor,
+        _b: &WgpuTensor,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("select"))
     }
-    fn reduce(&self, _x: &WgpuTensor, _axis: usize, _op: ReduceOp) -> Result<WgpuTensor, BackendError> {
+    fn reduce(
+        &self,
+        _x: &WgpuTensor,
+        _axis: usize,
+        _op: ReduceOp,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("reduce"))
     }
     fn pool2d(&self, _x: &WgpuTensor, _spec: Pool2dSpec) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("pool2d"))
     }
-    fn resize(&self, _x: &WgpuTensor, _size: [usize; 2], _mode: ResizeMode) -> Result<WgpuTensor, BackendError> {
+    fn resize(
+        &self,
+        _x: &WgpuTensor,
+        _size: [usize; 2],
+        _mode: ResizeMode,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("resize"))
     }
     fn concat(&self, _xs: &[&WgpuTensor], _axis: usize) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("concat"))
     }
-    fn slice(&self, _x: &WgpuTensor, _axis: usize, _start: usize, _len: usize) -> Result<WgpuTensor, BackendError> {
+    fn slice(
+        &self,
+        _x: &WgpuTensor,
+        _axis: usize,
+        _start: usize,
+        _len: usize,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("slice"))
     }
-    fn write_slice(&self, _dst: &mut WgpuTensor, _axis: usize, _start: usize, _src: &WgpuTensor) -> Result<(), BackendError> {
+    fn write_slice(
+        &self,
+        _dst: &mut WgpuTensor,
+        _axis: usize,
+        _start: usize,
+        _src: &WgpuTensor,
+    ) -> Result<(), BackendError> {
         Err(self.unsupported("write_slice"))
     }
-    fn matmul(&self, _a: &WgpuTensor, _b: &WgpuTensor, _transpose_b: bool) -> Result<WgpuTensor, BackendError> {
+    fn matmul(
+        &self,
+        _a: &WgpuTensor,
+        _b: &WgpuTensor,
+        _transpose_b: bool,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("matmul"))
     }
     fn embedding(&self, _table: &WgpuTensor, _ids: &[u32]) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("embedding"))
     }
-    fn rms_norm(&self, _x: &WgpuTensor, _gamma: &WgpuTensor, _eps: f32) -> Result<WgpuTensor, BackendError> {
+    fn rms_norm(
+        &self,
+        _x: &WgpuTensor,
+        _gamma: &WgpuTensor,
+        _eps: f32,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("rms_norm"))
     }
-    fn rope(&self, _x: &WgpuTensor, _cos: &WgpuTensor, _sin: &WgpuTensor) -> Result<WgpuTensor, BackendError> {
+    fn rope(
+        &self,
+        _x: &WgpuTensor,
+        _cos: &WgpuTensor,
+        _sin: &WgpuTensor,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("rope"))
     }
-    fn attention_gqa(&self, _q: &WgpuTensor, _k: &WgpuTensor, _v: &WgpuTensor, _spec: AttentionSpec) -> Result<WgpuTensor, BackendError> {
+    fn attention_gqa(
+        &self,
+        _q: &WgpuTensor,
+        _k: &WgpuTensor,
+        _v: &WgpuTensor,
+        _spec: AttentionSpec,
+    ) -> Result<WgpuTensor, BackendError> {
         Err(self.unsupported("attention_gqa"))
     }
 }
