@@ -4,13 +4,13 @@
 //! overtaken, past its deadline, connection lost, never connected) is computed locally,
 //! from the head's activation when there is one.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::RgbImage;
 use splitstream_codec::{Bits, CodecParams, Entropy, TensorView};
-use splitstream_models::net::{Answer, InputSpec, Output, SplitPoint};
+use splitstream_models::net::{Answer, InputSpec, NetState, Output, SplitPoint};
 use splitstream_models::HostTensor;
 use splitstream_transport::names::{jpeg_spec, OFFLOAD_SPLIT};
 use splitstream_transport::{Client, CodecSpec, FrameOutcome, OutgoingFrame};
@@ -97,6 +97,10 @@ impl FrameResult {
 /// Runs frames in one mode, with an optional connection to an edge.
 pub struct Device {
     model: DeviceModel,
+    /// The device's own state of a stateful family, for the frames it computes (its
+    /// local runs and fallbacks; the edge keeps the session's state for the frames it
+    /// answers).
+    state: Arc<Mutex<Option<Box<dyn NetState>>>>,
     mode: RunMode,
     client: Option<Arc<Client>>,
     budget: Duration,
@@ -130,8 +134,10 @@ impl Device {
         client: Option<Arc<Client>>,
         budget: Duration,
     ) -> Self {
+        let state = Arc::new(Mutex::new(model.net().new_state()));
         Self {
             model,
+            state,
             mode,
             client,
             budget,
@@ -213,13 +219,15 @@ impl Device {
         };
         match self.mode.clone() {
             RunMode::Local => {
-                let out = self.on_worker(move |m| m.run(&input)).await?;
+                let out = self.on_worker(move |m, s| m.run(&input, s)).await?;
                 rec.head_ms = ms(t0.elapsed());
                 only_answer(out)
             }
             RunMode::Split { at, codec } => {
                 let head_at = at.clone();
-                let act = self.on_worker(move |m| m.head(&input, &head_at)).await?;
+                let act = self
+                    .on_worker(move |m, s| m.head(&input, &head_at, s))
+                    .await?;
                 let encoded = TensorView::f32(act.shape(), act.data())
                     .map_err(|e| e.to_string())
                     .and_then(|v| {
@@ -238,7 +246,7 @@ impl Device {
                         rec.fallback = Some(why);
                         rec.mode = Mode::Local;
                         let t = Instant::now();
-                        let out = self.on_worker(move |m| m.tail(&act, &at)).await?;
+                        let out = self.on_worker(move |m, s| m.tail(&act, &at, s)).await?;
                         rec.tail_ms = ms(t.elapsed());
                         only_answer(out)
                     }
@@ -261,7 +269,7 @@ impl Device {
                         rec.fallback = Some(why);
                         rec.mode = Mode::Local;
                         let t = Instant::now();
-                        let out = self.on_worker(move |m| m.run(&input)).await?;
+                        let out = self.on_worker(move |m, s| m.run(&input, s)).await?;
                         rec.tail_ms = ms(t.elapsed());
                         only_answer(out)
                     }
@@ -305,13 +313,19 @@ impl Device {
     async fn on_worker<T, F>(&self, f: F) -> Result<T, ComputeError>
     where
         T: Send + 'static,
-        F: FnOnce(&DeviceModel) -> Result<T, ModelRunError> + Send + 'static,
+        F: FnOnce(&DeviceModel, Option<&mut dyn NetState>) -> Result<T, ModelRunError>
+            + Send
+            + 'static,
     {
         let model = self.model.clone();
-        tokio::task::spawn_blocking(move || f(&model))
-            .await
-            .map_err(|e| ComputeError::Model(format!("worker thread: {e}")))?
-            .map_err(|e| ComputeError::Model(e.to_string()))
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut guard = state.lock().unwrap_or_else(|e| e.into_inner());
+            f(&model, guard.as_deref_mut().map(|s| s as &mut dyn NetState))
+        })
+        .await
+        .map_err(|e| ComputeError::Model(format!("worker thread: {e}")))?
+        .map_err(|e| ComputeError::Model(e.to_string()))
     }
 }
 

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::net::{
-    load_net, InputSpec, LoadNetError, NetError, NetOptions, Output, SplitPoint,
+    load_net, InputSpec, LoadNetError, NetError, NetOptions, NetState, Output, SplitPoint,
 };
 use splitstream_models::weights::{Weights, WeightsError};
 use splitstream_models::{BackendError, HostTensor, SplitNet};
@@ -100,20 +100,34 @@ impl DeviceModel {
         Err(ModelRunError::NoSuchSplit { depth, why })
     }
 
-    /// The whole model.
-    pub fn run(&self, input: &HostTensor) -> Result<Output, ModelRunError> {
-        Ok(self.net.forward(input, None)?)
+    /// The whole model, with the device's own state for a stateful family.
+    pub fn run(
+        &self,
+        input: &HostTensor,
+        state: Option<&mut dyn NetState>,
+    ) -> Result<Output, ModelRunError> {
+        Ok(self.net.forward(input, state)?)
     }
 
     /// The device's part at `at`: what crosses the link.
-    pub fn head(&self, input: &HostTensor, at: &SplitPoint) -> Result<HostTensor, ModelRunError> {
-        Ok(self.net.head(input, &at.name, None)?)
+    pub fn head(
+        &self,
+        input: &HostTensor,
+        at: &SplitPoint,
+        state: Option<&mut dyn NetState>,
+    ) -> Result<HostTensor, ModelRunError> {
+        Ok(self.net.head(input, &at.name, state)?)
     }
 
     /// The rest of the model from what [`DeviceModel::head`] gave (the local fallback
     /// when the edge does not answer).
-    pub fn tail(&self, head_out: &HostTensor, at: &SplitPoint) -> Result<Output, ModelRunError> {
-        Ok(self.net.tail(head_out, &at.name, None)?)
+    pub fn tail(
+        &self,
+        head_out: &HostTensor,
+        at: &SplitPoint,
+        state: Option<&mut dyn NetState>,
+    ) -> Result<Output, ModelRunError> {
+        Ok(self.net.tail(head_out, &at.name, state)?)
     }
 }
 
