@@ -282,7 +282,7 @@ impl RunningEdge {
             };
             if registry
                 .models
-                .insert(name.clone(), (entry, m.offload))
+                .insert(name.clone(), (entry, m.offload && m.transform().is_some()))
                 .is_some()
             {
                 return Err(StartEdgeError::DuplicateModel(name));
