@@ -31,12 +31,13 @@
 pub mod cpu;
 pub mod kv_cache;
 pub mod ops;
+pub mod reference;
 pub mod wgpu;
 
 use crate::tensor::HostTensor;
 pub use kv_cache::KvCache;
 pub use ops::{
-    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, PoolKind, Pool2dSpec, ReduceOp,
+    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, Pool2dSpec, PoolKind, ReduceOp,
     ResizeMode,
 };
 
