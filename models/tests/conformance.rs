@@ -1180,6 +1180,138 @@ fn cases() -> Vec<Case> {
             steps: vec![kv(1, 3, 1), kv(1, 2, 2)],
         },
     );
+
+    // ---- sizes past the CPU's parallel threshold (16 Ki elements), so that the
+    // row-chunked and multi-task paths run, not only the single-threaded ones.
+    for act in [Activation::Silu, Activation::Gelu, Activation::HardSwish] {
+        c.push(
+            format!("parallel 3x100x64, {act:?}"),
+            act_tol(act, ROUNDED),
+            Op::Activate(t(&[3, 100, 64], 80, 6.0), act),
+        );
+    }
+    c.push(
+        "parallel 128x96 -> 160, bias, Silu",
+        act_tol(Activation::Silu, ACCUMULATED),
+        Op::Linear {
+            x: t(&[128, 96], 81, 1.0),
+            w: t(&[160, 96], 82, 0.2),
+            b: Some(t(&[160], 83, 0.5)),
+            act: Activation::Silu,
+        },
+    );
+    c.push(
+        "parallel grouped 3x3, groups 2, 8 -> 6 channels 32x40, Relu",
+        ACCUMULATED,
+        conv(
+            &[1, 8, 32, 40],
+            &[6, 4, 3, 3],
+            true,
+            Conv2dSpec::new([1, 1], [1, 1])
+                .groups(2)
+                .activation(Activation::Relu),
+            84,
+        ),
+    );
+    c.push(
+        "parallel [2,3,64,64] Mul [3,1,1]",
+        ROUNDED,
+        Op::Binary(
+            t(&[2, 3, 64, 64], 85, 1.5),
+            t(&[3, 1, 1], 86, 1.5),
+            BinaryOp::Mul,
+        ),
+    );
+    c.push(
+        "parallel [2,3,64,64] Add same shape",
+        ROUNDED,
+        Op::Binary(
+            t(&[2, 3, 64, 64], 87, 1.5),
+            t(&[2, 3, 64, 64], 88, 1.5),
+            BinaryOp::Add,
+        ),
+    );
+    c.push(
+        "parallel [64,300] Sub [300]",
+        ROUNDED,
+        Op::Binary(t(&[64, 300], 89, 1.5), t(&[300], 90, 1.5), BinaryOp::Sub),
+    );
+    c.push(
+        "parallel [2,3,64,64] Gt [1,1,64,1]",
+        EXACT,
+        Op::Compare(
+            grid(&[2, 3, 64, 64], 1),
+            grid(&[1, 1, 64, 1], 2),
+            CompareOp::Gt,
+        ),
+    );
+    c.push(
+        "parallel mask [1,1,64,64] over [2,3,64,64] and a scalar",
+        EXACT,
+        Op::Select(
+            mask(&[1, 1, 64, 64], 4),
+            t(&[2, 3, 64, 64], 91, 1.0),
+            t(&[], 92, 1.0),
+        ),
+    );
+    for op in ReduceOp::ALL {
+        let exact = matches!(op, ReduceOp::Max | ReduceOp::ArgMax);
+        for (shape, axis) in [([40, 8, 500], 1), ([40, 500, 8], 2)] {
+            let x = if exact {
+                grid(&shape, 5)
+            } else {
+                t(&shape, 93, 1.5)
+            };
+            c.push(
+                format!("parallel {shape:?} axis {axis} {op:?}"),
+                if exact { EXACT } else { ROUNDED_SUM },
+                Op::Reduce(x, axis, op),
+            );
+        }
+    }
+    for kind in [PoolKind::Max, PoolKind::Avg] {
+        c.push(
+            format!("parallel [1,8,64,64] 3x3/1 pad 1 {kind:?}"),
+            if kind == PoolKind::Max {
+                EXACT
+            } else {
+                ROUNDED
+            },
+            Op::Pool2d(grid(&[1, 8, 64, 64], 6), pool(kind, [3, 3], [1, 1], [1, 1])),
+        );
+    }
+    c.push(
+        "parallel [1,4,48,48] to [96,96] bilinear",
+        ROUNDED_SUM,
+        Op::Resize(
+            t(&[1, 4, 48, 48], 94, 1.5),
+            [96, 96],
+            ResizeMode::Bilinear {
+                align_corners: false,
+            },
+        ),
+    );
+    c.push(
+        "parallel [1,4,48,48] to [96,96] nearest",
+        EXACT,
+        Op::Resize(t(&[1, 4, 48, 48], 95, 1.5), [96, 96], ResizeMode::Nearest),
+    );
+    c.push(
+        "parallel 64x512",
+        ACCUMULATED,
+        Op::RmsNorm(t(&[64, 512], 96, 2.0), t(&[512], 97, 1.0), 1e-6),
+    );
+    let (cos, sin) = rope_tables(64, 64, 5);
+    c.push(
+        "parallel B1 N64 H4 hd64",
+        ROUNDED_SUM,
+        Op::Rope(t(&[1, 64, 4, 64], 98, 1.5), cos, sin),
+    );
+    c.push(
+        "GQA 4 over 2, 64 queries x 32, causal (several row blocks per head)",
+        ATTENTION,
+        gqa(1, 64, 4, 64, 2, 32, 64, Some(0), 99),
+    );
     c.0
 }
 
@@ -1347,7 +1479,7 @@ fn every_backend_matches_the_reference_on_every_op() {
 
     // Summary per (backend, op): cases, failures, largest error, worst error/tolerance.
     println!(
-        "\n{:<10} {:<15} {:>6} {:>6} {:>10} {:>9}",
+        "\n{:<12} {:<15} {:>6} {:>6} {:>10} {:>9}",
         "backend", "op", "cases", "fail", "max |err|", "err/tol"
     );
     let mut keys: Vec<(&str, &str)> = Vec::new();
@@ -1371,13 +1503,13 @@ fn every_backend_matches_the_reference_on_every_op() {
             .filter(|o| o.failure.is_none())
             .fold(0f32, |m, o| m.max(o.worst));
         println!(
-            "{backend:<10} {op:<15} {:>6} {fails:>6} {max_err:>10.2e} {worst:>9.3}",
+            "{backend:<12} {op:<15} {:>6} {fails:>6} {max_err:>10.2e} {worst:>9.3}",
             rows.len()
         );
     }
     for o in &outcomes {
         if let Some(f) = &o.failure {
-            problems.push(format!("{:<8} {:<14} {}: {f}", o.backend, o.op, o.case));
+            problems.push(format!("{:<12} {:<14} {}: {f}", o.backend, o.op, o.case));
         }
     }
     if !problems.is_empty() {
