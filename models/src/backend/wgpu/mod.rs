@@ -5,12 +5,17 @@
 //!   dispatches into a pending list (see `queue.rs`); nothing reaches the GPU until a
 //!   [`Backend::readback`], which submits the whole chain (a forward pass of any batch)
 //!   as one command buffer and copies the result out. Buffers come from a pool.
-//! - **Kernels** (`*.wgsl` beside this file): tiled matmul with a fused bias/GELU
-//!   epilogue (also the patch embedding, after an im2col), fused flash-style attention,
-//!   layer norm and softmax per row, and elementwise/data-movement kernels. Pipelines are
-//!   compiled on first use and cached.
+//! - **Kernels** (`*.wgsl` beside this file): tiled matmul with a fused bias and
+//!   activation epilogue (linear layers, and convolutions after an im2col or straight
+//!   from NCHW for 1x1), a direct depthwise convolution (`conv.rs`), fused
+//!   flash-style attention (timm's, and grouped-query with a causal mask and a KV
+//!   cache), layer norm, RMS norm and softmax per row, and one-thread-per-output
+//!   kernels for the rest: activations, broadcasting arithmetic, reductions, pooling,
+//!   resizing, data movement, rotary embeddings (the wider op set is in `ops.rs`).
+//!   Pipelines are compiled on first use and cached.
 //! - **Weights** are transposed and padded once at load; with `SHADER_F16` they are
-//!   stored as f16 (half the memory traffic) and accumulated in f32.
+//!   stored as f16 (half the memory traffic) and accumulated in f32; the direct
+//!   convolution's small weights stay f32.
 //! - **Choosing a device.** [`WgpuBackend::new`] takes the best adapter the options
 //!   allow (a software one included: that is how the tests run on lavapipe);
 //!   [`WgpuBackend::auto`] only a hardware GPU, or none, so the caller falls back to

@@ -624,6 +624,8 @@ impl WgpuBackend {
             return Err(shape_err(op, "kv_len is 0: the queries see no key".into()));
         }
         let q_off = spec.causal.unwrap_or(0);
+        // The kernel computes positions q_off + i in u32.
+        as_u32(op, "causal position", q_off.saturating_add(nq))?;
         let q_blocks = nq.div_ceil(ATTENTION_QB);
         let grid = self.grid(op, batch * hq * q_blocks)?;
         let params = [
@@ -635,7 +637,7 @@ impl WgpuBackend {
             spec.scale.to_bits(),
             spec.kv_len as u32,
             u32::from(spec.causal.is_some()),
-            as_u32(op, "causal offset", q_off.saturating_add(nq))? - nq as u32,
+            as_u32(op, "causal offset", q_off)?,
             q_blocks as u32,
             grid[0],
         ];
