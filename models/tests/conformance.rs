@@ -94,7 +94,7 @@ fn away_from_zero(shape: &[usize], seed: usize) -> HostTensor {
 fn mask(shape: &[usize], seed: usize) -> HostTensor {
     let n = shape.iter().product();
     let data = (0..n)
-        .map(|i| ((i * 5 + seed) % 3 == 0) as u8 as f32)
+        .map(|i| (i * 5 + seed).is_multiple_of(3) as u8 as f32)
         .collect();
     HostTensor::new(shape.to_vec(), data).unwrap()
 }
@@ -370,7 +370,6 @@ fn act_tol(act: Activation, base: Tol) -> Tol {
     }
 }
 
-#[allow(clippy::too_many_lines)]
 fn cases() -> Vec<Case> {
     let mut c = Table::default();
 
