@@ -241,3 +241,92 @@ fn the_kernels_limits_are_shape_errors() {
     assert_eq!(rows.shape(), [3, 3]);
     assert_eq!(rows.data()[..3], rows.data()[6..]);
 }
+
+/// Equal, NaN matching NaN (bit patterns of NaNs may differ).
+fn same_with_nans(name: &str, got: &HostTensor, want: &HostTensor) {
+    assert_eq!(got.shape(), want.shape(), "{name}");
+    for (i, (a, b)) in got.data().iter().zip(want.data()).enumerate() {
+        assert!(
+            a == b || (a.is_nan() && b.is_nan()),
+            "{name}: element {i} is {a}, the reference says {b}"
+        );
+    }
+}
+
+#[test]
+fn nans_and_infinities_follow_the_reference() {
+    let Some(g) = gpu("nans") else { return };
+    let r = ReferenceBackend::new();
+    let special = [
+        f32::NAN,
+        1.0,
+        -0.0,
+        f32::INFINITY,
+        2.0,
+        f32::NEG_INFINITY,
+        0.0,
+        f32::NAN,
+    ];
+    let a = HostTensor::new(vec![2, 4], special.to_vec()).unwrap();
+    let b = HostTensor::new(vec![2, 4], special.iter().rev().copied().collect()).unwrap();
+    let img = HostTensor::new(vec![1, 2, 2, 2], special.to_vec()).unwrap();
+    macro_rules! both {
+        ($name:expr, |$be:ident| $body:expr) => {{
+            let want = {
+                let $be = &r;
+                $body
+            };
+            let got = {
+                let $be = &g;
+                $body
+            };
+            same_with_nans($name, &got, &want);
+        }};
+    }
+    for op in BinaryOp::ALL {
+        both!(&format!("{op:?}"), |be| be
+            .readback(
+                &be.binary(&be.upload(&a).unwrap(), &be.upload(&b).unwrap(), op)
+                    .unwrap()
+            )
+            .unwrap());
+    }
+    for op in splitstream_models::backend::CompareOp::ALL {
+        both!(&format!("{op:?}"), |be| be
+            .readback(
+                &be.compare(&be.upload(&a).unwrap(), &be.upload(&b).unwrap(), op)
+                    .unwrap()
+            )
+            .unwrap());
+    }
+    both!("select on a NaN mask", |be| {
+        let (m, x, y) = (
+            be.upload(&a).unwrap(),
+            be.upload(&b).unwrap(),
+            be.upload(&img).unwrap(),
+        );
+        let y = be.reshape(y, &[2, 4]).unwrap();
+        be.readback(&be.select(&m, &x, &y).unwrap()).unwrap()
+    });
+    for op in splitstream_models::backend::ReduceOp::ALL {
+        for axis in 0..2 {
+            both!(&format!("{op:?} axis {axis}"), |be| be
+                .readback(&be.reduce(&be.upload(&b).unwrap(), axis, op).unwrap())
+                .unwrap());
+        }
+    }
+    both!("max pool", |be| be
+        .readback(
+            &be.pool2d(
+                &be.upload(&img).unwrap(),
+                splitstream_models::backend::Pool2dSpec {
+                    kind: splitstream_models::backend::PoolKind::Max,
+                    kernel: [2, 1],
+                    stride: [1, 1],
+                    padding: [0, 0],
+                },
+            )
+            .unwrap()
+        )
+        .unwrap());
+}

@@ -197,7 +197,7 @@ impl WgpuBackend {
                 ),
             ));
         }
-        if 2 * ph > kh || 2 * pw > kw {
+        if ph.saturating_mul(2) > kh || pw.saturating_mul(2) > kw {
             return Err(shape_err(
                 "pool2d",
                 format!(
