@@ -1311,6 +1311,35 @@ fn cases() -> Vec<Case> {
         ATTENTION,
         gqa(1, 64, 4, 64, 2, 32, 64, Some(0), 99),
     );
+
+    // ---- empty tensors: a zero-sized dimension is a valid shape, and an op over it
+    // returns an empty result of the right shape (no panic, no refusal).
+    c.push(
+        "empty [0,3] Add [3]",
+        EXACT,
+        Op::Binary(t(&[0, 3], 1, 1.0), t(&[3], 2, 1.0), BinaryOp::Add),
+    );
+    c.push(
+        "empty [0,5] axis 1 Sum",
+        EXACT,
+        Op::Reduce(t(&[0, 5], 1, 1.0), 1, ReduceOp::Sum),
+    );
+    c.push(
+        "empty piece along axis 1",
+        EXACT,
+        Op::Concat(vec![t(&[2, 0, 3], 1, 1.0), t(&[2, 2, 3], 2, 1.0)], 1),
+    );
+    c.push(
+        "K = 0 gives zeros",
+        EXACT,
+        Op::Matmul(t(&[2, 3, 0], 1, 1.0), t(&[2, 0, 4], 2, 1.0), false),
+    );
+    c.push("no queries", EXACT, gqa(1, 0, 4, 5, 2, 8, 5, Some(5), 1));
+    c.push(
+        "batch 0",
+        EXACT,
+        Op::Activate(t(&[0, 5, 7], 1, 1.0), Activation::Gelu),
+    );
     c.0
 }
 
