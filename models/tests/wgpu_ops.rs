@@ -330,3 +330,51 @@ fn nans_and_infinities_follow_the_reference() {
         )
         .unwrap());
 }
+
+#[test]
+fn long_rows_reduce_by_workgroup_like_the_reference() {
+    use splitstream_models::backend::ReduceOp;
+    let Some(g) = gpu("long rows") else { return };
+    let r = ReferenceBackend::new();
+    // Values on a coarse grid, so that the maximum ties many times in a row (argmax
+    // must take the first); a vocabulary-sized row; a row just past the threshold; and
+    // a row with two NaNs (the first wins argmax, max is NaN).
+    let tied = |shape: &[usize], seed: usize| {
+        let n = shape.iter().product();
+        let data = (0..n)
+            .map(|i| (((i * 7919 + seed * 13) % 9) as f32 - 4.0) * 0.5)
+            .collect();
+        HostTensor::new(shape.to_vec(), data).unwrap()
+    };
+    let mut nans = t(&[1, 3000], 4, 1.0).data().to_vec();
+    nans[1234] = f32::NAN;
+    nans[2000] = f32::NAN;
+    let nans = HostTensor::new(vec![1, 3000], nans).unwrap();
+    for x in [
+        tied(&[3, 5000], 1),
+        t(&[2, 151_936], 2, 3.0),
+        tied(&[4, 1024], 3),
+        nans,
+    ] {
+        for op in ReduceOp::ALL {
+            let want = r
+                .readback(&r.reduce(&r.upload(&x).unwrap(), 1, op).unwrap())
+                .unwrap();
+            let got = g
+                .readback(&g.reduce(&g.upload(&x).unwrap(), 1, op).unwrap())
+                .unwrap();
+            let name = format!("{op:?} over {:?}", x.shape());
+            if matches!(op, ReduceOp::Max | ReduceOp::ArgMax) || x.data().iter().any(|v| v.is_nan())
+            {
+                same_with_nans(&name, &got, &want);
+                continue;
+            }
+            // Sums of thousands of values, added in another order: within f32 noise
+            // of the sum of their magnitudes.
+            let bound = 1e-6 * x.data().iter().map(|v| v.abs()).sum::<f32>();
+            for (a, b) in got.data().iter().zip(want.data()) {
+                assert!((a - b).abs() <= bound, "{name}: {a} vs {b}");
+            }
+        }
+    }
+}

@@ -71,6 +71,7 @@ pub(crate) enum Kernel {
     Compare,
     Where,
     Reduce,
+    ReduceRows,
     Pool2d,
     Resize,
     CopyRuns,
@@ -101,6 +102,7 @@ impl Kernel {
             Kernel::Compare => "compare",
             Kernel::Where => "where_mask",
             Kernel::Reduce => "reduce",
+            Kernel::ReduceRows => "reduce_rows",
             Kernel::Pool2d => "pool2d",
             Kernel::Resize => "resize",
             Kernel::CopyRuns => "copy_runs",
@@ -154,7 +156,7 @@ impl Kernel {
             Kernel::Binary | Kernel::Compare | Kernel::Where => {
                 ("broadcast".into(), format!("{PARAMS}{BROADCAST}"))
             }
-            Kernel::Reduce => ("reduce".into(), format!("{PARAMS}{REDUCE}")),
+            Kernel::Reduce | Kernel::ReduceRows => ("reduce".into(), format!("{PARAMS}{REDUCE}")),
             Kernel::Pool2d | Kernel::Resize => ("spatial".into(), format!("{PARAMS}{SPATIAL}")),
             Kernel::CopyRuns | Kernel::GatherRows => ("copy".into(), format!("{PARAMS}{COPY}")),
             Kernel::Im2col | Kernel::ConvDirect => {

@@ -13,6 +13,10 @@ use crate::backend::{
 
 /// Highest rank the broadcasting kernels take (the same as `permute`'s).
 const MAX_BROADCAST_RANK: usize = MAX_PERMUTE_RANK;
+/// Rows at least this long (over a contiguous last axis) are reduced by a workgroup
+/// each (`reduce.wgsl`'s `reduce_rows`): an LLM's argmax over its vocabulary is one
+/// row of 10^5 values, too long for one thread.
+const LONG_ROW: usize = 1024;
 /// Output tile edge of the batched matmul (`bmm.wgsl`).
 const BMM_TILE: usize = 16;
 
@@ -166,13 +170,18 @@ impl WgpuBackend {
         let mut shape = x.shape.clone();
         shape.remove(axis);
         let out = self.output("reduce", shape)?;
-        self.elementwise(
-            "reduce",
-            Kernel::Reduce,
-            numel(&out),
-            &[n as u32, inner.max(1) as u32, reduce_code(op)],
-            vec![(1, x.buf.buffer().clone()), (2, out.buf.buffer().clone())],
-        )?;
+        let words = [n as u32, inner.max(1) as u32, reduce_code(op)];
+        let buffers = vec![(1, x.buf.buffer().clone()), (2, out.buf.buffer().clone())];
+        let rows = numel(&out);
+        if inner == 1 && n >= LONG_ROW && rows > 0 {
+            // A workgroup per row instead of one thread walking it.
+            let grid = self.grid("reduce", rows)?;
+            let mut params = vec![rows as u32, grid[0]];
+            params.extend(words);
+            self.dispatch(Kernel::ReduceRows, &params, buffers, grid)?;
+        } else {
+            self.elementwise("reduce", Kernel::Reduce, rows, &words, buffers)?;
+        }
         Ok(out)
     }
 
