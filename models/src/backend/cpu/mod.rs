@@ -3,9 +3,16 @@
 //! with a rayon pool owned by the backend.
 //!
 //! Threading uses one level at a time: a GEMM splits itself across the pool, while
-//! row-wise ops (layer norm, softmax, GELU) and attention split rows across the pool
-//! and run single-threaded GEMMs inside. Nothing nests, so the pool is never
-//! oversubscribed.
+//! row-wise ops (layer norm, softmax, activations, broadcasting, reductions, pooling)
+//! and attention split rows or planes across the pool and run single-threaded GEMMs
+//! inside. Nothing nests, so the pool is never oversubscribed.
+//!
+//! Where the ops live: this file holds the trait impl, the ViT's original ops and the
+//! pool; `conv.rs` the convolutions (im2col, depthwise, pointwise), `elementwise.rs`
+//! activations and broadcasting, `reduce.rs` reductions and RMS norm, `spatial.rs`
+//! pooling and resizing, `layout.rs` concat/slice/write_slice/embedding,
+//! `attention_gqa.rs` grouped-query attention and rope, `matmul.rs` the GEMM wrapper
+//! and batched matmul.
 
 #[cfg(target_arch = "x86_64")]
 mod attention512;
