@@ -4,7 +4,7 @@
 //! backends to, so it favours being obviously right over being fast; never use it to
 //! run a model.
 //!
-//! Shape checks are the shared ones of [`super::ops`] and [`super::conv2d_geometry`],
+//! Shape checks are the shared ones of `backend/ops.rs` and `backend/mod.rs`,
 //! so it refuses exactly what the other backends refuse.
 
 use super::ops::{self, broadcast_strides, GqaGeometry};
