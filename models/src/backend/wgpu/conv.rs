@@ -3,13 +3,15 @@
 //! - **direct** (`conv.wgsl`'s `conv_direct`) when each group reads one input channel
 //!   (depthwise convolutions, FemtoDet's staple): one thread per output, the bias and
 //!   activation fused; no im2col, no matmul;
-//! - **1x1, stride 1, no padding, one group**: the tiled matmul reads the NCHW input
-//!   as its `[B * H * W, C]` operand directly (no im2col);
+//! - **1x1, stride 1, no padding**: the tiled matmul reads the NCHW input (each
+//!   group's channels) as its `[B * H * W, C / groups]` operand directly (no im2col);
 //! - otherwise **im2col + matmul per group**: each group's windows are laid out as rows
 //!   and multiplied by that group's flattened weight, stored channel-major into the
 //!   group's slice of the output channels, with the bias and activation fused.
 
-use super::{act_code, as_u32, numel, GemmLayout, Kernel, WgpuBackend, WgpuLinear, WgpuTensor};
+use super::{
+    act_code, as_u32, numel, GemmLayout, Kernel, NchwChannels, WgpuBackend, WgpuLinear, WgpuTensor,
+};
 use crate::backend::{
     conv2d_geometry, Activation, Backend, BackendError, Conv2dGeometry, Conv2dSpec,
 };
@@ -217,25 +219,28 @@ impl WgpuBackend {
             Path::Gemm { groups } => {
                 let positions = ho * wo;
                 let rows = batch * positions;
-                let pointwise = groups.len() == 1
-                    && layer.kernel == [1, 1]
-                    && layer.stride == [1, 1]
-                    && layer.padding == [0, 0];
+                let pointwise =
+                    layer.kernel == [1, 1] && layer.stride == [1, 1] && layer.padding == [0, 0];
                 let layout = |g: usize| GemmLayout::Image {
                     positions,
                     channel_offset: g * o_g,
                     out_channels: layer.out_channels,
-                    nchw_input: pointwise,
+                    nchw_input: pointwise.then_some(NchwChannels {
+                        offset: g * per_group,
+                        total: channels,
+                    }),
                 };
                 if pointwise {
-                    self.gemm(
-                        "conv2d",
-                        (x.buf.buffer(), rows),
-                        &groups[0],
-                        layer.activation,
-                        out.buf.buffer(),
-                        layout(0),
-                    )?;
+                    for (g, linear) in groups.iter().enumerate() {
+                        self.gemm(
+                            "conv2d",
+                            (x.buf.buffer(), rows),
+                            linear,
+                            layer.activation,
+                            out.buf.buffer(),
+                            layout(g),
+                        )?;
+                    }
                     return Ok(out);
                 }
                 let patch = per_group * kh * kw;

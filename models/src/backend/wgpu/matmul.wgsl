@@ -31,6 +31,12 @@ struct Params {
     // output's, and how many the output has (one group of a grouped convolution).
     channel_offset: u32,
     out_channels: u32,
+    // For the NCHW loader: where the K channels it reads start among the input's, and
+    // how many the input has.
+    in_channel_offset: u32,
+    in_channels: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;

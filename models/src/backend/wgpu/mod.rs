@@ -111,13 +111,22 @@ enum GemmLayout {
     Rows,
     /// The output of a convolution: rows are `item * positions + position`, stored
     /// channel-major (NCHW) into channels `channel_offset..` of `out_channels`; with
-    /// `nchw_input`, `a` is the NCHW image itself (a 1x1 stride-1 convolution).
+    /// `nchw_input`, `a` is those channels of the NCHW image itself (a 1x1 stride-1
+    /// convolution, or one group of it).
     Image {
         positions: usize,
         channel_offset: usize,
         out_channels: usize,
-        nchw_input: bool,
+        nchw_input: Option<NchwChannels>,
     },
+}
+
+/// The channels of an NCHW image that the matmul reads as its `[B * H * W, K]`
+/// operand: `offset..offset + K` of `total`.
+#[derive(Debug, Clone, Copy)]
+struct NchwChannels {
+    offset: usize,
+    total: usize,
 }
 
 /// The code of an activation in the kernels (`activation.wgsl`).
@@ -408,7 +417,7 @@ impl WgpuBackend {
     ) -> Result<(), BackendError> {
         let k = layer.inputs;
         let mut flags = u32::from(layer.has_bias) | act_code(activation) << 8;
-        let (positions, channel_offset, out_channels, loader) = match layout {
+        let (positions, channel_offset, out_channels, input) = match layout {
             GemmLayout::Rows => (1, 0, layer.outputs, None),
             GemmLayout::Image {
                 positions,
@@ -417,18 +426,17 @@ impl WgpuBackend {
                 nchw_input,
             } => {
                 flags |= 4;
-                (
-                    positions,
-                    channel_offset,
-                    out_channels,
-                    nchw_input.then_some(ALoad::Nchw),
-                )
+                (positions, channel_offset, out_channels, nchw_input)
             }
         };
-        let loader = loader.unwrap_or(if k.is_multiple_of(4) {
-            ALoad::Vec4
-        } else {
-            ALoad::Scalar
+        let loader = match input {
+            Some(_) => ALoad::Nchw,
+            None if k.is_multiple_of(4) => ALoad::Vec4,
+            None => ALoad::Scalar,
+        };
+        let input = input.unwrap_or(NchwChannels {
+            offset: 0,
+            total: k,
         });
         let groups_y = rows.div_ceil(TILE_M);
         if groups_y > self.inner.gpu.limits.max_compute_workgroups_per_dimension as usize {
@@ -446,6 +454,8 @@ impl WgpuBackend {
             as_u32(op, "positions", positions)?,
             as_u32(op, "channels", channel_offset)?,
             as_u32(op, "channels", out_channels)?,
+            as_u32(op, "channels", input.offset)?,
+            as_u32(op, "channels", input.total)?,
         ];
         self.dispatch(
             Kernel::Matmul { a: loader },
