@@ -1594,6 +1594,15 @@ fn cpu_depthwise_and_pointwise_fast_paths_match_the_reference_at_femtodet_sizes(
         let got = run(&cpu, &op).unwrap();
         let (max_err, _, failure) = compare(&got, &want, ACCUMULATED);
         assert!(failure.is_none(), "{name}: {}", failure.unwrap_or_default());
+        if name.starts_with("depthwise") {
+            // The direct kernel is compiled per ISA but never contracts into FMAs.
+            let portable = CpuBackend::with_isa(2, Isa::Portable).unwrap();
+            assert!(
+                run(&portable, &op).unwrap() == got,
+                "{name}: the portable build of the depthwise kernel differs from {:?}",
+                cpu.isa()
+            );
+        }
         println!("{name}: max |err| {max_err:.2e}");
     }
 }

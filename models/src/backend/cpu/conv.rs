@@ -18,7 +18,7 @@ use crate::backend::{conv2d_geometry, BackendError, Conv2dGeometry, Conv2dSpec};
 use crate::tensor::{checked_numel, HostTensor};
 
 use super::matmul::{gemm, View};
-use super::{CpuBackend, CpuTensor};
+use super::{CpuBackend, CpuTensor, Isa};
 
 /// A convolution ready for one of the kernels above.
 #[derive(Debug)]
@@ -131,13 +131,14 @@ impl CpuBackend {
                 dilation: dilation[1],
             };
             let plane_in = geo.h * geo.w;
+            let isa = self.isa;
             self.for_row_chunks(&mut out, positions, |plane0, chunk| {
                 for (i, dst) in chunk.chunks_exact_mut(positions.max(1)).enumerate() {
                     let p = plane0 + i;
                     let c = p % o;
                     let src = &x.data[p * plane_in..(p + 1) * plane_in];
                     let w = &layer.weight[c * kh * kw..(c + 1) * kh * kw];
-                    depthwise_plane(src, w, [kh, kw], ay, ax, dst);
+                    depthwise_plane_isa(isa, src, w, [kh, kw], ay, ax, dst);
                 }
             });
         } else if layer.is_pointwise() {
@@ -268,8 +269,63 @@ impl CpuBackend {
     }
 }
 
+/// [`depthwise_plane`] compiled for the widest vectors `isa` allows: the loop is plain
+/// Rust, the target feature only lets the compiler vectorise it wider. Each output is
+/// a chain of separate multiplies and adds (Rust never contracts them into FMAs), so
+/// every ISA gives the same bits.
+fn depthwise_plane_isa(
+    isa: Isa,
+    src: &[f32],
+    w: &[f32],
+    kernel: [usize; 2],
+    ay: Axis,
+    ax: Axis,
+    dst: &mut [f32],
+) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is only Avx512 when the CPU reported avx512f.
+        Isa::Avx512 => unsafe { depthwise_plane_avx512(src, w, kernel, ay, ax, dst) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `isa` is only Avx2 when the CPU reported avx2 and fma.
+        Isa::Avx2 => unsafe { depthwise_plane_avx2(src, w, kernel, ay, ax, dst) },
+        _ => depthwise_plane(src, w, kernel, ay, ax, dst),
+    }
+}
+
+/// # Safety
+/// The CPU must support AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn depthwise_plane_avx512(
+    src: &[f32],
+    w: &[f32],
+    kernel: [usize; 2],
+    ay: Axis,
+    ax: Axis,
+    dst: &mut [f32],
+) {
+    depthwise_plane(src, w, kernel, ay, ax, dst)
+}
+
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn depthwise_plane_avx2(
+    src: &[f32],
+    w: &[f32],
+    kernel: [usize; 2],
+    ay: Axis,
+    ax: Axis,
+    dst: &mut [f32],
+) {
+    depthwise_plane(src, w, kernel, ay, ax, dst)
+}
+
 /// One channel of a depthwise convolution: `dst` (`[ho, wo]`, holding the bias) gains
 /// every tap's contribution from `src` (`[h, w]`).
+#[inline(always)]
 fn depthwise_plane(
     src: &[f32],
     w: &[f32],
