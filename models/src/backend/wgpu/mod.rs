@@ -1007,23 +1007,7 @@ impl Backend for WgpuBackend {
         gamma: &WgpuTensor,
         eps: f32,
     ) -> Result<WgpuTensor, BackendError> {
-        let d = last_dim("rms_norm", x)?;
-        if gamma.shape != [d] {
-            return Err(BackendError::shape(
-                "rms_norm",
-                format!(
-                    "input {:?} needs gamma of [{d}], got {:?}",
-                    x.shape, gamma.shape
-                ),
-            ));
-        }
-        self.row_kernel(
-            "rms_norm",
-            Kernel::RmsNorm,
-            x,
-            eps,
-            vec![(3, gamma.buf.buffer().clone())],
-        )
+        self.rms_norm_op(x, gamma, eps)
     }
 
     fn rope(

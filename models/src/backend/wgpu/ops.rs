@@ -4,7 +4,8 @@
 //! forwards to these.
 
 use super::{
-    as_u32, numel, Kernel, WgpuBackend, WgpuTensor, ATTENTION_QB, MAX_HEAD_DIM, MAX_PERMUTE_RANK,
+    as_u32, last_dim, numel, Kernel, WgpuBackend, WgpuTensor, ATTENTION_QB, MAX_HEAD_DIM,
+    MAX_PERMUTE_RANK,
 };
 use crate::backend::ops::{broadcast_shape, broadcast_strides};
 use crate::backend::{
@@ -536,6 +537,31 @@ impl WgpuBackend {
             ],
         )?;
         Ok(out)
+    }
+
+    pub(super) fn rms_norm_op(
+        &self,
+        x: &WgpuTensor,
+        gamma: &WgpuTensor,
+        eps: f32,
+    ) -> Result<WgpuTensor, BackendError> {
+        let d = last_dim("rms_norm", x)?;
+        if gamma.shape != [d] {
+            return Err(BackendError::shape(
+                "rms_norm",
+                format!(
+                    "input {:?} needs gamma of [{d}], got {:?}",
+                    x.shape, gamma.shape
+                ),
+            ));
+        }
+        self.row_kernel(
+            "rms_norm",
+            Kernel::RmsNorm,
+            x,
+            eps,
+            vec![(3, gamma.buf.buffer().clone())],
+        )
     }
 
     pub(super) fn rope_op(
