@@ -1340,6 +1340,26 @@ fn cases() -> Vec<Case> {
         EXACT,
         Op::Activate(t(&[0, 5, 7], 1, 1.0), Activation::Gelu),
     );
+    c.push(
+        "no inputs: each row is its bias, Relu",
+        EXACT,
+        Op::Linear {
+            x: t(&[3, 2, 0], 1, 1.0),
+            w: t(&[5, 0], 2, 1.0),
+            b: Some(t(&[5], 3, 1.0)),
+            act: Activation::Relu,
+        },
+    );
+    c.push(
+        "no outputs",
+        EXACT,
+        Op::Linear {
+            x: t(&[3, 4], 1, 1.0),
+            w: t(&[0, 4], 2, 1.0),
+            b: None,
+            act: Activation::Identity,
+        },
+    );
     c.0
 }
 

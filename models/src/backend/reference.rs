@@ -236,11 +236,14 @@ impl Backend for ReferenceBackend {
                 ),
             ));
         }
-        let rows = x.data.len().checked_div(inputs).unwrap_or(0);
         let mut shape = x.shape.clone();
         if let Some(last) = shape.last_mut() {
             *last = layer.outputs;
         }
+        let rows = checked_numel(&shape)
+            .ok_or_else(|| BackendError::shape("linear", format!("output {shape:?} too large")))?
+            .checked_div(layer.outputs)
+            .unwrap_or(0);
         let mut out = Vec::new();
         for r in 0..rows {
             for o in 0..layer.outputs {

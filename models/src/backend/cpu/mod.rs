@@ -337,7 +337,6 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        let rows = x.data.len() / inputs.max(1);
         let n = layer.outputs;
         let mut shape = x.shape.clone();
         if let Some(last) = shape.last_mut() {
@@ -345,6 +344,9 @@ impl Backend for CpuBackend {
         }
         let numel = checked_numel(&shape)
             .ok_or_else(|| BackendError::shape("linear", format!("output {shape:?} too large")))?;
+        // Rows from the output, not `x.data.len() / inputs`: a layer of no inputs
+        // (PyTorch allows one) still has rows, each its bias.
+        let rows = numel.checked_div(n).unwrap_or(0);
         let (weight_t, bias) = match &layer.form {
             #[cfg(target_arch = "x86_64")]
             LinearForm::Packed(packed) => {
