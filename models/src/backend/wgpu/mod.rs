@@ -633,7 +633,8 @@ impl Backend for WgpuBackend {
                 ),
             ));
         }
-        let rows = numel(x).checked_div(inputs).unwrap_or(0);
+        // The leading dims (not numel / inputs: with no inputs each row is its bias).
+        let rows: usize = x.shape[..x.shape.len() - 1].iter().product();
         let mut shape = x.shape.clone();
         if let Some(last) = shape.last_mut() {
             *last = layer.outputs;
