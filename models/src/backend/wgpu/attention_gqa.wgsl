@@ -158,3 +158,101 @@ fn main(
         }
     }
 }
+
+// Decoding (a few queries, a long cache): the entry point above would keep one thread
+// of 64 busy per workgroup. Here one workgroup takes one (item, head, query) and its
+// 64 threads split the keys (thread t takes keys t, t + 64, ...), each keeping an
+// online softmax of its own; the 64 partial results are then combined through shared
+// memory (max, then rescaled sums).
+
+const DW: u32 = 64u;
+
+var<workgroup> red_f: array<f32, DW>;
+var<workgroup> red_v: array<vec4<f32>, DW>;
+
+@compute @workgroup_size(64, 1, 1)
+fn decode(
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+) {
+    let group = wg.y * p.groups_x + wg.x;
+    // Uniform across the workgroup, so returning before the barriers is sound.
+    if (group >= p.batch * p.hq * p.nq) {
+        return;
+    }
+    let qi = group % p.nq;
+    let h = (group / p.nq) % p.hq;
+    let b = group / (p.nq * p.hq);
+    let kvh = h / (p.hq / p.hkv);
+    var sees = p.kv_len;
+    if (p.causal != 0u) {
+        sees = min(p.kv_len, p.q_off + qi + 1u);
+    }
+    let q_row = ((b * p.nq + qi) * p.hq + h) * HEAD_DIM;
+
+    var q: array<vec4<f32>, HD4>;
+    var acc: array<vec4<f32>, HD4>;
+    for (var c4 = 0u; c4 < HD4; c4++) {
+        q[c4] = load_q(q_row, c4) * p.scale;
+        acc[c4] = vec4<f32>(0.0);
+    }
+    var m = -3.0e38;
+    var l = 0.0;
+    for (var key = lid; key < sees; key += DW) {
+        let base = ((b * p.nk + key) * p.hkv + kvh) * HEAD_DIM;
+        var d = 0.0;
+        for (var c4 = 0u; c4 < HD4; c4++) {
+            d += dot(q[c4], load_kv(base, c4, false));
+        }
+        let m_new = max(m, d);
+        let correction = exp(m - m_new);
+        let w = exp(d - m_new);
+        l = l * correction + w;
+        for (var c4 = 0u; c4 < HD4; c4++) {
+            acc[c4] = acc[c4] * correction + w * load_kv(base, c4, true);
+        }
+        m = m_new;
+    }
+
+    // The largest score of all threads (a thread without keys holds -3e38, and its
+    // share below becomes 0).
+    red_f[lid] = m;
+    workgroupBarrier();
+    for (var s = DW / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red_f[lid] = max(red_f[lid], red_f[lid + s]);
+        }
+        workgroupBarrier();
+    }
+    let share = exp(m - red_f[0]);
+    workgroupBarrier();
+    red_f[lid] = l * share;
+    workgroupBarrier();
+    for (var s = DW / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            red_f[lid] += red_f[lid + s];
+        }
+        workgroupBarrier();
+    }
+    let inv = 1.0 / red_f[0];
+    for (var c4 = 0u; c4 < HD4; c4++) {
+        red_v[lid] = acc[c4] * share;
+        workgroupBarrier();
+        for (var s = DW / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                red_v[lid] += red_v[lid + s];
+            }
+            workgroupBarrier();
+        }
+        if (lid == 0u) {
+            let v = red_v[0] * inv;
+            for (var j = 0u; j < 4u; j++) {
+                let c = c4 * 4u + j;
+                if (c < HEAD_DIM) {
+                    out[q_row + c] = v[j];
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+}

@@ -51,9 +51,11 @@ pub(crate) enum Kernel {
     Attention {
         head_dim: u32,
     },
-    /// Fused grouped-query attention for one head width.
+    /// Fused grouped-query attention for one head width; `decode`: the entry point
+    /// for a few queries over a long cache (threads split the keys, not the queries).
     AttentionGqa {
         head_dim: u32,
+        decode: bool,
     },
     /// Batched activation x activation product.
     Bmm,
@@ -84,6 +86,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     fn entry(self) -> &'static str {
         match self {
+            Kernel::AttentionGqa { decode: true, .. } => "decode",
             Kernel::Matmul { .. }
             | Kernel::Attention { .. }
             | Kernel::AttentionGqa { .. }
@@ -137,7 +140,7 @@ impl Kernel {
                 format!("attention/{head_dim}"),
                 format!("{}{ATTENTION}", attention_consts(head_dim)),
             ),
-            Kernel::AttentionGqa { head_dim } => (
+            Kernel::AttentionGqa { head_dim, .. } => (
                 format!("attention_gqa/{head_dim}"),
                 format!("{}{ATTENTION_GQA}", attention_consts(head_dim)),
             ),

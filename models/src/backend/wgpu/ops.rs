@@ -18,6 +18,10 @@ const MAX_BROADCAST_RANK: usize = MAX_PERMUTE_RANK;
 /// each (`reduce.wgsl`'s `reduce_rows`): an LLM's argmax over its vocabulary is one
 /// row of 10^5 values, too long for one thread.
 const LONG_ROW: usize = 1024;
+/// Up to this many queries, `attention_gqa` runs the decoding kernel (a workgroup per
+/// query, its threads splitting the keys) instead of the prefill one (a thread per
+/// query, 64 queries per workgroup).
+const DECODE_MAX_QUERIES: usize = 4;
 /// Output tile edge of the batched matmul (`bmm.wgsl`).
 const BMM_TILE: usize = 16;
 
@@ -659,10 +663,12 @@ impl WgpuBackend {
             return Err(shape_err(op, "kv_len is 0: the queries see no key".into()));
         }
         let q_off = spec.causal.unwrap_or(0);
+        let decode = nq <= DECODE_MAX_QUERIES;
         // The kernel computes positions q_off + i in u32.
         as_u32(op, "causal position", q_off.saturating_add(nq))?;
         let q_blocks = nq.div_ceil(ATTENTION_QB);
-        let grid = self.grid(op, batch * hq * q_blocks)?;
+        let groups = batch * hq * if decode { nq } else { q_blocks };
+        let grid = self.grid(op, groups)?;
         let params = [
             batch as u32,
             nq as u32,
@@ -679,6 +685,7 @@ impl WgpuBackend {
         self.dispatch(
             Kernel::AttentionGqa {
                 head_dim: hd as u32,
+                decode,
             },
             &params,
             vec![
