@@ -1427,7 +1427,19 @@ fn check<B: Backend>(
     case: &Case,
     want: &Result<HostTensor, BackendError>,
 ) -> Outcome {
-    let got = run(be, &case.op);
+    let got = match guarded(|| run(be, &case.op)) {
+        Ok(got) => got,
+        Err(panic) => {
+            return Outcome {
+                backend: label.to_string(),
+                op: case.op.name(),
+                case: case.name.clone(),
+                max_err: 0.0,
+                worst: 0.0,
+                failure: Some(panic),
+            }
+        }
+    };
     let mut out = Outcome {
         backend: label.to_string(),
         op: case.op.name(),
@@ -1459,6 +1471,19 @@ fn check<B: Backend>(
     out
 }
 
+/// Runs `f`, turning a panic into a message, so that one panicking kernel is one
+/// failed case in the report instead of the end of the run.
+fn guarded<R>(f: impl FnOnce() -> R) -> Result<R, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        format!("panicked: {msg}")
+    })
+}
+
 fn wanted(label: &str) -> bool {
     match std::env::var("CONFORMANCE_BACKENDS") {
         Ok(list) if !list.trim().is_empty() => list.split(',').any(|p| label.starts_with(p.trim())),
@@ -1479,7 +1504,13 @@ fn open_wgpu() -> Result<WgpuBackend, String> {
 fn every_backend_matches_the_reference_on_every_op() {
     let cases = cases();
     let reference = ReferenceBackend::new();
-    let wants: Vec<_> = cases.iter().map(|c| run(&reference, &c.op)).collect();
+    let wants: Vec<_> = cases
+        .iter()
+        .map(|c| {
+            guarded(|| run(&reference, &c.op))
+                .unwrap_or_else(|p| Err(BackendError::shape("reference", p)))
+        })
+        .collect();
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut problems: Vec<String> = Vec::new();
 
@@ -1625,4 +1656,187 @@ fn cpu_depthwise_and_pointwise_fast_paths_match_the_reference_at_femtodet_sizes(
         }
         println!("{name}: max |err| {max_err:.2e}");
     }
+}
+
+/// Degenerate shapes (rank 0, zero-sized dimensions, ranks an op does not take) never
+/// panic the CPU backend (nor the reference): each op either refuses with a shape error
+/// or agrees with the reference.
+#[test]
+fn cpu_never_panics_on_degenerate_shapes() {
+    let shapes: [&[usize]; 10] = [
+        &[],
+        &[0],
+        &[1],
+        &[5],
+        &[3, 0],
+        &[0, 4],
+        &[2, 3, 4],
+        &[1, 1, 1, 1],
+        &[2, 0, 3, 3],
+        &[1, 2, 3, 0],
+    ];
+    let mut ops = Vec::new();
+    for (i, &s) in shapes.iter().enumerate() {
+        let x = t(s, i, 1.0);
+        let last = s.last().copied().unwrap_or(1);
+        ops.push(Op::Activate(x.clone(), Activation::Silu));
+        ops.push(Op::Softmax(x.clone()));
+        ops.push(Op::LayerNorm {
+            x: x.clone(),
+            gamma: t(&[last], 1, 1.0),
+            beta: t(&[last], 2, 1.0),
+            eps: 1e-5,
+        });
+        ops.push(Op::RmsNorm(x.clone(), t(&[last], 3, 1.0), 1e-6));
+        ops.push(Op::Scale(x.clone(), 2.0));
+        ops.push(Op::SelectToken(x.clone(), 0));
+        ops.push(Op::Attention {
+            qkv: x.clone(),
+            heads: 1,
+            scale: 1.0,
+        });
+        ops.push(Op::Embedding(x.clone(), vec![0]));
+        ops.push(Op::Matmul(x.clone(), x.clone(), true));
+        ops.push(Op::Matmul(x.clone(), x.clone(), false));
+        ops.push(Op::Permute(x.clone(), (0..s.len()).rev().collect()));
+        ops.push(Op::PrependTokens(vec![t(&[1, 1, last], 4, 1.0)], x.clone()));
+        ops.push(Op::Linear {
+            x: x.clone(),
+            w: t(&[2, last], 5, 1.0),
+            b: Some(t(&[2], 6, 1.0)),
+            act: Activation::Gelu,
+        });
+        ops.push(Op::Pool2d(
+            x.clone(),
+            Pool2dSpec {
+                kind: PoolKind::Avg,
+                kernel: [1, 1],
+                stride: [1, 1],
+                padding: [0, 0],
+            },
+        ));
+        ops.push(Op::Resize(
+            x.clone(),
+            [2, 3],
+            ResizeMode::Bilinear {
+                align_corners: true,
+            },
+        ));
+        let channels = s.get(1).copied().unwrap_or(1);
+        for groups in [1, channels.max(1)] {
+            ops.push(Op::Conv2d {
+                x: x.clone(),
+                w: t(&[channels.max(1), channels / groups, 1, 1], 7, 1.0),
+                b: None,
+                spec: Conv2dSpec::new([1, 1], [0, 0]).groups(groups),
+            });
+        }
+        ops.push(Op::AttentionGqa {
+            q: x.clone(),
+            k: x.clone(),
+            v: x.clone(),
+            spec: AttentionSpec {
+                scale: 1.0,
+                kv_len: s.get(1).copied().unwrap_or(0),
+                causal: Some(0),
+            },
+        });
+        if s.len() == 4 {
+            let (cos, sin) = (t(&[s[1], s[3]], 8, 1.0), t(&[s[1], s[3]], 9, 1.0));
+            ops.push(Op::Rope(x.clone(), cos, sin));
+        }
+        for axis in 0..=s.len() {
+            for op in ReduceOp::ALL {
+                ops.push(Op::Reduce(x.clone(), axis, op));
+            }
+            ops.push(Op::Slice {
+                x: x.clone(),
+                axis,
+                start: 0,
+                len: 1,
+            });
+            ops.push(Op::Concat(vec![x.clone(), x.clone()], axis));
+            ops.push(Op::WriteSlice {
+                dst: x.clone(),
+                axis,
+                start: 0,
+                src: x.clone(),
+            });
+        }
+        for (j, &s2) in shapes.iter().enumerate() {
+            let y = t(s2, j + 20, 1.0);
+            ops.push(Op::Binary(x.clone(), y.clone(), BinaryOp::Div));
+            ops.push(Op::Compare(x.clone(), y.clone(), CompareOp::Le));
+            ops.push(Op::Select(mask(s, j), x.clone(), y.clone()));
+            ops.push(Op::Add(x.clone(), y));
+        }
+    }
+    let cpu = CpuBackend::new(2).unwrap();
+    let reference = ReferenceBackend::new();
+    let mut problems = Vec::new();
+    for op in &ops {
+        let what = || format!("{} on {:?}", op.name(), first_shape(op));
+        let want = guarded(|| run(&reference, op));
+        let got = guarded(|| run(&cpu, op));
+        match (want, got) {
+            (Err(p), _) => problems.push(format!("reference {}: {p}", what())),
+            (_, Err(p)) => problems.push(format!("cpu {}: {p}", what())),
+            (Ok(Ok(w)), Ok(Ok(g))) => {
+                if let (_, _, Some(f)) = compare(&g, &w, ACCUMULATED) {
+                    problems.push(format!("cpu {}: {f}", what()));
+                }
+            }
+            (Ok(Err(_)), Ok(Err(_))) => {}
+            (Ok(w), Ok(g)) => problems.push(format!(
+                "{}: reference {:?} but cpu {:?}",
+                what(),
+                w.map(|t| t.shape().to_vec()),
+                g.map(|t| t.shape().to_vec())
+            )),
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "{} of {} degenerate cases failed:\n{}",
+        problems.len(),
+        ops.len(),
+        problems.join("\n")
+    );
+}
+
+/// The shape of an op's first input, for messages.
+fn first_shape(op: &Op) -> Vec<usize> {
+    let x = match op {
+        Op::Linear { x, .. }
+        | Op::Conv2d { x, .. }
+        | Op::LayerNorm { x, .. }
+        | Op::Slice { x, .. }
+        | Op::Softmax(x)
+        | Op::Activate(x, _)
+        | Op::Add(x, _)
+        | Op::Scale(x, _)
+        | Op::Reshape(x, _)
+        | Op::Permute(x, _)
+        | Op::PrependTokens(_, x)
+        | Op::SelectToken(x, _)
+        | Op::Binary(x, ..)
+        | Op::Compare(x, ..)
+        | Op::Select(_, x, _)
+        | Op::Reduce(x, ..)
+        | Op::Pool2d(x, _)
+        | Op::Resize(x, ..)
+        | Op::Matmul(x, ..)
+        | Op::Embedding(x, _)
+        | Op::RmsNorm(x, ..)
+        | Op::Rope(x, ..) => x,
+        Op::Attention { qkv, .. } => qkv,
+        Op::WriteSlice { dst, .. } => dst,
+        Op::AttentionGqa { q, .. } => q,
+        Op::Concat(xs, _) => match xs.first() {
+            Some(x) => x,
+            None => return Vec::new(),
+        },
+        Op::KvCache { .. } => return Vec::new(),
+    };
+    x.shape().to_vec()
 }
