@@ -378,3 +378,58 @@ fn long_rows_reduce_by_workgroup_like_the_reference() {
         }
     }
 }
+
+#[test]
+fn decoding_attention_matches_the_reference_on_long_caches_and_odd_heads() {
+    let Some(g) = gpu("decode") else { return };
+    let r = ReferenceBackend::new();
+    // (queries, query heads, kv heads, head width, keys, kv_len, causal offset): one
+    // and four queries (the decoding kernel's range) and five (the prefill kernel's),
+    // head widths off the vec4 grid and at the kernel's maximum, caches longer than
+    // the 64 threads that split them.
+    for (nq, hq, hkv, hd, nk, kv_len, causal) in [
+        (1, 14, 2, 64, 300, 300, Some(299)),
+        (1, 4, 4, 37, 300, 211, None),
+        (4, 6, 2, 256, 130, 129, Some(125)),
+        (5, 6, 2, 37, 130, 129, Some(124)),
+        (2, 2, 1, 3, 1000, 999, Some(997)),
+    ] {
+        let spec = AttentionSpec {
+            scale: (hd as f32).powf(-0.5),
+            kv_len,
+            causal,
+        };
+        let (q, k, v) = (
+            t(&[2, nq, hq, hd], 40, 1.5),
+            t(&[2, nk, hkv, hd], 41, 1.5),
+            t(&[2, nk, hkv, hd], 42, 1.5),
+        );
+        let want = r
+            .readback(
+                &r.attention_gqa(
+                    &r.upload(&q).unwrap(),
+                    &r.upload(&k).unwrap(),
+                    &r.upload(&v).unwrap(),
+                    spec,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let got = g
+            .readback(
+                &g.attention_gqa(
+                    &g.upload(&q).unwrap(),
+                    &g.upload(&k).unwrap(),
+                    &g.upload(&v).unwrap(),
+                    spec,
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let d = rel_diff(&got, &want);
+        assert!(
+            d <= 1e-5,
+            "Nq {nq}, hd {hd}, kv_len {kv_len}: max relative diff {d:e}"
+        );
+    }
+}
