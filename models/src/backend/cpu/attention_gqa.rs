@@ -47,6 +47,9 @@ impl CpuBackend {
         }
         let group = hq / hkv;
         let isa = self.isa;
+        if nq == 1 {
+            return Ok(self.decode_step(q, k, v, &g, spec.scale, scratch, out_shape));
+        }
         let blocks = batch * hq;
         let tasks_per_block = (self.threads * 4).div_ceil(blocks).max(1);
         let rows_per_task = nq.div_ceil(tasks_per_block).max(ATTENTION_MIN_ROWS);
@@ -129,6 +132,86 @@ impl CpuBackend {
             }
         }
         Ok(CpuTensor::new(out_shape, out))
+    }
+
+    /// One query per item (a decode step): the query heads sharing a key/value head
+    /// are rows of one `[group, hd]` block of `q`, so each (item, kv head) is a single
+    /// task of two GEMMs over the shared keys, instead of `group` tasks each re-reading
+    /// them (at batch 1 the per-call overhead was most of the time).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_step(
+        &self,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        g: &GqaGeometry,
+        scale: f32,
+        mut out: Vec<f32>,
+        out_shape: Vec<usize>,
+    ) -> CpuTensor {
+        let GqaGeometry {
+            nk,
+            q_heads: hq,
+            kv_heads: hkv,
+            head_dim: hd,
+            ..
+        } = *g;
+        let group = hq / hkv;
+        let keys = g.visible(0);
+        let isa = self.isa;
+        // `out` is `[B, Hq, hd]`: task t = (b, kv head) owns rows t * group.. of it.
+        let task = |(t, dst): (usize, &mut [f32])| {
+            let (b, kvh) = (t / hkv, t % hkv);
+            let kv_offset = (b * nk * hkv + kvh) * hd;
+            let mut scores = vec![0.0f32; group * keys];
+            gemm(
+                group,
+                keys,
+                hd,
+                &mut scores,
+                View::row_major(0, keys),
+                false,
+                &q.data,
+                View::row_major(t * group * hd, hd),
+                &k.data,
+                View {
+                    offset: kv_offset,
+                    rs: 1,
+                    cs: hkv * hd,
+                },
+                scale,
+                1,
+            );
+            for row in scores.chunks_exact_mut(keys) {
+                kernels::softmax_row(isa, row);
+            }
+            gemm(
+                group,
+                hd,
+                keys,
+                dst,
+                View::row_major(0, hd),
+                false,
+                &scores,
+                View::row_major(0, keys),
+                &v.data,
+                View {
+                    offset: kv_offset,
+                    rs: hkv * hd,
+                    cs: 1,
+                },
+                1.0,
+                1,
+            );
+        };
+        let chunks = out.chunks_mut(group * hd).enumerate();
+        if self.threads == 1 {
+            chunks.for_each(task);
+        } else {
+            let work: Vec<(usize, &mut [f32])> = chunks.collect();
+            self.in_pool(|| work.into_par_iter().for_each(task));
+        }
+        CpuTensor::new(out_shape, out)
     }
 
     pub(super) fn rope_impl(

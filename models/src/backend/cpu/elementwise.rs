@@ -151,48 +151,47 @@ impl CpuBackend {
     }
 }
 
-/// The scalar function of a binary op.
-#[inline(always)]
-pub(crate) fn binary_fn(op: BinaryOp) -> impl Fn(f32, f32) -> f32 + Send + Sync + Copy {
-    move |x: f32, y: f32| match op {
-        BinaryOp::Add => x + y,
-        BinaryOp::Sub => x - y,
-        BinaryOp::Mul => x * y,
-        BinaryOp::Div => x / y,
-        // NaN-propagating (`torch.maximum`): `x` if it wins or is NaN, else `y`, which
-        // is then the larger or NaN itself.
-        BinaryOp::Max => {
-            if x > y || x.is_nan() {
-                x
-            } else {
-                y
+impl CpuBackend {
+    /// `a op b`: one monomorphic loop per op (matching on `op` per element would keep
+    /// the compiler from vectorising).
+    pub(super) fn binary_impl(
+        &self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        op: BinaryOp,
+    ) -> Result<CpuTensor, BackendError> {
+        const OP: &str = "binary";
+        match op {
+            BinaryOp::Add => self.broadcast2(OP, a, b, |x, y| x + y),
+            BinaryOp::Sub => self.broadcast2(OP, a, b, |x, y| x - y),
+            BinaryOp::Mul => self.broadcast2(OP, a, b, |x, y| x * y),
+            BinaryOp::Div => self.broadcast2(OP, a, b, |x, y| x / y),
+            // NaN-propagating (`torch.maximum`): `x` if it wins or is NaN, else `y`,
+            // which is then the larger or NaN itself.
+            BinaryOp::Max => {
+                self.broadcast2(OP, a, b, |x, y| if x > y || x.is_nan() { x } else { y })
             }
-        }
-        BinaryOp::Min => {
-            if x < y || x.is_nan() {
-                x
-            } else {
-                y
+            BinaryOp::Min => {
+                self.broadcast2(OP, a, b, |x, y| if x < y || x.is_nan() { x } else { y })
             }
         }
     }
-}
 
-/// The scalar function of a comparison, as a 1.0/0.0 mask.
-#[inline(always)]
-pub(crate) fn compare_fn(op: CompareOp) -> impl Fn(f32, f32) -> f32 + Send + Sync + Copy {
-    move |x: f32, y: f32| {
-        let holds = match op {
-            CompareOp::Eq => x == y,
-            CompareOp::Lt => x < y,
-            CompareOp::Le => x <= y,
-            CompareOp::Gt => x > y,
-            CompareOp::Ge => x >= y,
-        };
-        if holds {
-            1.0
-        } else {
-            0.0
+    /// `a op b` as a 1.0/0.0 mask, one monomorphic loop per comparison.
+    pub(super) fn compare_impl(
+        &self,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        op: CompareOp,
+    ) -> Result<CpuTensor, BackendError> {
+        const OP: &str = "compare";
+        let mask = |holds: bool| if holds { 1.0 } else { 0.0 };
+        match op {
+            CompareOp::Eq => self.broadcast2(OP, a, b, move |x, y| mask(x == y)),
+            CompareOp::Lt => self.broadcast2(OP, a, b, move |x, y| mask(x < y)),
+            CompareOp::Le => self.broadcast2(OP, a, b, move |x, y| mask(x <= y)),
+            CompareOp::Gt => self.broadcast2(OP, a, b, move |x, y| mask(x > y)),
+            CompareOp::Ge => self.broadcast2(OP, a, b, move |x, y| mask(x >= y)),
         }
     }
 }

@@ -718,7 +718,7 @@ impl Backend for CpuBackend {
         b: &CpuTensor,
         op: BinaryOp,
     ) -> Result<CpuTensor, BackendError> {
-        self.broadcast2("binary", a, b, elementwise::binary_fn(op))
+        self.binary_impl(a, b, op)
     }
 
     fn compare(
@@ -727,7 +727,7 @@ impl Backend for CpuBackend {
         b: &CpuTensor,
         op: CompareOp,
     ) -> Result<CpuTensor, BackendError> {
-        self.broadcast2("compare", a, b, elementwise::compare_fn(op))
+        self.compare_impl(a, b, op)
     }
 
     fn select(
