@@ -130,6 +130,20 @@ fn main() {
         time(&be, || be.conv2d(&x, &dense).expect("conv")),
     );
 
+    let cols = up(&[1600, 432]);
+    let gemm_only = be
+        .prepare_linear(&t(&[48, 432]), Some(&t(&[48])))
+        .expect("linear");
+    row(
+        "conv2d 3x3 48->48 dense (im2col + GEMM)",
+        time(&be, || be.conv2d(&x, &dense).expect("conv")),
+        "linear [1600,432]->48 (its GEMM alone)",
+        time(&be, || {
+            be.linear(&cols, &gemm_only, Activation::Identity)
+                .expect("linear")
+        }),
+    );
+
     // Attention: GQA with as many kv heads as query heads is the ViT's MHA.
     let qkv = up(&[1, 197, 576]);
     let q = up(&[1, 197, 3, 64]);

@@ -211,33 +211,29 @@ impl CpuBackend {
             for g in 0..groups {
                 let img =
                     &x.data[(b * channels + g * cg) * h * w..(b * channels + (g + 1) * cg) * h * w];
-                // im2col: one row per output position, (c, ky, kx) along the row,
-                // matching the flattened weight.
-                for oy in 0..ho {
-                    for ox in 0..wo {
-                        let row = &mut cols[(oy * wo + ox) * patch..(oy * wo + ox + 1) * patch];
-                        for c in 0..cg {
-                            for ky in 0..kh {
-                                let iy = (oy * sh + ky * dh) as isize - ph as isize;
-                                let dst = &mut row[(c * kh + ky) * kw..(c * kh + ky + 1) * kw];
-                                if iy < 0 || iy as usize >= h {
-                                    dst.fill(0.0);
-                                    continue;
-                                }
-                                let src_row =
-                                    &img[(c * h + iy as usize) * w..(c * h + iy as usize + 1) * w];
-                                for (kx, d) in dst.iter_mut().enumerate() {
-                                    let ix = (ox * sw + kx * dw) as isize - pw as isize;
-                                    *d = if ix < 0 || ix as usize >= w {
-                                        0.0
-                                    } else {
-                                        src_row[ix as usize]
-                                    };
-                                }
-                            }
-                        }
-                    }
-                }
+                let im2col = Im2col {
+                    channels: cg,
+                    kernel: [kh, kw],
+                    ay: Axis {
+                        n: h,
+                        out: ho,
+                        stride: sh,
+                        pad: ph,
+                        dilation: dh,
+                    },
+                    ax: Axis {
+                        n: w,
+                        out: wo,
+                        stride: sw,
+                        pad: pw,
+                        dilation: dw,
+                    },
+                };
+                // Rows of output positions in parallel (pure copies: the split cannot
+                // change a value).
+                self.for_row_chunks(&mut cols, wo * patch, |oy0, chunk| {
+                    im2col.fill(img, oy0, chunk)
+                });
                 // dst[pos, o] stored channel-major (NCHW): row stride 1, column stride HW.
                 self.in_pool(|| {
                     gemm(
@@ -266,6 +262,70 @@ impl CpuBackend {
             }
         }
         Ok(())
+    }
+}
+
+/// The im2col layout of one group: one row per output position, `(c, ky, kx)` along
+/// the row, matching the flattened weight `[O, C/g * kh * kw]`.
+struct Im2col {
+    /// Input channels of the group.
+    channels: usize,
+    kernel: [usize; 2],
+    ay: Axis,
+    ax: Axis,
+}
+
+impl Im2col {
+    /// Fills the rows of output rows `oy0..` that `cols` holds (whole output rows of
+    /// `wo * patch` values) from the group's planes `img` `[C/g, h, w]`.
+    ///
+    /// For each (output row, channel, ky) the input row is found once, then the output
+    /// columns whose taps all land inside it (the interior, `Axis::valid` of the first
+    /// and last tap) copy `kw` values each without bounds tests; only the columns at
+    /// the edges test each tap. Every value is a copy or a padding zero, so the layout
+    /// and the bits are those of a naive im2col.
+    fn fill(&self, img: &[f32], oy0: usize, cols: &mut [f32]) {
+        let [kh, kw] = self.kernel;
+        let (ay, ax) = (self.ay, self.ax);
+        let (h, w, wo) = (ay.n, ax.n, ax.out);
+        let patch = self.channels * kh * kw;
+        let interior = (ax.valid(0).0, ax.valid(kw - 1).1);
+        for (r, out_row) in cols.chunks_exact_mut(wo * patch).enumerate() {
+            let oy = oy0 + r;
+            for c in 0..self.channels {
+                for ky in 0..kh {
+                    let tap0 = (c * kh + ky) * kw;
+                    let iy = (oy * ay.stride + ky * ay.dilation) as isize - ay.pad as isize;
+                    let runs = out_row
+                        .chunks_exact_mut(patch)
+                        .map(|p| &mut p[tap0..tap0 + kw]);
+                    if iy < 0 || iy as usize >= h {
+                        runs.for_each(|d| d.fill(0.0));
+                        continue;
+                    }
+                    let src_row = &img[(c * h + iy as usize) * w..][..w];
+                    for (ox, dst) in runs.enumerate() {
+                        if ox >= interior.0 && ox < interior.1 {
+                            // Inside: tap kx reads ix0 + kx * dilation, all in the row.
+                            let ix0 = ox * ax.stride - ax.pad;
+                            let taps = src_row[ix0..].iter().step_by(ax.dilation);
+                            for (d, &v) in dst.iter_mut().zip(taps) {
+                                *d = v;
+                            }
+                            continue;
+                        }
+                        for (kx, d) in dst.iter_mut().enumerate() {
+                            let ix = (ox * ax.stride + kx * ax.dilation) as isize - ax.pad as isize;
+                            *d = if ix < 0 || ix as usize >= w {
+                                0.0
+                            } else {
+                                src_row[ix as usize]
+                            };
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -362,6 +422,94 @@ fn depthwise_plane(
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// im2col by definition, one value at a time.
+    fn naive(img: &[f32], c: usize, [h, w]: [usize; 2], cv: &Im2col) -> Vec<f32> {
+        let [kh, kw] = cv.kernel;
+        let (ay, ax) = (cv.ay, cv.ax);
+        let mut cols = Vec::new();
+        for oy in 0..ay.out {
+            for ox in 0..ax.out {
+                for ci in 0..c {
+                    for ky in 0..kh {
+                        for kx in 0..kw {
+                            let iy = (oy * ay.stride + ky * ay.dilation) as isize - ay.pad as isize;
+                            let ix = (ox * ax.stride + kx * ax.dilation) as isize - ax.pad as isize;
+                            let inside =
+                                (0..h as isize).contains(&iy) && (0..w as isize).contains(&ix);
+                            cols.push(if inside {
+                                img[(ci * h + iy as usize) * w + ix as usize]
+                            } else {
+                                0.0
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        cols
+    }
+
+    #[test]
+    fn im2col_fills_exactly_what_the_definition_says() {
+        // (c, h, w, kernel, stride, pad, dilation): patch embeddings, padded, strided,
+        // dilated, kernels as wide as the padded input, an empty plane.
+        let geometries = [
+            (3, 16, 16, [4, 4], [4, 4], [0, 0], [1, 1]),
+            (2, 7, 6, [3, 2], [2, 1], [1, 1], [1, 1]),
+            (3, 9, 11, [3, 3], [1, 2], [2, 3], [2, 3]),
+            (1, 4, 5, [3, 3], [1, 1], [1, 1], [1, 1]),
+            (2, 3, 2, [5, 4], [1, 1], [1, 1], [1, 1]),
+            (1, 5, 1, [3, 3], [2, 1], [1, 1], [1, 1]),
+            (1, 2, 0, [1, 3], [1, 1], [0, 3], [1, 2]),
+        ];
+        for (c, h, w, kernel, stride, pad, dilation) in geometries {
+            let span = |k: usize, d: usize| (k - 1) * d + 1;
+            let out = |n: usize, i: usize| {
+                (n + 2 * pad[i] - span(kernel[i], dilation[i])) / stride[i] + 1
+            };
+            let cv = Im2col {
+                channels: c,
+                kernel,
+                ay: Axis {
+                    n: h,
+                    out: out(h, 0),
+                    stride: stride[0],
+                    pad: pad[0],
+                    dilation: dilation[0],
+                },
+                ax: Axis {
+                    n: w,
+                    out: out(w, 1),
+                    stride: stride[1],
+                    pad: pad[1],
+                    dilation: dilation[1],
+                },
+            };
+            let img: Vec<f32> = (0..c * h * w).map(|i| i as f32 + 1.0).collect();
+            let want = naive(&img, c, [h, w], &cv);
+            let mut got = vec![f32::NAN; want.len()];
+            let row = cv.ax.out * c * kernel[0] * kernel[1];
+            if row > 0 {
+                // In two calls, as the parallel split makes them.
+                let split = (cv.ay.out / 2) * row;
+                let (top, bottom) = got.split_at_mut(split);
+                cv.fill(&img, 0, top);
+                cv.fill(&img, cv.ay.out / 2, bottom);
+            }
+            assert!(
+                got.iter()
+                    .zip(&want)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "im2col differs for c{c} {h}x{w} k{kernel:?} s{stride:?} p{pad:?} d{dilation:?}"
+            );
         }
     }
 }
