@@ -31,6 +31,7 @@
 pub mod cpu;
 pub mod kv_cache;
 pub mod ops;
+pub mod reference;
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 
@@ -95,7 +96,8 @@ pub trait Backend: Clone + Send + Sync + 'static {
     type Tensor: DeviceTensor;
     /// A prepared dense layer (weight and optional bias) in the backend's preferred form.
     type Linear: Send + Sync;
-    /// A prepared 2-D convolution (weight, optional bias, stride, padding).
+    /// A prepared 2-D convolution (weight, optional bias and the [`Conv2dSpec`]: stride,
+    /// padding, dilation, groups, fused activation).
     type Conv2d: Send + Sync;
 
     /// Short name for logs and reports (`"cpu"`, `"wgpu"`).

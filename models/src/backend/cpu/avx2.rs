@@ -175,3 +175,29 @@ pub(crate) unsafe fn gelu(x: &mut [f32]) {
     }
     portable::gelu(&mut x[body..]);
 }
+
+/// In-place sigmoid (`silu: false`) or SiLU (`silu: true`), from `exp(-|v|)` as
+/// [`portable::sigmoid`]; the tail by the portable kernel.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(crate) unsafe fn sigmoid(x: &mut [f32], silu: bool) {
+    let d = x.len();
+    let body = d - d % 8;
+    let p = x.as_mut_ptr();
+    let one = _mm256_set1_ps(1.0);
+    let zero = _mm256_setzero_ps();
+    let abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(i32::MAX));
+    for i in (0..body).step_by(8) {
+        let v = _mm256_loadu_ps(p.add(i));
+        let e = exp8(_mm256_sub_ps(zero, _mm256_and_ps(v, abs_mask)));
+        let inv = _mm256_div_ps(one, _mm256_add_ps(one, e));
+        let neg = _mm256_cmp_ps::<_CMP_LT_OQ>(v, zero);
+        let s = _mm256_blendv_ps(inv, _mm256_mul_ps(inv, e), neg);
+        let s = _mm256_blendv_ps(s, v, _mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+        let y = if silu { _mm256_mul_ps(v, s) } else { s };
+        _mm256_storeu_ps(p.add(i), y);
+    }
+    portable::sigmoid(&mut x[body..], silu);
+}

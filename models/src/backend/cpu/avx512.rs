@@ -174,3 +174,35 @@ pub(crate) unsafe fn gelu(x: &mut [f32]) {
         i += 16;
     }
 }
+
+/// Logistic sigmoid of 16 lanes from `exp(-|v|)`, which never overflows: `1 / (1 + e)`
+/// for `v >= 0`, `e / (1 + e)` below (accurate in relative terms for very negative
+/// `v` too). A NaN lane stays NaN.
+#[inline(always)]
+unsafe fn sigmoid16(v: __m512) -> __m512 {
+    let one = _mm512_set1_ps(1.0);
+    let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(v)));
+    let inv = _mm512_div_ps(one, _mm512_add_ps(one, e));
+    let neg = _mm512_cmp_ps_mask::<_CMP_LT_OQ>(v, _mm512_setzero_ps());
+    let s = _mm512_mask_mul_ps(inv, neg, inv, e);
+    _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_UNORD_Q>(v, v), s, v)
+}
+
+/// In-place sigmoid (`silu: false`) or SiLU, `x * sigmoid(x)` (`silu: true`).
+///
+/// # Safety
+/// The CPU must support AVX-512F.
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn sigmoid(x: &mut [f32], silu: bool) {
+    let d = x.len();
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i < d {
+        let m = tail_mask(d - i);
+        let v = _mm512_maskz_loadu_ps(m, p.add(i));
+        let s = sigmoid16(v);
+        let y = if silu { _mm512_mul_ps(v, s) } else { s };
+        _mm512_mask_storeu_ps(p.add(i), m, y);
+        i += 16;
+    }
+}

@@ -158,6 +158,19 @@ pub(crate) fn gelu(isa: Isa, x: &mut [f32]) {
     }
 }
 
+/// In-place sigmoid, or SiLU (`x * sigmoid(x)`) with `silu`.
+pub(crate) fn sigmoid(isa: Isa, x: &mut [f32], silu: bool) {
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `layer_norm_rows`.
+        Isa::Avx512 => unsafe { super::avx512::sigmoid(x, silu) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `layer_norm_rows`.
+        Isa::Avx2 => unsafe { super::avx2::sigmoid(x, silu) },
+        _ => super::portable::sigmoid(x, silu),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,6 +243,29 @@ mod tests {
                     assert!((orow[i] as f64 - want).abs() < 1e-5, "{isa:?}");
                 }
             }
+        }
+    }
+
+    #[test]
+    fn sigmoid_and_silu_match_f64_on_every_isa() {
+        let xs: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.05).collect();
+        for isa in all_isas() {
+            for silu in [false, true] {
+                let mut y = xs.clone();
+                sigmoid(isa, &mut y, silu);
+                for (&x, &g) in xs.iter().zip(&y) {
+                    let s = 1.0 / (1.0 + (-(x as f64)).exp());
+                    let want = if silu { x as f64 * s } else { s };
+                    let err = (g as f64 - want).abs();
+                    assert!(
+                        err <= 1e-6 * want.abs() + 1e-30,
+                        "{isa:?} silu={silu}: f({x}) = {g}, want {want}"
+                    );
+                }
+            }
+            let mut nan = vec![f32::NAN; 19];
+            sigmoid(isa, &mut nan, true);
+            assert!(nan.iter().all(|v| v.is_nan()), "{isa:?}: NaN must stay NaN");
         }
     }
 }

@@ -2,6 +2,7 @@
 //! AVX-512/AVX2/NEON micro-kernels chosen at run time, its own rayon splitting).
 
 use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// A strided view of a matrix inside a slice: element `(r, c)` is
 /// `data[offset + r * rs + c * cs]`.
@@ -104,6 +105,65 @@ pub(crate) fn gemm(
             false,
             parallelism,
         );
+    }
+}
+
+impl super::CpuBackend {
+    /// Batched `a b` (or `a b^T`): items in parallel, each a single-threaded GEMM, when
+    /// there are several; else one GEMM split across the pool.
+    pub(super) fn matmul_impl(
+        &self,
+        a: &super::CpuTensor,
+        b: &super::CpuTensor,
+        transpose_b: bool,
+    ) -> Result<super::CpuTensor, crate::backend::BackendError> {
+        let g = crate::backend::ops::matmul_geometry(&a.shape, &b.shape, transpose_b)?;
+        let (m, k, n) = (g.m, g.k, g.n);
+        let mut out = vec![0.0f32; g.batch * m * n];
+        if out.is_empty() {
+            return Ok(super::CpuTensor::new(g.out_shape, out));
+        }
+        let rhs = |item: usize| {
+            if transpose_b {
+                View {
+                    offset: item * n * k,
+                    rs: 1,
+                    cs: k,
+                }
+            } else {
+                View::row_major(item * k * n, n)
+            }
+        };
+        let item = |(i, dst): (usize, &mut [f32]), threads: usize| {
+            gemm(
+                m,
+                n,
+                k,
+                dst,
+                View::row_major(0, n),
+                false,
+                &a.data,
+                View::row_major(i * m * k, k),
+                &b.data,
+                rhs(i),
+                1.0,
+                threads,
+            )
+        };
+        if g.batch > 1 && self.threads > 1 {
+            self.in_pool(|| {
+                out.par_chunks_mut(m * n)
+                    .enumerate()
+                    .for_each(|job| item(job, 1))
+            });
+        } else {
+            self.in_pool(|| {
+                out.chunks_mut(m * n)
+                    .enumerate()
+                    .for_each(|job| item(job, self.threads))
+            });
+        }
+        Ok(super::CpuTensor::new(g.out_shape, out))
     }
 }
 

@@ -3,32 +3,46 @@
 //! with a rayon pool owned by the backend.
 //!
 //! Threading uses one level at a time: a GEMM splits itself across the pool, while
-//! row-wise ops (layer norm, softmax, GELU) and attention split rows across the pool
-//! and run single-threaded GEMMs inside. Nothing nests, so the pool is never
-//! oversubscribed.
+//! row-wise ops (layer norm, softmax, activations, broadcasting, reductions, pooling)
+//! and attention split rows or planes across the pool and run single-threaded GEMMs
+//! inside. Nothing nests, so the pool is never oversubscribed.
+//!
+//! Where the ops live: this file holds the trait impl, the ViT's original ops and the
+//! pool; `conv.rs` the convolutions (im2col, depthwise, pointwise), `elementwise.rs`
+//! activations and broadcasting, `reduce.rs` reductions and RMS norm, `spatial.rs`
+//! pooling and resizing, `layout.rs` concat/slice/write_slice/embedding,
+//! `attention_gqa.rs` grouped-query attention and rope, `matmul.rs` the GEMM wrapper
+//! and batched matmul.
 
 #[cfg(target_arch = "x86_64")]
 mod attention512;
+mod attention_gqa;
 mod avx2;
 mod avx512;
 mod avx512_gemm;
+mod conv;
+mod elementwise;
 mod kernels;
+mod layout;
 mod matmul;
 #[cfg(target_arch = "x86_64")]
 mod packed;
 mod portable;
+mod reduce;
+mod spatial;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use rayon::prelude::*;
 
+pub use conv::CpuConv2d;
 pub use kernels::Isa;
 use matmul::{gemm, View};
 
 use super::{
-    conv2d_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
-    Conv2dGeometry, Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+    Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp, Conv2dSpec,
+    DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -85,19 +99,6 @@ enum LinearForm {
     },
 }
 
-/// A convolution ready for im2col + GEMM.
-#[derive(Debug)]
-pub struct CpuConv2d {
-    /// `[out, in * kh * kw]` row-major (PyTorch's layout, flattened).
-    weight: Vec<f32>,
-    bias: Option<Vec<f32>>,
-    out_channels: usize,
-    in_channels: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
-}
-
 /// The CPU backend. Cheap to clone (the pool is shared).
 #[derive(Clone)]
 pub struct CpuBackend {
@@ -116,10 +117,6 @@ impl std::fmt::Debug for CpuBackend {
 }
 
 impl CpuBackend {
-    fn unsupported(&self, op: &'static str) -> BackendError {
-        BackendError::Unsupported { backend: "cpu", op }
-    }
-
     /// A backend with its own pool of `threads` workers (0: one per available core),
     /// using the best instruction set this CPU has.
     pub fn new(threads: usize) -> Result<Self, BackendError> {
@@ -321,38 +318,7 @@ impl Backend for CpuBackend {
         bias: Option<&HostTensor>,
         spec: Conv2dSpec,
     ) -> Result<CpuConv2d, BackendError> {
-        let Conv2dSpec {
-            stride, padding, ..
-        } = spec;
-        if spec.dilation != [1, 1] || spec.groups != 1 || spec.activation != Activation::Identity {
-            return Err(self.unsupported("grouped, dilated or fused conv2d"));
-        }
-        let &[out_channels, in_channels, kh, kw] = weight.shape() else {
-            return Err(BackendError::shape(
-                "prepare_conv2d",
-                format!("weight must be [out, in, kh, kw], got {:?}", weight.shape()),
-            ));
-        };
-        if stride.contains(&0) {
-            return Err(BackendError::shape("prepare_conv2d", "stride must be >= 1"));
-        }
-        if let Some(b) = bias {
-            if b.shape() != [out_channels] {
-                return Err(BackendError::shape(
-                    "prepare_conv2d",
-                    format!("bias must be [{out_channels}], got {:?}", b.shape()),
-                ));
-            }
-        }
-        Ok(CpuConv2d {
-            weight: weight.data().to_vec(),
-            bias: bias.map(|b| b.data().to_vec()),
-            out_channels,
-            in_channels,
-            kernel: [kh, kw],
-            stride,
-            padding,
-        })
+        CpuConv2d::prepare(weight, bias, spec)
     }
 
     fn linear(
@@ -371,7 +337,6 @@ impl Backend for CpuBackend {
                 ),
             ));
         }
-        let rows = x.data.len() / inputs.max(1);
         let n = layer.outputs;
         let mut shape = x.shape.clone();
         if let Some(last) = shape.last_mut() {
@@ -379,15 +344,23 @@ impl Backend for CpuBackend {
         }
         let numel = checked_numel(&shape)
             .ok_or_else(|| BackendError::shape("linear", format!("output {shape:?} too large")))?;
+        // Rows from the output, not `x.data.len() / inputs`: a layer of no inputs
+        // (PyTorch allows one) still has rows, each its bias.
+        let rows = numel.checked_div(n).unwrap_or(0);
         let (weight_t, bias) = match &layer.form {
             #[cfg(target_arch = "x86_64")]
             LinearForm::Packed(packed) => {
+                // GELU runs in the micro-kernel's epilogue, on registers; any other
+                // activation in one pass over the output after it.
                 let gelu = activation == Activation::Gelu;
-                let out = self.in_pool(|| {
+                let mut out = self.in_pool(|| {
                     // SAFETY: `Packed` layers are only made when `self.isa` is Avx512,
                     // which `Isa::or_supported` grants only when the CPU has avx512f.
                     unsafe { packed::linear_avx512(&x.data, rows, packed, gelu, self.threads) }
                 });
+                if !gelu {
+                    self.activate_in_place(activation, &mut out, n);
+                }
                 return Ok(CpuTensor::new(shape, out));
             }
             LinearForm::Plain { weight_t, bias } => (weight_t, bias),
@@ -419,103 +392,12 @@ impl Backend for CpuBackend {
                 self.threads,
             )
         });
-        if activation == Activation::Gelu {
-            let isa = self.isa;
-            self.for_row_chunks(&mut out, n, |_, chunk| kernels::gelu(isa, chunk));
-        }
+        self.activate_in_place(activation, &mut out, n);
         Ok(CpuTensor::new(shape, out))
     }
 
     fn conv2d(&self, x: &CpuTensor, layer: &CpuConv2d) -> Result<CpuTensor, BackendError> {
-        let Conv2dGeometry {
-            batch,
-            channels,
-            h,
-            w,
-            ho,
-            wo,
-        } = conv2d_geometry(
-            &x.shape,
-            layer.in_channels,
-            layer.kernel,
-            layer.stride,
-            layer.padding,
-        )?;
-        let [kh, kw] = layer.kernel;
-        let [sh, sw] = layer.stride;
-        let [ph, pw] = layer.padding;
-        let positions = ho * wo;
-        let patch = channels * kh * kw;
-        let o = layer.out_channels;
-        let shape = vec![batch, o, ho, wo];
-        let numel = checked_numel(&shape)
-            .ok_or_else(|| BackendError::shape("conv2d", format!("output {shape:?} too large")))?;
-        let cols_len = checked_numel(&[positions, patch])
-            .ok_or_else(|| BackendError::shape("conv2d", "im2col buffer too large"))?;
-        let mut out = vec![0.0; numel];
-        let mut cols = vec![0.0f32; cols_len];
-        for b in 0..batch {
-            let img = &x.data[b * channels * h * w..(b + 1) * channels * h * w];
-            // im2col: one row per output position, (c, ky, kx) along the row, matching
-            // the flattened weight.
-            for oy in 0..ho {
-                for ox in 0..wo {
-                    let row = &mut cols[(oy * wo + ox) * patch..(oy * wo + ox + 1) * patch];
-                    for c in 0..channels {
-                        for ky in 0..kh {
-                            let iy = (oy * sh + ky) as isize - ph as isize;
-                            let dst = &mut row[(c * kh + ky) * kw..(c * kh + ky + 1) * kw];
-                            if iy < 0 || iy as usize >= h {
-                                dst.fill(0.0);
-                                continue;
-                            }
-                            let src_row =
-                                &img[(c * h + iy as usize) * w..(c * h + iy as usize + 1) * w];
-                            for (kx, d) in dst.iter_mut().enumerate() {
-                                let ix = (ox * sw + kx) as isize - pw as isize;
-                                *d = if ix < 0 || ix as usize >= w {
-                                    0.0
-                                } else {
-                                    src_row[ix as usize]
-                                };
-                            }
-                        }
-                    }
-                }
-            }
-            let dst = &mut out[b * o * positions..(b + 1) * o * positions];
-            if let Some(bias) = &layer.bias {
-                for (plane, &v) in dst.chunks_exact_mut(positions.max(1)).zip(bias) {
-                    plane.fill(v);
-                }
-            }
-            // dst[pos, o] stored channel-major (NCHW): row stride 1, column stride HW.
-            self.in_pool(|| {
-                gemm(
-                    positions,
-                    o,
-                    patch,
-                    dst,
-                    View {
-                        offset: 0,
-                        rs: 1,
-                        cs: positions,
-                    },
-                    layer.bias.is_some(),
-                    &cols,
-                    View::row_major(0, patch),
-                    &layer.weight,
-                    View {
-                        offset: 0,
-                        rs: 1,
-                        cs: patch,
-                    },
-                    1.0,
-                    self.threads,
-                )
-            });
-        }
-        Ok(CpuTensor::new(shape, out))
+        self.conv2d_impl(x, layer)
     }
 
     fn layer_norm(
@@ -557,13 +439,9 @@ impl Backend for CpuBackend {
     }
 
     fn activate(&self, x: &CpuTensor, act: Activation) -> Result<CpuTensor, BackendError> {
-        if act != Activation::Gelu {
-            return Err(self.unsupported("activate"));
-        }
-        let d = last_dim("gelu", x)?.max(1);
+        let d = last_dim("activate", x).unwrap_or(1);
         let mut out = x.data.clone();
-        let isa = self.isa;
-        self.for_row_chunks(&mut out, d, |_, chunk| kernels::gelu(isa, chunk));
+        self.activate_in_place(act, &mut out, d);
         Ok(CpuTensor::new(x.shape.clone(), out))
     }
 
@@ -834,106 +712,113 @@ impl Backend for CpuBackend {
         Ok(CpuTensor::new(vec![batch, d], out))
     }
 
-    // Placeholders until the kernels land (issue 14): each refuses clearly.
     fn binary(
         &self,
-        _a: &CpuTensor,
-        _b: &CpuTensor,
-        _op: BinaryOp,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        op: BinaryOp,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("binary"))
+        self.binary_impl(a, b, op)
     }
+
     fn compare(
         &self,
-        _a: &CpuTensor,
-        _b: &CpuTensor,
-        _op: CompareOp,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        op: CompareOp,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("compare"))
+        self.compare_impl(a, b, op)
     }
+
     fn select(
         &self,
-        _mask: &CpuTensor,
-        _a: &CpuTensor,
-        _b: &CpuTensor,
+        mask: &CpuTensor,
+        a: &CpuTensor,
+        b: &CpuTensor,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("select"))
+        self.select_impl(mask, a, b)
     }
-    fn reduce(
-        &self,
-        _x: &CpuTensor,
-        _axis: usize,
-        _op: ReduceOp,
-    ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("reduce"))
+
+    fn reduce(&self, x: &CpuTensor, axis: usize, op: ReduceOp) -> Result<CpuTensor, BackendError> {
+        self.reduce_impl(x, axis, op)
     }
-    fn pool2d(&self, _x: &CpuTensor, _spec: Pool2dSpec) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("pool2d"))
+
+    fn pool2d(&self, x: &CpuTensor, spec: Pool2dSpec) -> Result<CpuTensor, BackendError> {
+        self.pool2d_impl(x, spec)
     }
+
     fn resize(
         &self,
-        _x: &CpuTensor,
-        _size: [usize; 2],
-        _mode: ResizeMode,
+        x: &CpuTensor,
+        size: [usize; 2],
+        mode: ResizeMode,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("resize"))
+        self.resize_impl(x, size, mode)
     }
-    fn concat(&self, _xs: &[&CpuTensor], _axis: usize) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("concat"))
+
+    fn concat(&self, xs: &[&CpuTensor], axis: usize) -> Result<CpuTensor, BackendError> {
+        self.concat_impl(xs, axis)
     }
+
     fn slice(
         &self,
-        _x: &CpuTensor,
-        _axis: usize,
-        _start: usize,
-        _len: usize,
+        x: &CpuTensor,
+        axis: usize,
+        start: usize,
+        len: usize,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("slice"))
+        self.slice_impl(x, axis, start, len)
     }
+
     fn write_slice(
         &self,
-        _dst: &mut CpuTensor,
-        _axis: usize,
-        _start: usize,
-        _src: &CpuTensor,
+        dst: &mut CpuTensor,
+        axis: usize,
+        start: usize,
+        src: &CpuTensor,
     ) -> Result<(), BackendError> {
-        Err(self.unsupported("write_slice"))
+        self.write_slice_impl(dst, axis, start, src)
     }
+
     fn matmul(
         &self,
-        _a: &CpuTensor,
-        _b: &CpuTensor,
-        _transpose_b: bool,
+        a: &CpuTensor,
+        b: &CpuTensor,
+        transpose_b: bool,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("matmul"))
+        self.matmul_impl(a, b, transpose_b)
     }
-    fn embedding(&self, _table: &CpuTensor, _ids: &[u32]) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("embedding"))
+
+    fn embedding(&self, table: &CpuTensor, ids: &[u32]) -> Result<CpuTensor, BackendError> {
+        self.embedding_impl(table, ids)
     }
+
     fn rms_norm(
         &self,
-        _x: &CpuTensor,
-        _gamma: &CpuTensor,
-        _eps: f32,
+        x: &CpuTensor,
+        gamma: &CpuTensor,
+        eps: f32,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("rms_norm"))
+        self.rms_norm_impl(x, gamma, eps)
     }
+
     fn rope(
         &self,
-        _x: &CpuTensor,
-        _cos: &CpuTensor,
-        _sin: &CpuTensor,
+        x: &CpuTensor,
+        cos: &CpuTensor,
+        sin: &CpuTensor,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("rope"))
+        self.rope_impl(x, cos, sin)
     }
+
     fn attention_gqa(
         &self,
-        _q: &CpuTensor,
-        _k: &CpuTensor,
-        _v: &CpuTensor,
-        _spec: AttentionSpec,
+        q: &CpuTensor,
+        k: &CpuTensor,
+        v: &CpuTensor,
+        spec: AttentionSpec,
     ) -> Result<CpuTensor, BackendError> {
-        Err(self.unsupported("attention_gqa"))
+        self.attention_gqa_impl(q, k, v, spec)
     }
 }
 

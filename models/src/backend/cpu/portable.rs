@@ -63,3 +63,15 @@ pub(crate) fn gelu(x: &mut [f32]) {
         *v = *v * 0.5 * (1.0 + erf(*v * std::f32::consts::FRAC_1_SQRT_2));
     }
 }
+
+/// In-place sigmoid (`silu: false`) or SiLU (`silu: true`), from `exp(-|v|)` so that
+/// nothing overflows: `1 / (1 + e)` for `v >= 0`, `e / (1 + e)` below.
+pub(crate) fn sigmoid(x: &mut [f32], silu: bool) {
+    for v in x.iter_mut() {
+        let e = (-v.abs()).exp();
+        let inv = 1.0 / (1.0 + e);
+        let s = if *v < 0.0 { inv * e } else { inv };
+        let s = if v.is_nan() { *v } else { s };
+        *v = if silu { *v * s } else { s };
+    }
+}

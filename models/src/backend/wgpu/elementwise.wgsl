@@ -21,12 +21,12 @@ fn element(wg: vec3<u32>, lid: u32) -> u32 {
     return (wg.y * word(1u) + wg.x) * 256u + lid;
 }
 
-// out = gelu(x)
+// out = act(x); word 2: the activation's code (activation.wgsl)
 @compute @workgroup_size(256, 1, 1)
-fn gelu(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn activation(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = element(wg, lid);
     if (i < word(0u)) {
-        out[i] = gelu_exact(x[i]);
+        out[i] = activate(x[i], word(2u));
     }
 }
 
@@ -113,40 +113,4 @@ fn select_token(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_
     let c = i % d;
     let b = i / d;
     out[i] = x[(b * n + word(4u)) * d + c];
-}
-
-// im2col for a convolution: out [B * Ho * Wo, C * kh * kw], one row per output
-// position with (c, ky, kx) along the row (PyTorch's flattened weight order), zeros
-// where the window hangs over the padding.
-// words 2..14: C, H, W, kh, kw, sh, sw, ph, pw, Ho, Wo.
-@compute @workgroup_size(256, 1, 1)
-fn im2col(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let i = element(wg, lid);
-    if (i >= word(0u)) {
-        return;
-    }
-    let ch = word(2u);
-    let h = word(3u);
-    let w = word(4u);
-    let kh = word(5u);
-    let kw = word(6u);
-    let ho = word(11u);
-    let wo = word(12u);
-    let row_len = ch * kh * kw;
-    let col = i % row_len;
-    let row = i / row_len;
-    let kx = col % kw;
-    let ky = (col / kw) % kh;
-    let c = col / (kw * kh);
-    let ox = row % wo;
-    let oy = (row / wo) % ho;
-    let b = row / (wo * ho);
-    // Signed arithmetic for the padding; inputs are far below 2^31 elements per dim.
-    let iy = i32(oy * word(7u) + ky) - i32(word(9u));
-    let ix = i32(ox * word(8u) + kx) - i32(word(10u));
-    var v = 0.0;
-    if (iy >= 0 && iy < i32(h) && ix >= 0 && ix < i32(w)) {
-        v = x[((b * ch + c) * h + u32(iy)) * w + u32(ix)];
-    }
-    out[i] = v;
 }

@@ -1,4 +1,4 @@
-// Tiled matrix multiply with a fused bias (+ GELU) epilogue:
+// Tiled matrix multiply with a fused bias + activation epilogue:
 //   out[m, n] = act(sum_k a[m, k] * w_t[k, n] + bias[n])
 //
 // `a` is the activation, row-major [M, K]. `w_t` is the weight transposed once at load
@@ -21,10 +21,20 @@ struct Params {
     k: u32,
     // Row stride of w_t in vec4s (N_pad / 4).
     n_pad4: u32,
-    // bit 0: add bias; bit 1: GELU; bit 2: store channel-major (NCHW, see below).
+    // bit 0: add bias; bit 2: store channel-major (NCHW, see below); bits 8..16: the
+    // activation's code (activation.wgsl).
     flags: u32,
-    // For the channel-major store: output rows per item (positions of a conv image).
+    // For the channel-major store (and the NCHW loader): output rows per item
+    // (positions of a conv image).
     rows_per_item: u32,
+    // For the channel-major store: where this product's channels start among the
+    // output's, and how many the output has (one group of a grouped convolution).
+    channel_offset: u32,
+    out_channels: u32,
+    // For the NCHW loader: where the K channels it reads start among the input's, and
+    // how many the input has.
+    in_channel_offset: u32,
+    in_channels: u32,
     _pad0: u32,
     _pad1: u32,
 }
@@ -96,15 +106,13 @@ fn main(
             if (c >= p.n) {
                 break;
             }
-            var y = v[j];
-            if ((p.flags & 2u) != 0u) {
-                y = gelu_exact(y);
-            }
+            let y = activate(v[j], (p.flags >> 8u) & 0xffu);
             if ((p.flags & 4u) != 0u) {
-                // Channel-major: row = item * P + position, out[item, c, position].
+                // Channel-major: row = item * P + position,
+                // out[item, channel_offset + c, position].
                 let item = row / p.rows_per_item;
                 let pos = row % p.rows_per_item;
-                out[(item * p.n + c) * p.rows_per_item + pos] = y;
+                out[((item * p.out_channels) + p.channel_offset + c) * p.rows_per_item + pos] = y;
             } else {
                 out[row * p.n + c] = y;
             }

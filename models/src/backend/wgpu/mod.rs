@@ -5,12 +5,17 @@
 //!   dispatches into a pending list (see `queue.rs`); nothing reaches the GPU until a
 //!   [`Backend::readback`], which submits the whole chain (a forward pass of any batch)
 //!   as one command buffer and copies the result out. Buffers come from a pool.
-//! - **Kernels** (`*.wgsl` beside this file): tiled matmul with a fused bias/GELU
-//!   epilogue (also the patch embedding, after an im2col), fused flash-style attention,
-//!   layer norm and softmax per row, and elementwise/data-movement kernels. Pipelines are
-//!   compiled on first use and cached.
+//! - **Kernels** (`*.wgsl` beside this file): tiled matmul with a fused bias and
+//!   activation epilogue (linear layers, and convolutions after an im2col or straight
+//!   from NCHW for 1x1), a direct depthwise convolution (`conv.rs`), fused
+//!   flash-style attention (timm's, and grouped-query with a causal mask and a KV
+//!   cache), layer norm, RMS norm and softmax per row, and one-thread-per-output
+//!   kernels for the rest: activations, broadcasting arithmetic, reductions, pooling,
+//!   resizing, data movement, rotary embeddings (the wider op set is in `ops.rs`).
+//!   Pipelines are compiled on first use and cached.
 //! - **Weights** are transposed and padded once at load; with `SHADER_F16` they are
-//!   stored as f16 (half the memory traffic) and accumulated in f32.
+//!   stored as f16 (half the memory traffic) and accumulated in f32; the direct
+//!   convolution's small weights stay f32.
 //! - **Choosing a device.** [`WgpuBackend::new`] takes the best adapter the options
 //!   allow (a software one included: that is how the tests run on lavapipe);
 //!   [`WgpuBackend::auto`] only a hardware GPU, or none, so the caller falls back to
@@ -27,21 +32,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod conv;
 mod device;
 mod kernels;
+mod ops;
 mod pool;
 mod queue;
 
 use std::sync::{Arc, Mutex};
 
+pub use conv::WgpuConv2d;
 pub use device::{WgpuInitError, WgpuOptions};
-use kernels::{Kernel, MAX_HEAD_DIM};
+use kernels::{ALoad, Kernel, MAX_HEAD_DIM};
 use pool::{size_class, Pool, PooledBuffer};
 use queue::{device_error, Command, Dispatch, Pending, PARAM_WORDS};
 
 use super::{
-    conv2d_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
-    Conv2dGeometry, Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+    Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp, Conv2dSpec,
+    DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -96,14 +104,42 @@ impl std::fmt::Debug for WgpuLinear {
     }
 }
 
-/// A convolution on the GPU: im2col, then the matmul with the flattened weight.
-#[derive(Debug)]
-pub struct WgpuConv2d {
-    linear: WgpuLinear,
-    in_channels: usize,
-    kernel: [usize; 2],
-    stride: [usize; 2],
-    padding: [usize; 2],
+/// Where the tiled matmul reads its activation and writes its output.
+#[derive(Debug, Clone, Copy)]
+enum GemmLayout {
+    /// `a` row-major `[rows, K]`, the output row-major `[rows, N]`.
+    Rows,
+    /// The output of a convolution: rows are `item * positions + position`, stored
+    /// channel-major (NCHW) into channels `channel_offset..` of `out_channels`; with
+    /// `nchw_input`, `a` is those channels of the NCHW image itself (a 1x1 stride-1
+    /// convolution, or one group of it).
+    Image {
+        positions: usize,
+        channel_offset: usize,
+        out_channels: usize,
+        nchw_input: Option<NchwChannels>,
+    },
+}
+
+/// The channels of an NCHW image that the matmul reads as its `[B * H * W, K]`
+/// operand: `offset..offset + K` of `total`.
+#[derive(Debug, Clone, Copy)]
+struct NchwChannels {
+    offset: usize,
+    total: usize,
+}
+
+/// The code of an activation in the kernels (`activation.wgsl`).
+fn act_code(act: Activation) -> u32 {
+    match act {
+        Activation::Identity => 0,
+        Activation::Gelu => 1,
+        Activation::Relu => 2,
+        Activation::Relu6 => 3,
+        Activation::Silu => 4,
+        Activation::Sigmoid => 5,
+        Activation::HardSwish => 6,
+    }
 }
 
 struct Inner {
@@ -145,13 +181,6 @@ fn last_dim(op: &'static str, x: &WgpuTensor) -> Result<usize, BackendError> {
 }
 
 impl WgpuBackend {
-    fn unsupported(&self, op: &'static str) -> BackendError {
-        BackendError::Unsupported {
-            backend: "wgpu",
-            op,
-        }
-    }
-
     /// Opens the best adapter `options` allow, software rasterisers included unless
     /// [`WgpuOptions::hardware_only`].
     pub fn new(options: &WgpuOptions) -> Result<Self, WgpuInitError> {
@@ -349,7 +378,7 @@ impl WgpuBackend {
         }
         let gpu = &self.inner.gpu;
         let pipeline = kernels::pipeline(&self.inner.kernels, &gpu.device, gpu.f16, kernel)?;
-        let mut p = [0u32; PARAM_WORDS];
+        let mut p = Box::new([0u32; PARAM_WORDS]);
         p[..params.len()].copy_from_slice(params);
         self.record(Command::Dispatch(Dispatch {
             pipeline,
@@ -375,23 +404,40 @@ impl WgpuBackend {
         self.dispatch(kernel, &params, buffers, grid)
     }
 
-    fn matmul(
+    /// The tiled matmul of `rows` rows of `a` with a prepared layer, bias and
+    /// activation fused, stored as `layout` says.
+    fn gemm(
         &self,
         op: &'static str,
         (a, rows): (&wgpu::Buffer, usize),
         layer: &WgpuLinear,
         activation: Activation,
         out: &wgpu::Buffer,
-        rows_per_item: Option<usize>,
+        layout: GemmLayout,
     ) -> Result<(), BackendError> {
         let k = layer.inputs;
-        let mut flags = u32::from(layer.has_bias);
-        if activation == Activation::Gelu {
-            flags |= 2;
-        }
-        if rows_per_item.is_some() {
-            flags |= 4;
-        }
+        let mut flags = u32::from(layer.has_bias) | act_code(activation) << 8;
+        let (positions, channel_offset, out_channels, input) = match layout {
+            GemmLayout::Rows => (1, 0, layer.outputs, None),
+            GemmLayout::Image {
+                positions,
+                channel_offset,
+                out_channels,
+                nchw_input,
+            } => {
+                flags |= 4;
+                (positions, channel_offset, out_channels, nchw_input)
+            }
+        };
+        let loader = match input {
+            Some(_) => ALoad::Nchw,
+            None if k.is_multiple_of(4) => ALoad::Vec4,
+            None => ALoad::Scalar,
+        };
+        let input = input.unwrap_or(NchwChannels {
+            offset: 0,
+            total: k,
+        });
         let groups_y = rows.div_ceil(TILE_M);
         if groups_y > self.inner.gpu.limits.max_compute_workgroups_per_dimension as usize {
             return Err(BackendError::shape(
@@ -405,12 +451,14 @@ impl WgpuBackend {
             k as u32,
             (layer.n_pad / 4) as u32,
             flags,
-            as_u32(op, "positions", rows_per_item.unwrap_or(1))?,
+            as_u32(op, "positions", positions)?,
+            as_u32(op, "channels", channel_offset)?,
+            as_u32(op, "channels", out_channels)?,
+            as_u32(op, "channels", input.offset)?,
+            as_u32(op, "channels", input.total)?,
         ];
         self.dispatch(
-            Kernel::Matmul {
-                a_vec4: k.is_multiple_of(4),
-            },
+            Kernel::Matmul { a: loader },
             &params,
             vec![
                 (1, a.clone()),
@@ -566,37 +614,7 @@ impl Backend for WgpuBackend {
         bias: Option<&HostTensor>,
         spec: Conv2dSpec,
     ) -> Result<WgpuConv2d, BackendError> {
-        let Conv2dSpec {
-            stride, padding, ..
-        } = spec;
-        if spec.dilation != [1, 1] || spec.groups != 1 || spec.activation != Activation::Identity {
-            return Err(self.unsupported("grouped, dilated or fused conv2d"));
-        }
-        let &[out_channels, in_channels, kh, kw] = weight.shape() else {
-            return Err(BackendError::shape(
-                "prepare_conv2d",
-                format!("weight must be [out, in, kh, kw], got {:?}", weight.shape()),
-            ));
-        };
-        if stride.contains(&0) {
-            return Err(BackendError::shape("prepare_conv2d", "stride must be >= 1"));
-        }
-        let flat = HostTensor::new(
-            [out_channels, in_channels * kh * kw],
-            weight.data().to_vec(),
-        )
-        .map_err(|e| BackendError::shape("prepare_conv2d", e.to_string()))?;
-        let linear = self.prepare_linear(&flat, bias).map_err(|e| match e {
-            BackendError::Shape { detail, .. } => BackendError::shape("prepare_conv2d", detail),
-            e => e,
-        })?;
-        Ok(WgpuConv2d {
-            linear,
-            in_channels,
-            kernel: [kh, kw],
-            stride,
-            padding,
-        })
+        self.prepare_conv(weight, bias, spec)
     }
 
     fn linear(
@@ -615,71 +633,28 @@ impl Backend for WgpuBackend {
                 ),
             ));
         }
-        let rows = numel(x).checked_div(inputs).unwrap_or(0);
+        // The leading dims (not numel / inputs: with no inputs each row is its bias).
+        let rows: usize = x.shape[..x.shape.len() - 1].iter().product();
         let mut shape = x.shape.clone();
         if let Some(last) = shape.last_mut() {
             *last = layer.outputs;
         }
         let out = self.output("linear", shape)?;
         if rows > 0 {
-            self.matmul(
+            self.gemm(
                 "linear",
                 (x.buf.buffer(), rows),
                 layer,
                 activation,
                 out.buf.buffer(),
-                None,
+                GemmLayout::Rows,
             )?;
         }
         Ok(out)
     }
 
     fn conv2d(&self, x: &WgpuTensor, layer: &WgpuConv2d) -> Result<WgpuTensor, BackendError> {
-        let Conv2dGeometry {
-            batch,
-            channels,
-            h,
-            w,
-            ho,
-            wo,
-        } = conv2d_geometry(
-            &x.shape,
-            layer.in_channels,
-            layer.kernel,
-            layer.stride,
-            layer.padding,
-        )?;
-        let [kh, kw] = layer.kernel;
-        let [sh, sw] = layer.stride;
-        let [ph, pw] = layer.padding;
-        let positions = ho * wo;
-        let patch = channels * kh * kw;
-        let out = self.output("conv2d", vec![batch, layer.linear.outputs, ho, wo])?;
-        let rows = batch * positions;
-        if rows == 0 || layer.linear.outputs == 0 {
-            return Ok(out);
-        }
-        let cols = self.output("conv2d", vec![rows, patch])?;
-        let words = [channels, h, w, kh, kw, sh, sw, ph, pw, ho, wo]
-            .iter()
-            .map(|&v| as_u32("conv2d", "dimension", v))
-            .collect::<Result<Vec<_>, _>>()?;
-        self.elementwise(
-            "conv2d",
-            Kernel::Im2col,
-            rows * patch,
-            &words,
-            vec![(1, x.buf.buffer().clone()), (2, cols.buf.buffer().clone())],
-        )?;
-        self.matmul(
-            "conv2d",
-            (cols.buf.buffer(), rows),
-            &layer.linear,
-            Activation::Identity,
-            out.buf.buffer(),
-            Some(positions),
-        )?;
-        Ok(out)
+        self.conv(x, layer)
     }
 
     fn layer_norm(
@@ -716,15 +691,12 @@ impl Backend for WgpuBackend {
     }
 
     fn activate(&self, x: &WgpuTensor, act: Activation) -> Result<WgpuTensor, BackendError> {
-        if act != Activation::Gelu {
-            return Err(self.unsupported("activate"));
-        }
-        let out = self.output("gelu", x.shape.clone())?;
+        let out = self.output("activate", x.shape.clone())?;
         self.elementwise(
-            "gelu",
-            Kernel::Gelu,
+            "activate",
+            Kernel::Activation,
             numel(x),
-            &[],
+            &[act_code(act)],
             vec![(1, x.buf.buffer().clone()), (2, out.buf.buffer().clone())],
         )?;
         Ok(out)
@@ -944,105 +916,117 @@ impl Backend for WgpuBackend {
         Ok(out)
     }
 
-    // Placeholders until the kernels land (issue 14): each refuses clearly.
     fn binary(
         &self,
-        _a: &WgpuTensor,
-        _b: &WgpuTensor,
-        _op: BinaryOp,
+        a: &WgpuTensor,
+        b: &WgpuTensor,
+        op: BinaryOp,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("binary"))
+        self.binary_op(a, b, op)
     }
+
     fn compare(
         &self,
-        _a: &WgpuTensor,
-        _b: &WgpuTensor,
-        _op: CompareOp,
+        a: &WgpuTensor,
+        b: &WgpuTensor,
+        op: CompareOp,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("compare"))
+        self.compare_op(a, b, op)
     }
+
     fn select(
         &self,
-        _mask: &WgpuTensor,
-        _a: &WgpuTensor,
-        _b: &WgpuTensor,
+        mask: &WgpuTensor,
+        a: &WgpuTensor,
+        b: &WgpuTensor,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("select"))
+        self.select_op(mask, a, b)
     }
+
     fn reduce(
         &self,
-        _x: &WgpuTensor,
-        _axis: usize,
-        _op: ReduceOp,
+        x: &WgpuTensor,
+        axis: usize,
+        op: ReduceOp,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("reduce"))
+        self.reduce_op(x, axis, op)
     }
-    fn pool2d(&self, _x: &WgpuTensor, _spec: Pool2dSpec) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("pool2d"))
+
+    fn pool2d(&self, x: &WgpuTensor, spec: Pool2dSpec) -> Result<WgpuTensor, BackendError> {
+        self.pool2d_op(x, spec)
     }
+
     fn resize(
         &self,
-        _x: &WgpuTensor,
-        _size: [usize; 2],
-        _mode: ResizeMode,
+        x: &WgpuTensor,
+        size: [usize; 2],
+        mode: ResizeMode,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("resize"))
+        self.resize_op(x, size, mode)
     }
-    fn concat(&self, _xs: &[&WgpuTensor], _axis: usize) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("concat"))
+
+    fn concat(&self, xs: &[&WgpuTensor], axis: usize) -> Result<WgpuTensor, BackendError> {
+        self.concat_op(xs, axis)
     }
+
     fn slice(
         &self,
-        _x: &WgpuTensor,
-        _axis: usize,
-        _start: usize,
-        _len: usize,
+        x: &WgpuTensor,
+        axis: usize,
+        start: usize,
+        len: usize,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("slice"))
+        self.slice_op(x, axis, start, len)
     }
+
     fn write_slice(
         &self,
-        _dst: &mut WgpuTensor,
-        _axis: usize,
-        _start: usize,
-        _src: &WgpuTensor,
+        dst: &mut WgpuTensor,
+        axis: usize,
+        start: usize,
+        src: &WgpuTensor,
     ) -> Result<(), BackendError> {
-        Err(self.unsupported("write_slice"))
+        self.write_slice_op(dst, axis, start, src)
     }
+
     fn matmul(
         &self,
-        _a: &WgpuTensor,
-        _b: &WgpuTensor,
-        _transpose_b: bool,
+        a: &WgpuTensor,
+        b: &WgpuTensor,
+        transpose_b: bool,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("matmul"))
+        self.bmm(a, b, transpose_b)
     }
-    fn embedding(&self, _table: &WgpuTensor, _ids: &[u32]) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("embedding"))
+
+    fn embedding(&self, table: &WgpuTensor, ids: &[u32]) -> Result<WgpuTensor, BackendError> {
+        self.embedding_op(table, ids)
     }
+
     fn rms_norm(
         &self,
-        _x: &WgpuTensor,
-        _gamma: &WgpuTensor,
-        _eps: f32,
+        x: &WgpuTensor,
+        gamma: &WgpuTensor,
+        eps: f32,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("rms_norm"))
+        self.rms_norm_op(x, gamma, eps)
     }
+
     fn rope(
         &self,
-        _x: &WgpuTensor,
-        _cos: &WgpuTensor,
-        _sin: &WgpuTensor,
+        x: &WgpuTensor,
+        cos: &WgpuTensor,
+        sin: &WgpuTensor,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("rope"))
+        self.rope_op(x, cos, sin)
     }
+
     fn attention_gqa(
         &self,
-        _q: &WgpuTensor,
-        _k: &WgpuTensor,
-        _v: &WgpuTensor,
-        _spec: AttentionSpec,
+        q: &WgpuTensor,
+        k: &WgpuTensor,
+        v: &WgpuTensor,
+        spec: AttentionSpec,
     ) -> Result<WgpuTensor, BackendError> {
-        Err(self.unsupported("attention_gqa"))
+        self.attention_gqa_op(q, k, v, spec)
     }
 }

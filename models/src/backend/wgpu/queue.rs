@@ -13,14 +13,16 @@ use std::sync::{mpsc, Arc};
 use super::kernels::Pipeline;
 use super::BackendError;
 
-/// Bytes of parameters a dispatch may carry.
-pub(crate) const PARAM_WORDS: usize = 16;
+/// Words (u32) of parameters a dispatch may carry: 256 bytes, the usual uniform
+/// offset alignment, so a slot costs no more than the alignment already does.
+pub(crate) const PARAM_WORDS: usize = 64;
 /// Pending commands that force a submit (bounds the host memory of the list).
 const MAX_PENDING: usize = 4096;
 
 pub(crate) struct Dispatch {
     pub(crate) pipeline: Arc<Pipeline>,
-    pub(crate) params: [u32; PARAM_WORDS],
+    // Boxed: 256 bytes would bloat every command of the pending list.
+    pub(crate) params: Box<[u32; PARAM_WORDS]>,
     /// (binding, buffer) for bindings 1..; binding 0 is the parameters.
     pub(crate) buffers: Vec<(u32, wgpu::Buffer)>,
     pub(crate) groups: [u32; 2],
@@ -91,7 +93,8 @@ impl Pending {
         for c in &commands {
             if let Command::Dispatch(d) = c {
                 let at = (i * slot) as usize;
-                bytes[at..at + PARAM_WORDS * 4].copy_from_slice(bytemuck::cast_slice(&d.params));
+                bytes[at..at + PARAM_WORDS * 4]
+                    .copy_from_slice(bytemuck::cast_slice(&d.params[..]));
                 let mut entries = vec![wgpu::BindGroupEntry {
                     binding: 0,
                     resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {

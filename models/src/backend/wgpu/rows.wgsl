@@ -1,4 +1,4 @@
-// Row-wise kernels over the last dimension: layer norm and softmax. One workgroup of
+// Row-wise kernels over the last dimension: layer norm, RMS norm and softmax. One workgroup of
 // WG threads per row; threads stride across the row and combine partial results in
 // shared memory (a tree reduction).
 
@@ -15,7 +15,7 @@ struct Params {
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read> x: array<f32>;
 @group(0) @binding(2) var<storage, read_write> out: array<f32>;
-// Layer norm only: gamma, beta.
+// Layer norm: gamma, beta; RMS norm: gamma.
 @group(0) @binding(3) var<storage, read> gamma: array<f32>;
 @group(0) @binding(4) var<storage, read> beta: array<f32>;
 
@@ -93,5 +93,24 @@ fn softmax(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index
     let inv = 1.0 / reduce_sum(lid, s);
     for (var c = lid; c < p.cols; c += WG) {
         out[base + c] = exp(x[base + c] - row_max) * inv;
+    }
+}
+
+// x / sqrt(mean(x^2) + eps) * gamma (Llama's RMSNorm).
+@compute @workgroup_size(128, 1, 1)
+fn rms_norm(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row = wg.y * p.groups_x + wg.x;
+    if (row >= p.rows) {
+        return;
+    }
+    let base = row * p.cols;
+    var q = 0.0;
+    for (var c = lid; c < p.cols; c += WG) {
+        let v = x[base + c];
+        q += v * v;
+    }
+    let inv = 1.0 / sqrt(reduce_sum(lid, q) / f32(p.cols) + p.eps);
+    for (var c = lid; c < p.cols; c += WG) {
+        out[base + c] = x[base + c] * inv * gamma[c];
     }
 }
