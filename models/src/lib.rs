@@ -7,10 +7,13 @@
 
 pub mod backend;
 pub mod bottleneck;
+#[cfg(feature = "clap")]
+pub mod cli;
 pub mod preprocess;
 pub mod split;
 pub mod tensor;
 
+pub use backend::choice::BackendChoice;
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
 pub use tensor::HostTensor;
 pub mod vit;

@@ -28,6 +28,7 @@
 //! - **Errors.** Ops check shapes and return [`BackendError::Shape`] instead of
 //!   panicking; device failures are [`BackendError::Device`].
 
+pub mod choice;
 pub mod cpu;
 pub mod kv_cache;
 pub mod ops;
@@ -36,7 +37,7 @@ pub mod wgpu;
 use crate::tensor::HostTensor;
 pub use kv_cache::KvCache;
 pub use ops::{
-    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, PoolKind, Pool2dSpec, ReduceOp,
+    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, Pool2dSpec, PoolKind, ReduceOp,
     ResizeMode,
 };
 
