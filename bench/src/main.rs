@@ -3,7 +3,9 @@
 //! transport, expelliarmus for event decoding) and prints JSON.
 
 mod cmd;
+mod link;
 mod plot;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -52,5 +54,26 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backends_and_codecs_are_value_lists() {
+        use clap::Parser;
+        let err = super::Cli::try_parse_from(["b", "policy", "--edge-backend", "tpu"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
+        let err = super::Cli::try_parse_from(["b", "e2e", "--codec", "u7"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
+        let err = super::Cli::try_parse_from(["b", "model", "--weights", "m", "--backend", "gpu"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
     }
 }

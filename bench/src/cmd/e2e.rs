@@ -69,8 +69,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "K")]
     at: Option<usize>,
     /// Codec for split mode.
-    #[arg(long, default_value = "u8")]
-    codec: String,
+    #[arg(long, default_value = "u8", value_parser = super::codec_parser())]
+    codec: CodecChoice,
     /// The splitstream-edge binary (default: beside this executable).
     #[arg(long, value_name = "PATH")]
     edge_bin: Option<PathBuf>,
@@ -147,13 +147,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             bail!("--modes {m}: use local, split, offload");
         }
     }
-    let Some(codec) = CodecChoice::parse(&args.codec) else {
-        bail!(
-            "--codec {}: use one of {}",
-            args.codec,
-            CodecChoice::ALL.map(|c| c.name()).join(", ")
-        );
-    };
+    let codec = args.codec;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -318,14 +312,6 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
 
 type RunFigures = (Vec<Sample>, BTreeMap<String, u64>, Option<f64>, Option<f64>);
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn summarise(
     n: usize,
     mode_name: &str,
@@ -366,7 +352,9 @@ fn summarise(
             samples = s;
         }
     }
-    let p50_ms = median(p50);
+    // Medians over runs; a cell without runs reports zeros.
+    let median = |v: &[f64]| crate::stats::median(v).unwrap_or(0.0);
+    let p50_ms = median(&p50);
     let split = match mode.wire() {
         Some((split, _)) => split,
         None => "-".to_owned(),
@@ -383,17 +371,17 @@ fn summarise(
         },
         fps_offered_per_device: args.fps,
         seconds: args.seconds,
-        frames: median(frames) as u64,
+        frames: median(&frames) as u64,
         frames_offered: (args.fps * args.seconds).floor() as u64 * n as u64,
-        frames_per_s: median(fps),
+        frames_per_s: median(&fps),
         p50_ms,
-        p99_ms: median(p99),
+        p99_ms: median(&p99),
         p50_vs_local: local_p50.filter(|&l| l > 0.0).map(|l| p50_ms / l),
-        bytes_per_frame: median(bytes),
-        fallbacks: median(fallbacks) as u64,
+        bytes_per_frame: median(&bytes),
+        fallbacks: median(&fallbacks) as u64,
         edge_batch_sizes: hist,
-        edge_mean_batch: (!means.is_empty()).then(|| median(means)),
-        edge_peak_rss_mib: (!rss.is_empty()).then(|| median(rss)),
+        edge_mean_batch: (!means.is_empty()).then(|| median(&means)),
+        edge_peak_rss_mib: (!rss.is_empty()).then(|| median(&rss)),
         runs: count,
     };
     Cell { row, samples }
@@ -611,16 +599,7 @@ impl EdgeProcess {
 
     /// The process's peak resident set (VmHWM), MiB; `None` off Linux.
     fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        crate::stats::peak_rss_mib(Some(self.child.id()))
     }
 
     fn stop(mut self) {

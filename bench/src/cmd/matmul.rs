@@ -134,11 +134,6 @@ fn tensor(shape: &[usize], seed: u32) -> anyhow::Result<HostTensor> {
     Ok(HostTensor::new(shape.to_vec(), data)?)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Median milliseconds per product on `be`; `sync` waits for queued work.
 fn measure<B: Backend>(
     be: &B,
@@ -164,7 +159,7 @@ fn measure<B: Backend>(
         }
         times.push(start.elapsed().as_secs_f64() * 1e3 / iters as f64);
     }
-    Ok(median(times))
+    Ok(crate::stats::median(&times).unwrap_or(f64::NAN))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
