@@ -1,6 +1,7 @@
 //! `splitstream`: the project's front door. Subcommands run models, inspect event
 //! recordings and (later) the end-to-end demo; `splitstream-device` and
 //! `splitstream-edge` are the deployable binaries.
+#![forbid(unsafe_code)]
 
 mod cmd;
 

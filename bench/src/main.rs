@@ -1,6 +1,7 @@
 //! `splitstream-bench`: measures the real paths side by side with their peers in the
 //! same run (onnxruntime for models, zstd/JPEG for the codec, TCP+TLS for the
 //! transport, expelliarmus for event decoding) and prints JSON.
+#![forbid(unsafe_code)]
 
 mod cmd;
 mod link;

@@ -11,6 +11,7 @@
 //! - [`synthetic`]: a seeded, untrained ViT checkpoint for the demo and tests;
 //! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 pub mod device;
 pub mod model;

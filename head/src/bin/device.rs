@@ -1,4 +1,5 @@
 //! `splitstream-device`: runs a model's head on this device and its tail on an edge.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;

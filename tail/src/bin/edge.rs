@@ -1,4 +1,5 @@
 //! `splitstream-edge`: serves the tails of split models to devices over QUIC.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
