@@ -3,6 +3,7 @@
 //! - [`tensor::HostTensor`]: the host-side tensor that crosses every boundary.
 //! - [`backend::Backend`]: the seam; model code is written once over it.
 //!   [`backend::cpu::CpuBackend`] is the CPU implementation.
+//! - [`synthetic`]: a seeded, untrained ViT checkpoint for the demo, tests and benches.
 #![warn(missing_docs, unreachable_pub)]
 
 // The workspace warns on unsafe operations in unsafe fns without their own `unsafe`
@@ -16,6 +17,7 @@ pub mod bottleneck;
 pub mod cli;
 pub mod preprocess;
 pub mod split;
+pub mod synthetic;
 pub mod tensor;
 
 pub use backend::choice::BackendChoice;

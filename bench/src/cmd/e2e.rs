@@ -28,7 +28,7 @@ use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, Run
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
-use splitstream_head::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_models::synthetic::{seeded_vit_safetensors, DEMO_VIT};
 use splitstream_transport::{
     Client, ClientConfig, Fingerprint, ModelId, ServerTrust, StreamConfig,
 };
