@@ -441,8 +441,13 @@ fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Resu
         },
         eps: None,
     };
-    let vit = Vit::load(be.clone(), &weights, &options)
-        .with_context(|| format!("loading {}", args.model.weights.display()))?;
+    let vit = Vit::load(be.clone(), &weights, &options).with_context(|| {
+        // The models crate names no flags: the hint is this command's.
+        format!(
+            "loading {} (a checkpoint of another architecture? name it with --arch)",
+            args.model.weights.display()
+        )
+    })?;
     let cfg = vit.config().clone();
     let (k, d, tokens) = (args.split, cfg.embed_dim, cfg.num_tokens());
     ensure!(

@@ -24,8 +24,13 @@ fn classify<B: Backend>(
     // timm keeps crop_pct in the model's pretrained config; our exports carry it in the
     // file's metadata. Absent, timm's default 0.875.
     let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
-    let vit = Vit::load(backend, &weights, options)
-        .with_context(|| format!("loading {}", args.model.weights.display()))?;
+    let vit = Vit::load(backend, &weights, options).with_context(|| {
+        // The models crate names no flags: the hint is this command's.
+        format!(
+            "loading {} (a checkpoint of another architecture? name it with --arch)",
+            args.model.weights.display()
+        )
+    })?;
     drop(weights);
     let cfg = vit.config().clone();
     let transform = EvalTransform::for_checkpoint(

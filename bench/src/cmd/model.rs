@@ -184,8 +184,13 @@ fn bench_on<B: Backend>(
     args: &Args,
 ) -> anyhow::Result<()> {
     let backend_name = backend.name();
-    let vit = Vit::load(backend, &weights, options)
-        .with_context(|| format!("loading {}", args.model.weights.display()))?;
+    let vit = Vit::load(backend, &weights, options).with_context(|| {
+        // The models crate names no flags: the hint is this command's.
+        format!(
+            "loading {} (a checkpoint of another architecture? name it with --arch)",
+            args.model.weights.display()
+        )
+    })?;
     drop(weights);
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let onnx = match (&args.onnx, args.no_peer) {
