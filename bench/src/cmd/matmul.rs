@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
+use splitstream_models::cli::ThreadsArgs;
 use splitstream_models::{Activation, Backend, HostTensor};
 
 /// Arguments of `splitstream-bench matmul`.
@@ -42,9 +43,8 @@ pub(crate) struct Args {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// CPU worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// The device's fp32 peak in GFLOP/s, to report each figure as a fraction of it.
     #[arg(long)]
     peak_gflops: Option<f64>,
@@ -167,7 +167,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("--iters and --runs must be at least 1");
     }
     let cpu = match args.backend.contains(&BackendName::Cpu) {
-        true => Some(CpuBackend::new(args.threads).context("starting the CPU backend")?),
+        true => Some(CpuBackend::new(args.threads.count).context("starting the CPU backend")?),
         false => None,
     };
     let gpu = match args.backend.contains(&BackendName::Wgpu) {
