@@ -37,7 +37,7 @@ pub mod wgpu;
 use crate::tensor::HostTensor;
 pub use kv_cache::KvCache;
 pub use ops::{
-    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, Pool2dSpec, PoolKind, ReduceOp,
+    Activation, AttentionSpec, BinaryOp, CompareOp, Conv2dSpec, PoolKind, Pool2dSpec, ReduceOp,
     ResizeMode,
 };
 
