@@ -74,6 +74,8 @@ mod tests {
         assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
         let err = super::Cli::try_parse_from(["b", "e2e", "--codec", "u7"]);
         assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
+        let err = super::Cli::try_parse_from(["b", "e2e", "--modes", "local,remote"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
         let err = super::Cli::try_parse_from(["b", "model", "--weights", "m", "--backend", "gpu"]);
         assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
     }

@@ -59,7 +59,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// Modes to run (local is the peer the others are compared with).
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["local".to_owned(), "split".to_owned(), "offload".to_owned()])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = vec!["local".to_owned(), "split".to_owned(), "offload".to_owned()],
+        value_parser = clap::builder::PossibleValuesParser::new(["local", "split", "offload"]),
+    )]
     modes: Vec<String>,
     /// Weights (safetensors); default: assets/demo/demo_vit.safetensors when present,
     /// else the seeded demo ViT.
@@ -141,11 +146,6 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     if args.devices.iter().any(|&n| n == 0 || n > 1024) {
         bail!("--devices: each count must be in 1..=1024");
-    }
-    for m in &args.modes {
-        if !["local", "split", "offload"].contains(&m.as_str()) {
-            bail!("--modes {m}: use local, split, offload");
-        }
     }
     let codec = args.codec;
     let runtime = tokio::runtime::Builder::new_multi_thread()
