@@ -1,6 +1,7 @@
 //! `splitstream`: the project's front door. Subcommands run models, inspect event
 //! recordings and (later) the end-to-end demo; `splitstream-device` and
 //! `splitstream-edge` are the deployable binaries.
+#![forbid(unsafe_code)]
 
 mod cmd;
 
@@ -59,5 +60,15 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
     }
 }

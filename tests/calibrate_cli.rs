@@ -2,12 +2,10 @@
 //! shipped demo photos: the written bottleneck loads, the report has a row per rank x
 //! quantization, and bad arguments give clear errors.
 
-mod reference_support;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use reference_support::reference_dir;
+use splitstream_testkit::reference_dir;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
@@ -24,13 +22,7 @@ fn photos(test: &str, n: usize) -> PathBuf {
     ));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("nested")).unwrap();
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/demo/test");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&src)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg"))
-        .collect();
-    files.sort();
+    let files = splitstream_testkit::demo_images(&splitstream_testkit::demo_dir().join("test"));
     for (i, f) in files.iter().take(n).enumerate() {
         // Half in a subfolder: the search is recursive.
         let to = if i % 2 == 0 {

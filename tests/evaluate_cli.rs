@@ -1,11 +1,8 @@
 //! `splitstream evaluate` end to end on the shipped demo model and test images.
 
-use std::path::Path;
 use std::process::Command;
 
-fn demo_dir() -> &'static Path {
-    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/assets/demo"))
-}
+use splitstream_testkit::demo_dir;
 
 fn evaluate(args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_splitstream"))

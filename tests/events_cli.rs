@@ -146,11 +146,8 @@ fn an_unknown_file_fails_with_one_clear_line() {
 
 #[test]
 fn from_video_turns_a_synthetic_clip_into_events() {
-    if Command::new("ffmpeg").arg("-version").output().is_err() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("ffmpeg is required under CI (apt-get install ffmpeg)");
-        }
-        println!("skip: ffmpeg not installed");
+    if !splitstream_testkit::tool_or_skip("from_video_turns_a_synthetic_clip_into_events", "ffmpeg")
+    {
         return;
     }
     let dir = scratch("video");

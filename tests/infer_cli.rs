@@ -1,11 +1,9 @@
 //! `splitstream infer` end to end: the binary on the reference checkpoint and images.
 
-mod reference_support;
-
 use std::path::Path;
 use std::process::Command;
 
-use reference_support::reference_dir;
+use splitstream_testkit::reference_dir;
 
 fn infer(args: &[&std::ffi::OsStr]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_splitstream"))

@@ -1,9 +1,12 @@
 //! `splitstream-bench`: measures the real paths side by side with their peers in the
 //! same run (onnxruntime for models, zstd/JPEG for the codec, TCP+TLS for the
 //! transport, expelliarmus for event decoding) and prints JSON.
+#![forbid(unsafe_code)]
 
 mod cmd;
+mod link;
 mod plot;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -52,5 +55,28 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {err:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_command_line_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn backends_and_codecs_are_value_lists() {
+        use clap::Parser;
+        let err = super::Cli::try_parse_from(["b", "policy", "--edge-backend", "tpu"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
+        let err = super::Cli::try_parse_from(["b", "e2e", "--codec", "u7"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
+        let err = super::Cli::try_parse_from(["b", "e2e", "--modes", "local,remote"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
+        let err = super::Cli::try_parse_from(["b", "model", "--weights", "m", "--backend", "gpu"]);
+        assert_eq!(err.err().map(|e| e.exit_code()), Some(2));
     }
 }

@@ -1,7 +1,5 @@
 //! Decoding the real recordings in `../shared/events/` against their truths.
 
-mod common;
-
 use splitstream_events::{npy, open_path, Event, EventReader, Format, SourceOptions};
 
 fn read_all(reader: &mut dyn EventReader) -> Vec<Event> {
@@ -25,7 +23,8 @@ fn first_difference(a: &[Event], b: &[Event]) -> Option<(usize, Option<Event>, O
 
 #[test]
 fn evt3_sample_decodes_to_exactly_its_truth() {
-    let Some(dir) = common::shared_events() else {
+    let Some(dir) = splitstream_testkit::events_dir("evt3_sample_decodes_to_exactly_its_truth")
+    else {
         return;
     };
     let mut reader =
@@ -40,7 +39,9 @@ fn evt3_sample_decodes_to_exactly_its_truth() {
 
 #[test]
 fn evt3_sample_decodes_the_same_in_tiny_batches_and_windows() {
-    let Some(dir) = common::shared_events() else {
+    let Some(dir) =
+        splitstream_testkit::events_dir("evt3_sample_decodes_the_same_in_tiny_batches_and_windows")
+    else {
         return;
     };
     let options = SourceOptions {
@@ -56,7 +57,9 @@ fn evt3_sample_decodes_the_same_in_tiny_batches_and_windows() {
 
 #[test]
 fn gen41_zstd_aedat4_decodes_to_exactly_its_truth() {
-    let Some(dir) = common::shared_events() else {
+    let Some(dir) =
+        splitstream_testkit::events_dir("gen41_zstd_aedat4_decodes_to_exactly_its_truth")
+    else {
         return;
     };
     let mut reader =
@@ -71,7 +74,9 @@ fn gen41_zstd_aedat4_decodes_to_exactly_its_truth() {
 
 #[test]
 fn evt2_sample_has_its_resolution_monotonic_time_and_a_plausible_count() {
-    let Some(dir) = common::shared_events() else {
+    let Some(dir) = splitstream_testkit::events_dir(
+        "evt2_sample_has_its_resolution_monotonic_time_and_a_plausible_count",
+    ) else {
         return;
     };
     let path = dir.join("evt2_sample.raw");

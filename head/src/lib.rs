@@ -8,9 +8,9 @@
 //! - [`model`]: the network the device runs (a ViT, or one with a learned bottleneck);
 //! - [`offload`]: the frame as JPEG for offload mode;
 //! - [`policy`]: where each frame runs (local, split, offload), from battery, link and edge;
-//! - [`synthetic`]: a seeded, untrained ViT checkpoint for the demo and tests;
 //! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 pub mod device;
 pub mod model;
@@ -18,4 +18,3 @@ pub mod offload;
 pub mod policy;
 pub mod source;
 pub mod stats;
-pub mod synthetic;

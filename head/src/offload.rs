@@ -11,8 +11,14 @@ use image::RgbImage;
 
 /// Why a frame could not be encoded.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot encode the frame as JPEG: {0}")]
-pub struct EncodeJpegError(#[from] image::ImageError);
+pub enum EncodeJpegError {
+    /// The quality is outside 1-100 (it is refused, not clamped).
+    #[error("JPEG quality {0} is outside 1-100")]
+    Quality(u8),
+    /// The encoder failed.
+    #[error("cannot encode the frame as JPEG: {0}")]
+    Encode(#[from] image::ImageError),
+}
 
 /// How frames are encoded for offload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,6 +44,9 @@ impl Default for JpegSettings {
 
 /// Encodes a frame as JPEG with `settings`.
 pub fn encode_jpeg(img: &RgbImage, settings: &JpegSettings) -> Result<Vec<u8>, EncodeJpegError> {
+    if !(1..=100).contains(&settings.quality) {
+        return Err(EncodeJpegError::Quality(settings.quality));
+    }
     let (w, h) = img.dimensions();
     let resized;
     let img = match settings.max_side {
@@ -51,7 +60,7 @@ pub fn encode_jpeg(img: &RgbImage, settings: &JpegSettings) -> Result<Vec<u8>, E
         _ => img,
     };
     let mut out = Vec::new();
-    JpegEncoder::new_with_quality(&mut out, settings.quality.clamp(1, 100)).encode_image(img)?;
+    JpegEncoder::new_with_quality(&mut out, settings.quality).encode_image(img)?;
     Ok(out)
 }
 
@@ -100,5 +109,28 @@ mod tests {
         )
         .unwrap();
         assert_eq!(image::load_from_memory(&full).unwrap().width(), 1280);
+    }
+
+    #[test]
+    fn qualities_outside_1_to_100_are_refused_not_clamped() {
+        let img = gradient(8, 8);
+        for quality in [0, 101, 255] {
+            let settings = JpegSettings {
+                quality,
+                ..JpegSettings::default()
+            };
+            let err = encode_jpeg(&img, &settings).unwrap_err();
+            assert!(
+                matches!(err, EncodeJpegError::Quality(q) if q == quality),
+                "{err}"
+            );
+        }
+        for quality in [1, 100] {
+            let settings = JpegSettings {
+                quality,
+                ..JpegSettings::default()
+            };
+            assert!(encode_jpeg(&img, &settings).is_ok());
+        }
     }
 }

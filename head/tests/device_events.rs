@@ -6,27 +6,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use splitstream_head::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_models::synthetic::{seeded_vit_safetensors, DEMO_VIT};
 
-fn shared() -> Option<PathBuf> {
-    let dir = match std::env::var_os("SPLITSTREAM_SHARED") {
-        Some(d) => PathBuf::from(d),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared"),
-    };
-    let file = dir.join("events/evt3_sample.raw");
-    if file.is_file() {
-        return Some(file);
-    }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{} is missing: the reference recordings must be present in CI",
-        file.display()
-    );
-    println!(
-        "skipped: {} not found (set SPLITSTREAM_SHARED)",
-        file.display()
-    );
-    None
+fn shared(test: &str) -> Option<PathBuf> {
+    splitstream_testkit::shared_file(test, "events/evt3_sample.raw")
 }
 
 /// Non-empty windows of `window_us` aligned on the first event, counted from the
@@ -51,7 +34,10 @@ fn expected_frames(file: &std::path::Path, window_us: i64) -> u64 {
 
 #[test]
 fn an_event_recording_runs_through_the_device_as_rendered_frames() {
-    let Some(recording) = shared() else { return };
+    let Some(recording) = shared("an_event_recording_runs_through_the_device_as_rendered_frames")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let weights = dir.path().join("vit.safetensors");
     std::fs::write(&weights, seeded_vit_safetensors(&DEMO_VIT, 7)).expect("writes weights");
@@ -95,7 +81,10 @@ fn an_event_recording_runs_through_the_device_as_rendered_frames() {
 
 #[test]
 fn a_histogram_of_events_is_refused_by_an_image_model_with_the_fix() {
-    let Some(recording) = shared() else { return };
+    let Some(recording) = shared("a_histogram_of_events_is_refused_by_an_image_model_with_the_fix")
+    else {
+        return;
+    };
     let dir = tempfile::tempdir().expect("temp dir");
     let weights = dir.path().join("vit.safetensors");
     std::fs::write(&weights, seeded_vit_safetensors(&DEMO_VIT, 7)).expect("writes weights");

@@ -38,16 +38,17 @@ pub struct InvalidCropPct(pub String);
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
     /// The file could not be opened or decoded.
-    #[error("cannot read image {path}: {detail}")]
+    #[error("cannot read image {path}")]
     Decode {
         /// The path given.
         path: String,
-        /// The decoder's message.
-        detail: String,
+        /// The decoder's error (opening failures as its `IoError`).
+        #[source]
+        source: image::ImageError,
     },
     /// The batch of images is too large to hold.
-    #[error("cannot batch the images: {0}")]
-    Batch(crate::tensor::ShapeError),
+    #[error("cannot batch the images")]
+    Batch(#[source] crate::tensor::ShapeError),
     /// The image is empty or too large.
     #[error("image {path} is {width}x{height}; sides must be 1..={MAX_IMAGE_SIDE}")]
     Size {
@@ -158,12 +159,14 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| ImageError::Decode {
             path: shown.clone(),
-            detail: e.to_string(),
+            source: image::ImageError::IoError(e),
         })?;
-    let (width, height) = reader.into_dimensions().map_err(|e| ImageError::Decode {
-        path: shown.clone(),
-        detail: e.to_string(),
-    })?;
+    let (width, height) = reader
+        .into_dimensions()
+        .map_err(|source| ImageError::Decode {
+            path: shown.clone(),
+            source,
+        })?;
     if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
         return Err(ImageError::Size {
             path: shown,
@@ -175,12 +178,12 @@ pub fn load_rgb(path: impl AsRef<Path>) -> Result<RgbImage, ImageError> {
         .and_then(|r| r.with_guessed_format())
         .map_err(|e| ImageError::Decode {
             path: shown.clone(),
-            detail: e.to_string(),
+            source: image::ImageError::IoError(e),
         })?
         .decode()
-        .map_err(|e| ImageError::Decode {
+        .map_err(|source| ImageError::Decode {
             path: shown,
-            detail: e.to_string(),
+            source,
         })?;
     Ok(img.to_rgb8())
 }

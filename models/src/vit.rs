@@ -150,7 +150,7 @@ pub enum LoadError {
     /// The backend refused a weight.
     #[error("preparing weights: {0}")]
     Backend(#[from] BackendError),
-    /// The `--arch` name is not in [`ARCHS`].
+    /// The architecture name given is not in [`ARCHS`].
     #[error("unknown architecture {name:?}; known: {known}")]
     UnknownArch {
         /// The name given.
@@ -573,7 +573,7 @@ pub fn infer_config(weights: &Weights, options: &VitOptions) -> Result<VitConfig
         if a.embed_dim != embed_dim || a.depth != depth || a.distilled != distilled {
             return Err(LoadError::Config(format!(
                 "weights are a ViT with embed dim {embed_dim}, depth {depth}{}, but {} has embed \
-                 dim {}, depth {}{}; check --arch",
+                 dim {}, depth {}{}: the architecture name does not fit these weights",
                 if distilled { ", distilled" } else { "" },
                 a.name,
                 a.embed_dim,
@@ -585,7 +585,7 @@ pub fn infer_config(weights: &Weights, options: &VitOptions) -> Result<VitConfig
     if num_heads == 0 || embed_dim % num_heads != 0 {
         return Err(LoadError::Config(format!(
             "embed dim {embed_dim} does not split into {num_heads} heads; give the head count \
-             (--heads) or the architecture (--arch)"
+             or the architecture"
         )));
     }
     Ok(VitConfig {

@@ -88,7 +88,7 @@ pub enum WeightsError {
     /// The file holds tensors the model does not use.
     #[error(
         "weights file has {} tensor(s) this model does not use: {}; is this checkpoint for \
-         another architecture? try --arch",
+         another architecture?",
         names.len(),
         preview(names)
     )]
@@ -226,20 +226,19 @@ impl Weights {
 
     /// Takes tensor `name` as f32, checking it has `shape`.
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<HostTensor, WeightsError> {
-        let entry =
-            self.entries.get(name).ok_or_else(|| {
-                WeightsError::Missing {
-            name: name.to_string(),
-            hint: "is this a checkpoint of this architecture, with timm's tensor names? try --arch"
-                .into(),
-        }
+        let entry = self
+            .entries
+            .get(name)
+            .ok_or_else(|| WeightsError::Missing {
+                name: name.to_string(),
+                hint: "is this a checkpoint of this architecture, with timm's tensor names?".into(),
             })?;
         if entry.shape != shape {
             return Err(WeightsError::Shape {
                 name: name.to_string(),
                 expected: shape.to_vec(),
                 actual: entry.shape.clone(),
-                hint: "the checkpoint is for another model size; check --arch".into(),
+                hint: "the checkpoint is for another model size".into(),
             });
         }
         let bytes = &self.buffer[entry.start..entry.end];
@@ -371,9 +370,7 @@ impl<'a> VarBuilder<'a> {
             .map(<[usize]>::to_vec)
             .ok_or_else(|| WeightsError::Missing {
                 name: full,
-                hint: "is this a checkpoint of this architecture, with timm's tensor names? \
-                       try --arch"
-                    .into(),
+                hint: "is this a checkpoint of this architecture, with timm's tensor names?".into(),
             })
     }
 
@@ -387,12 +384,13 @@ impl<'a> VarBuilder<'a> {
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
     /// Serialising or writing failed.
-    #[error("cannot write {path}: {detail}")]
+    #[error("cannot write {path}")]
     Write {
         /// The path given.
         path: String,
-        /// What failed.
-        detail: String,
+        /// The serialiser's error.
+        #[source]
+        source: SafeTensorError,
     },
 }
 
@@ -416,12 +414,12 @@ pub fn save_safetensors(
                 .map(|v| (name.clone(), v))
         })
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| SaveError::Write {
+        .map_err(|source| SaveError::Write {
             path: path.display().to_string(),
-            detail: e.to_string(),
+            source,
         })?;
-    safetensors::serialize_to_file(views, None, path).map_err(|e| SaveError::Write {
+    safetensors::serialize_to_file(views, None, path).map_err(|source| SaveError::Write {
         path: path.display().to_string(),
-        detail: e.to_string(),
+        source,
     })
 }

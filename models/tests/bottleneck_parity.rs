@@ -182,12 +182,11 @@ fn bottlenecks_and_split_model_match_pytorch_on_the_cpu() {
 #[cfg(feature = "wgpu")]
 #[test]
 fn bottlenecks_and_split_model_match_pytorch_on_wgpu() {
-    match WgpuBackend::new(&WgpuOptions::from_env()) {
-        Ok(be) => check_parity(be, WGPU_TOLERANCE),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("no wgpu adapter under CI=true: {e}")
-        }
-        Err(e) => println!("skip bottlenecks_and_split_model_match_pytorch_on_wgpu: {e}"),
+    let test = "bottlenecks_and_split_model_match_pytorch_on_wgpu";
+    if let Some(be) =
+        splitstream_testkit::open_or_skip(test, WgpuBackend::new(&WgpuOptions::from_env()))
+    {
+        check_parity(be, WGPU_TOLERANCE);
     }
 }
 

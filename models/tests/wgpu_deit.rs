@@ -21,16 +21,7 @@ fn open(test: &str, f16_weights: bool) -> Option<WgpuBackend> {
         f16_weights,
         ..WgpuOptions::from_env()
     };
-    match WgpuBackend::new(&options) {
-        Ok(g) => Some(g),
-        Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: no wgpu adapter under CI=true: {e}")
-        }
-        Err(e) => {
-            println!("skip {test}: {e}");
-            None
-        }
-    }
+    splitstream_testkit::open_or_skip(test, WgpuBackend::new(&options))
 }
 
 /// The logits of the reference batch (2 images) on `be`, and timm's.

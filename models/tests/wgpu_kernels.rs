@@ -21,23 +21,10 @@ fn open(f16_weights: bool) -> Result<WgpuBackend, WgpuInitError> {
     })
 }
 
-fn skip_or_fail(test: &str, e: &WgpuInitError) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{test}: no wgpu adapter under CI=true: {e}");
-    }
-    println!("skip {test}: {e}");
-}
-
 /// One device for the whole file (f32 weights, so kernels compare tightly).
 fn gpu(test: &str) -> Option<WgpuBackend> {
     static GPU: OnceLock<Result<WgpuBackend, WgpuInitError>> = OnceLock::new();
-    match GPU.get_or_init(|| open(false)) {
-        Ok(g) => Some(g.clone()),
-        Err(e) => {
-            skip_or_fail(test, e);
-            None
-        }
-    }
+    splitstream_testkit::open_or_skip(test, GPU.get_or_init(|| open(false)).as_ref()).cloned()
 }
 
 fn cpu() -> CpuBackend {

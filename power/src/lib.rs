@@ -21,6 +21,7 @@
 //! Each sample carries its own time ([`PowerSample::at`]): time since the source was
 //! opened for live readers, trace time for replays, so consumers never mix clocks.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::time::Duration;

@@ -14,7 +14,6 @@ use anyhow::{bail, ensure, Context};
 
 use splitstream_codec::{decode, Bits, CodecParams, DecodeLimits, Encoder, Entropy, TensorView};
 use splitstream_models::backend::cpu::CpuBackend;
-use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::bottleneck::{linear_token_tensors, Bottleneck};
 use splitstream_models::preprocess::{load_batch, EvalTransform};
 use splitstream_models::split::{SplitMetadata, BOTTLENECK_PREFIX};
@@ -22,8 +21,8 @@ use splitstream_models::vit::{Vit, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::{Backend, HostTensor};
 
-use super::infer::BackendChoice;
 use super::measure::{argmax, progress};
+use splitstream_models::cli::{BackendArgs, ThreadsArgs, WeightsArgs};
 
 /// Image file extensions read from `--images`.
 const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
@@ -74,18 +73,15 @@ fn parse_rank(text: &str) -> Result<usize, String> {
   # and one JSON object per line
   splitstream calibrate --weights model.safetensors --split 2 --rank 16 \\
       --images photos/ --holdout 20 --with-model -o split.safetensors --json")]
+// The CPU by default: a calibration is reproducible bit for bit on any machine.
+#[command(mut_arg("backend", |a| a.default_value("cpu")))]
 pub(crate) struct Args {
-    /// Checkpoint in safetensors with timm's tensor names (f32, f16 or bf16). Tensors
-    /// of a bottleneck already in it are ignored.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
+    // --weights: tensors of a bottleneck already in it are ignored.
+    #[command(flatten)]
+    model: WeightsArgs,
     /// timm architecture name (gives the head count; checked against the weights).
     #[arg(long, value_name = "NAME")]
     arch: Option<String>,
-    /// Attention heads, overriding the architecture's (default: the file's
-    /// `num_heads` metadata, else dim / 64).
-    #[arg(long, value_name = "N")]
-    heads: Option<usize>,
     /// Split point: 0 = after the embedding, k = after block k-1 (blocks on the device).
     #[arg(long, value_name = "K")]
     split: usize,
@@ -120,12 +116,10 @@ pub(crate) struct Args {
     /// One JSON object per line instead of a table.
     #[arg(long)]
     json: bool,
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
-    /// CPU worker threads (0: one per core).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    threads: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -137,14 +131,9 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     ensure!(args.batch > 0, "--batch must be at least 1");
     let images = find_images(&args.images)?;
-    let gpu = WgpuOptions::from_env();
-    match args.backend {
-        BackendChoice::Cpu => calibrate(CpuBackend::new(args.threads)?, &args, &images),
-        BackendChoice::Wgpu => calibrate(WgpuBackend::new(&gpu)?, &args, &images),
-        BackendChoice::Auto => match WgpuBackend::auto(&gpu)? {
-            Some(g) => calibrate(g, &args, &images),
-            None => calibrate(CpuBackend::new(args.threads)?, &args, &images),
-        },
+    match args.backend.choice.open_wgpu()? {
+        Some(g) => calibrate(g, &args, &images),
+        None => calibrate(CpuBackend::new(args.threads.count)?, &args, &images),
     }
 }
 
@@ -432,7 +421,7 @@ fn through_codec(
 }
 
 fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Result<()> {
-    let weights = Weights::from_file(&args.weights)?;
+    let weights = Weights::from_file(&args.model.weights)?;
     // A split checkpoint's own bottleneck is not what we fit: take it out of the way.
     if Bottleneck::load(&be, &weights, BOTTLENECK_PREFIX)
         .context("the checkpoint's existing bottleneck")?
@@ -441,19 +430,24 @@ fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Resu
     {
         eprintln!(
             "note: {} already has a bottleneck; it is ignored",
-            args.weights.display()
+            args.model.weights.display()
         );
     }
     let options = VitOptions {
         arch: args.arch.clone(),
-        num_heads: match args.heads {
+        num_heads: match args.model.heads {
             Some(h) => Some(h),
             None => SplitMetadata::from_weights(&weights)?.num_heads,
         },
         eps: None,
     };
-    let vit = Vit::load(be.clone(), &weights, &options)
-        .with_context(|| format!("loading {}", args.weights.display()))?;
+    let vit = Vit::load(be.clone(), &weights, &options).with_context(|| {
+        // The models crate names no flags: the hint is this command's.
+        format!(
+            "loading {} (a checkpoint of another architecture? name it with --arch)",
+            args.model.weights.display()
+        )
+    })?;
     let cfg = vit.config().clone();
     let (k, d, tokens) = (args.split, cfg.embed_dim, cfg.num_tokens());
     ensure!(
@@ -600,7 +594,7 @@ fn calibrate<B: Backend>(be: B, args: &Args, images: &[PathBuf]) -> anyhow::Resu
         .collect();
     let setup = serde_json::json!({
         "type": "setup",
-        "weights": args.weights.display().to_string(),
+        "weights": args.model.weights.display().to_string(),
         "split": k,
         "tokens": tokens,
         "embed_dim": d,

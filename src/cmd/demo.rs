@@ -21,7 +21,7 @@ use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, Run
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
-use splitstream_tail::config::BackendChoice;
+use splitstream_models::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;

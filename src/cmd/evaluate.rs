@@ -11,6 +11,7 @@ use splitstream_codec::{decode, Bits, CodecParams, DecodeLimits, Encoder, Entrop
 use splitstream_head::offload::{encode_jpeg, JpegSettings};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
+use splitstream_models::cli::{ThreadsArgs, WeightsArgs};
 use splitstream_models::preprocess::{load_rgb, EvalTransform};
 use splitstream_models::split::{SplitMetadata, BOTTLENECK_PREFIX};
 use splitstream_models::vit::SplitModel;
@@ -35,9 +36,9 @@ Codes go through the real codec, one frame per image: f32 lossless, or affine
 quantization per channel (8/4/2 bit); all with zstd level 1. Bytes are whole frames
 (header and checksum included).")]
 pub(crate) struct Args {
-    /// The model run locally (and offloaded), safetensors with timm's names.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
+    // --weights: the model run locally (and offloaded).
+    #[command(flatten)]
+    model: WeightsArgs,
     /// A split checkpoint (ViT + `bottleneck.*` + metadata `split`), e.g. from
     /// python/train_bottlefit.py. Repeatable.
     #[arg(long = "split-model", value_name = "FILE")]
@@ -62,12 +63,8 @@ pub(crate) struct Args {
     /// Use only the first N images.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
-    /// Attention heads, when the checkpoints' metadata does not say.
-    #[arg(long)]
-    heads: Option<usize>,
-    /// CPU threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// One JSON object per row instead of the table.
     #[arg(long)]
     json: bool,
@@ -216,7 +213,7 @@ fn load_variants(
     }
     for path in &args.split_models {
         let options = VitOptions {
-            num_heads: args.heads,
+            num_heads: args.model.heads,
             ..VitOptions::default()
         };
         let model = SplitModel::from_file(be.clone(), path, &options, None)
@@ -274,16 +271,16 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     ensure!(!items.is_empty(), "no images in {}", args.images.display());
 
-    let be = CpuBackend::new(args.threads)?;
-    let weights = Weights::from_file(&args.weights)?;
+    let be = CpuBackend::new(args.threads.count)?;
+    let weights = Weights::from_file(&args.model.weights)?;
     let options = VitOptions {
-        num_heads: heads_from(&weights, args.heads)?,
+        num_heads: heads_from(&weights, args.model.heads)?,
         ..VitOptions::default()
     };
     let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
     let local = std::sync::Arc::new(
         Vit::load(be.clone(), &weights, &options)
-            .with_context(|| format!("loading {}", args.weights.display()))?,
+            .with_context(|| format!("loading {}", args.model.weights.display()))?,
     );
     drop(weights);
     let transform =

@@ -5,25 +5,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
-use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
+use splitstream_models::cli::{BackendArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::preprocess::{load_batch, EvalTransform};
 use splitstream_models::split::SplitMetadata;
 use splitstream_models::vit::{Vit, VitConfig, VitOptions};
 use splitstream_models::weights::{save_safetensors, Weights};
 use splitstream_models::{Backend, HostTensor};
-
-/// Which backend runs the model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum BackendChoice {
-    /// A hardware GPU through wgpu when there is one, else the CPU (never a software
-    /// Vulkan driver such as lavapipe: slower than the CPU backend).
-    Auto,
-    /// The CPU backend (AVX-512/AVX2 kernels when the CPU has them).
-    Cpu,
-    /// The wgpu backend on the best adapter, software ones included
-    /// (WGPU_ADAPTER_NAME, WGPU_BACKEND choose).
-    Wgpu,
-}
 
 /// Loads the model on `backend` and runs the input through it: the config, the
 /// logits, the item labels and the backend's name.
@@ -37,8 +24,13 @@ fn classify<B: Backend>(
     // timm keeps crop_pct in the model's pretrained config; our exports carry it in the
     // file's metadata. Absent, timm's default 0.875.
     let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
-    let vit = Vit::load(backend, &weights, options)
-        .with_context(|| format!("loading {}", args.weights.display()))?;
+    let vit = Vit::load(backend, &weights, options).with_context(|| {
+        // The models crate names no flags: the hint is this command's.
+        format!(
+            "loading {} (a checkpoint of another architecture? name it with --arch)",
+            args.model.weights.display()
+        )
+    })?;
     drop(weights);
     let cfg = vit.config().clone();
     let transform = EvalTransform::for_checkpoint(
@@ -64,16 +56,12 @@ fn classify<B: Backend>(
   # a custom timm ViT whose head count is not the D/64 default
   splitstream infer --weights vit_micro.safetensors --heads 4 --input cat.jpg")]
 pub(crate) struct Args {
-    /// Checkpoint in safetensors with timm's tensor names (f32, f16 or bf16).
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
+    #[command(flatten)]
+    model: WeightsArgs,
     /// timm architecture name (e.g. deit_tiny_patch16_224, vit_base_patch16_224);
     /// checked against the weights. Without it the shapes decide and heads = dim / 64.
     #[arg(long, value_name = "NAME")]
     arch: Option<String>,
-    /// Attention heads, overriding the architecture's.
-    #[arg(long, value_name = "N")]
-    heads: Option<usize>,
     /// An image (PNG, JPEG, WebP, BMP, GIF, TIFF; repeat for a batch), or one
     /// .safetensors file with a tensor `input` [B,3,S,S] already preprocessed.
     #[arg(long, value_name = "PATH", required = true)]
@@ -87,12 +75,10 @@ pub(crate) struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
-    /// Backend to run on.
-    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
-    backend: BackendChoice,
-    /// CPU worker threads (0: one per core).
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    threads: usize,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    threads: ThreadsArgs,
 }
 
 fn is_safetensors(path: &Path) -> bool {
@@ -146,26 +132,26 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
-    let weights = Weights::from_file(&args.weights)?;
+    let weights = Weights::from_file(&args.model.weights)?;
     // The head count is not in the tensors' shapes: --heads, else --arch, else the
     // file's metadata `num_heads` (our exports write it), else D/64.
-    let metadata_heads = match (args.heads, &args.arch) {
+    let metadata_heads = match (args.model.heads, &args.arch) {
         (None, None) => SplitMetadata::from_weights(&weights)?.num_heads,
         _ => None,
     };
     let options = VitOptions {
         arch: args.arch.clone(),
-        num_heads: args.heads.or(metadata_heads),
+        num_heads: args.model.heads.or(metadata_heads),
         eps: None,
     };
-    let gpu_options = WgpuOptions::from_env();
-    let (cfg, logits, labels, backend_name) = match args.backend {
-        BackendChoice::Cpu => classify(CpuBackend::new(args.threads)?, weights, &options, &args)?,
-        BackendChoice::Wgpu => classify(WgpuBackend::new(&gpu_options)?, weights, &options, &args)?,
-        BackendChoice::Auto => match WgpuBackend::auto(&gpu_options)? {
-            Some(gpu) => classify(gpu, weights, &options, &args)?,
-            None => classify(CpuBackend::new(args.threads)?, weights, &options, &args)?,
-        },
+    let (cfg, logits, labels, backend_name) = match args.backend.choice.open_wgpu()? {
+        Some(gpu) => classify(gpu, weights, &options, &args)?,
+        None => classify(
+            CpuBackend::new(args.threads.count)?,
+            weights,
+            &options,
+            &args,
+        )?,
     };
     if let Some(out) = &args.output {
         save_safetensors(out, &[("logits", &logits)])?;
@@ -188,7 +174,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             })
             .collect();
         let report = serde_json::json!({
-            "weights": args.weights.display().to_string(),
+            "weights": args.model.weights.display().to_string(),
             "arch": cfg.arch,
             "backend": backend_name,
             "embed_dim": cfg.embed_dim,

@@ -94,19 +94,9 @@ impl TlsConfig {
     }
 }
 
-/// Which backend runs a model's tail.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum BackendChoice {
-    /// The CPU backend.
-    Cpu,
-    /// The wgpu backend (GPU through Vulkan, Metal or DX12).
-    Wgpu,
-    /// wgpu when an adapter is found, else the CPU. Default: use the GPU when there is
-    /// one without making configs machine-specific.
-    #[default]
-    Auto,
-}
+/// Which backend runs a model's tail (`auto`, `cpu`, `wgpu`; default `auto`): the
+/// one definition every binary and config shares.
+pub use splitstream_models::BackendChoice;
 
 /// One model the edge serves.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]

@@ -12,6 +12,7 @@
 //! - [`governor`]: the POLCA-style power governor (thresholds, hysteresis, GPU caps);
 //! - [`DropReason`]: why a frame is answered `Dropped`.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 pub mod batch_loop;
 pub mod batcher;

@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
-use splitstream_models::backend::wgpu::{WgpuBackend, WgpuInitError, WgpuOptions};
+use splitstream_models::backend::wgpu::WgpuInitError;
 use splitstream_models::net::{
     load_net, LoadNetError, NetError, NetOptions, NetState, Output, SplitPoint,
 };
@@ -135,21 +135,19 @@ impl ServedModel {
             num_heads,
             ..NetOptions::default()
         };
-        let gpu_options = WgpuOptions::from_env();
-        let gpu = match backend {
-            BackendChoice::Cpu => None,
-            BackendChoice::Wgpu => {
-                Some(
-                    WgpuBackend::new(&gpu_options).map_err(|source| LoadModelError::Gpu {
-                        name: name.to_owned(),
-                        source,
-                    })?,
-                )
-            }
-            BackendChoice::Auto => WgpuBackend::auto(&gpu_options).unwrap_or_else(|e| {
+        // WGPU_ADAPTER_NAME and WGPU_BACKEND pick the adapter, as everywhere.
+        let gpu = match backend.open_wgpu() {
+            Ok(gpu) => gpu,
+            Err(e) if backend == BackendChoice::Auto => {
                 tracing::warn!("no GPU for {name} ({e}); running on the CPU");
                 None
-            }),
+            }
+            Err(source) => {
+                return Err(LoadModelError::Gpu {
+                    name: name.to_owned(),
+                    source,
+                })
+            }
         };
         let net = match gpu {
             Some(gpu) => load_net(gpu, &weights, &options),

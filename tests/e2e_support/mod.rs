@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use splitstream_head::device::{load_model, Device, DeviceModel, RunMode};
 use splitstream_head::source::{Frame, Payload};
-use splitstream_head::synthetic::{seeded_split_safetensors, seeded_vit_safetensors, DEMO_VIT};
+use splitstream_models::synthetic::{seeded_split_safetensors, seeded_vit_safetensors, DEMO_VIT};
 use splitstream_tail::batcher::BatcherConfig;
 use splitstream_tail::config::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};

@@ -7,6 +7,7 @@
 //! async shells that move bytes between them and quinn. The wire format is in [`wire`]
 //! and described in `docs/transport.md`.
 #![warn(missing_docs, unreachable_pub)]
+#![forbid(unsafe_code)]
 
 pub mod acceptor;
 pub mod auth;

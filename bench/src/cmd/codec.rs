@@ -10,6 +10,8 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use splitstream_codec::{Bits, CodecParams, Decoder, Encoder, Entropy, Scheme, Tensor, TensorView};
 
+use crate::stats::median;
+
 /// Arguments of `splitstream-bench codec`.
 #[derive(clap::Args)]
 #[command(
@@ -197,12 +199,10 @@ fn median_secs(runs: usize, mut f: impl FnMut()) -> (f64, f64) {
         wall.push(t.elapsed().as_secs_f64() / iters as f64);
         cpu.push((thread_cpu_secs() - c) / iters as f64);
     }
-    (median(cpu), median(wall))
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    (
+        median(&cpu).unwrap_or(f64::NAN),
+        median(&wall).unwrap_or(f64::NAN),
+    )
 }
 
 fn mb_s(bytes: usize, secs: f64) -> f64 {

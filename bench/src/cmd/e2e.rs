@@ -28,7 +28,7 @@ use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, Run
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
-use splitstream_head::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_models::synthetic::{seeded_vit_safetensors, DEMO_VIT};
 use splitstream_transport::{
     Client, ClientConfig, Fingerprint, ModelId, ServerTrust, StreamConfig,
 };
@@ -59,7 +59,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
     /// Modes to run (local is the peer the others are compared with).
-    #[arg(long, value_delimiter = ',', default_values_t = vec!["local".to_owned(), "split".to_owned(), "offload".to_owned()])]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_values_t = vec!["local".to_owned(), "split".to_owned(), "offload".to_owned()],
+        value_parser = clap::builder::PossibleValuesParser::new(["local", "split", "offload"]),
+    )]
     modes: Vec<String>,
     /// Weights (safetensors); default: assets/demo/demo_vit.safetensors when present,
     /// else the seeded demo ViT.
@@ -69,8 +74,8 @@ pub(crate) struct Args {
     #[arg(long, value_name = "K")]
     at: Option<usize>,
     /// Codec for split mode.
-    #[arg(long, default_value = "u8")]
-    codec: String,
+    #[arg(long, default_value = "u8", value_parser = super::codec_parser())]
+    codec: CodecChoice,
     /// The splitstream-edge binary (default: beside this executable).
     #[arg(long, value_name = "PATH")]
     edge_bin: Option<PathBuf>,
@@ -142,18 +147,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     if args.devices.iter().any(|&n| n == 0 || n > 1024) {
         bail!("--devices: each count must be in 1..=1024");
     }
-    for m in &args.modes {
-        if !["local", "split", "offload"].contains(&m.as_str()) {
-            bail!("--modes {m}: use local, split, offload");
-        }
-    }
-    let Some(codec) = CodecChoice::parse(&args.codec) else {
-        bail!(
-            "--codec {}: use one of {}",
-            args.codec,
-            CodecChoice::ALL.map(|c| c.name()).join(", ")
-        );
-    };
+    let codec = args.codec;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -322,14 +316,6 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
 
 type RunFigures = (Vec<Sample>, BTreeMap<String, u64>, Option<f64>, Option<f64>);
 
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 fn summarise(
     n: usize,
     mode_name: &str,
@@ -370,7 +356,9 @@ fn summarise(
             samples = s;
         }
     }
-    let p50_ms = median(p50);
+    // Medians over runs; a cell without runs reports zeros.
+    let median = |v: &[f64]| crate::stats::median(v).unwrap_or(0.0);
+    let p50_ms = median(&p50);
     let split = match mode.wire() {
         Some((split, _)) => split,
         None => "-".to_owned(),
@@ -387,17 +375,17 @@ fn summarise(
         },
         fps_offered_per_device: args.fps,
         seconds: args.seconds,
-        frames: median(frames) as u64,
+        frames: median(&frames) as u64,
         frames_offered: (args.fps * args.seconds).floor() as u64 * n as u64,
-        frames_per_s: median(fps),
+        frames_per_s: median(&fps),
         p50_ms,
-        p99_ms: median(p99),
+        p99_ms: median(&p99),
         p50_vs_local: local_p50.filter(|&l| l > 0.0).map(|l| p50_ms / l),
-        bytes_per_frame: median(bytes),
-        fallbacks: median(fallbacks) as u64,
+        bytes_per_frame: median(&bytes),
+        fallbacks: median(&fallbacks) as u64,
         edge_batch_sizes: hist,
-        edge_mean_batch: (!means.is_empty()).then(|| median(means)),
-        edge_peak_rss_mib: (!rss.is_empty()).then(|| median(rss)),
+        edge_mean_batch: (!means.is_empty()).then(|| median(&means)),
+        edge_peak_rss_mib: (!rss.is_empty()).then(|| median(&rss)),
         runs: count,
     };
     Cell { row, samples }
@@ -615,16 +603,7 @@ impl EdgeProcess {
 
     /// The process's peak resident set (VmHWM), MiB; `None` off Linux.
     fn peak_rss_mib(&self) -> Option<f64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
-        let kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse()
-            .ok()?;
-        Some(kib / 1024.0)
+        crate::stats::peak_rss_mib(Some(self.child.id()))
     }
 
     fn stop(mut self) {

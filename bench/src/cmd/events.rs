@@ -11,6 +11,8 @@ use serde::Serialize;
 use splitstream_events::formats::aedat4::Compression;
 use splitstream_events::{encode, open_path, Event, SourceOptions};
 
+use crate::stats;
+
 /// Arguments of `splitstream-bench events`.
 #[derive(clap::Args)]
 #[command(
@@ -91,20 +93,6 @@ fn decode(path: &Path) -> Result<(u64, f64)> {
     Ok((n, start.elapsed().as_secs_f64()))
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
-
-fn peak_rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
-        .map_or(0.0, |kib| kib / 1024.0)
-}
-
 /// Events of the real EVT 3.0 sample, to make spec-made files of every other format.
 fn sample_events(dir: &Path) -> Result<Vec<Event>> {
     let mut reader = open_path(&dir.join("evt3_sample.raw"), &SourceOptions::default())?;
@@ -133,7 +121,7 @@ pub(crate) fn run(args: Args) -> Result<()> {
         let (events, _) = decode(&file)?;
         println!(
             "{{\"events\": {events}, \"peak_rss_mib\": {}}}",
-            peak_rss_mib()
+            stats::peak_rss_mib(None).unwrap_or(0.0)
         );
         return Ok(());
     }
@@ -327,7 +315,7 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
             n = events;
             times.push(secs);
         }
-        let ours = n as f64 / median(times) / 1e6;
+        let ours = n as f64 / stats::median(&times).unwrap_or(f64::NAN) / 1e6;
         let theirs = enc.and_then(|_| {
             let name = path.display().to_string();
             peer.iter()

@@ -14,6 +14,7 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
+use splitstream_models::cli::ThreadsArgs;
 use splitstream_models::{Activation, Backend, HostTensor};
 
 /// Arguments of `splitstream-bench matmul`.
@@ -42,9 +43,8 @@ pub(crate) struct Args {
     /// Timed runs; the median is reported.
     #[arg(long, default_value_t = 5)]
     runs: usize,
-    /// CPU worker threads (0: one per core).
-    #[arg(long, default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// The device's fp32 peak in GFLOP/s, to report each figure as a fraction of it.
     #[arg(long)]
     peak_gflops: Option<f64>,
@@ -134,11 +134,6 @@ fn tensor(shape: &[usize], seed: u32) -> anyhow::Result<HostTensor> {
     Ok(HostTensor::new(shape.to_vec(), data)?)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// Median milliseconds per product on `be`; `sync` waits for queued work.
 fn measure<B: Backend>(
     be: &B,
@@ -164,7 +159,7 @@ fn measure<B: Backend>(
         }
         times.push(start.elapsed().as_secs_f64() * 1e3 / iters as f64);
     }
-    Ok(median(times))
+    Ok(crate::stats::median(&times).unwrap_or(f64::NAN))
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
@@ -172,7 +167,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("--iters and --runs must be at least 1");
     }
     let cpu = match args.backend.contains(&BackendName::Cpu) {
-        true => Some(CpuBackend::new(args.threads).context("starting the CPU backend")?),
+        true => Some(CpuBackend::new(args.threads.count).context("starting the CPU backend")?),
         false => None,
     };
     let gpu = match args.backend.contains(&BackendName::Wgpu) {

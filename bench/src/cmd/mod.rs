@@ -7,3 +7,13 @@ pub(crate) mod matmul;
 pub(crate) mod model;
 pub(crate) mod policy;
 pub(crate) mod transport;
+
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use splitstream_transport::CodecChoice;
+
+/// `--codec`: the transport's codec names, listed in `--help`; anything else is a usage
+/// error (exit 2).
+pub(crate) fn codec_parser() -> impl TypedValueParser<Value = CodecChoice> {
+    PossibleValuesParser::new(CodecChoice::ALL.map(CodecChoice::name))
+        .map(|s| CodecChoice::parse(&s).expect("clap admits only listed names"))
+}

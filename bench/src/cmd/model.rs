@@ -13,11 +13,13 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use serde_json::{json, Value};
 use splitstream_models::backend::cpu::CpuBackend;
-use splitstream_models::backend::wgpu::{WgpuBackend, WgpuOptions};
 use splitstream_models::backend::Backend;
+use splitstream_models::cli::{BackendArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::vit::{find_arch, Vit, VitOptions};
 use splitstream_models::weights::Weights;
 use splitstream_models::HostTensor;
+
+use crate::stats::{median, peak_rss_kib, percentile};
 
 /// Arguments of `splitstream-bench model`.
 #[derive(clap::Args)]
@@ -32,16 +34,15 @@ use splitstream_models::HostTensor;
   # on the GPU through wgpu (WGPU_ADAPTER_NAME / WGPU_BACKEND pick the adapter)
   splitstream-bench model --weights deit_small_patch16_224.safetensors --backend wgpu \\
       --batch 1 --batch 8 --batch 64 --no-peer")]
+// The CPU with 2 threads by default: the comparison with onnxruntime is like for like.
+#[command(mut_arg("backend", |a| a.default_value("cpu")))]
+#[command(mut_arg("threads", |a| a.default_value("2")))]
 pub(crate) struct Args {
-    /// Checkpoint in safetensors with timm names.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
+    #[command(flatten)]
+    model: WeightsArgs,
     /// timm architecture name (default: the weights file's stem when it is one).
     #[arg(long, value_name = "NAME")]
     arch: Option<String>,
-    /// Attention heads, overriding the architecture's.
-    #[arg(long, value_name = "N")]
-    heads: Option<usize>,
     /// Batch size; repeat for several.
     #[arg(long, default_values_t = [1], value_name = "B")]
     batch: Vec<usize>,
@@ -51,13 +52,12 @@ pub(crate) struct Args {
     /// Untimed iterations before timing.
     #[arg(long, default_value_t = 5, value_name = "N")]
     warmup: usize,
-    /// Backend to run ours on: `cpu`, `wgpu` (best adapter, software ones included), or
-    /// `auto` (a hardware GPU through wgpu when there is one, else the CPU).
-    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
-    backend: BackendChoice,
-    /// Threads for both (ours: worker pool; onnxruntime: intra-op threads).
-    #[arg(long, default_value_t = 2, value_name = "T")]
-    threads: usize,
+    // --backend runs ours; --threads is both's (ours: worker pool; onnxruntime:
+    // intra-op threads).
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// Measurements per batch size (ours and the peer's alternate).
     #[arg(long, default_value_t = 1, value_name = "R")]
     runs: usize,
@@ -73,37 +73,6 @@ pub(crate) struct Args {
     /// Only JSON lines on stdout (no summary on stderr).
     #[arg(long)]
     json: bool,
-}
-
-/// Which backend runs our side.
-#[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum BackendChoice {
-    Auto,
-    Cpu,
-    Wgpu,
-}
-
-/// Peak resident set of this process in KiB (VmHWM), if the OS reports it.
-fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-}
-
-/// Nearest-rank percentile of sorted values (same rule as the python peer).
-fn percentile(sorted: &[f64], q: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let idx = (q * (sorted.len() - 1) as f64).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
-}
-
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    percentile(values, 0.5)
 }
 
 /// Deterministic noise input (a xorshift stream mapped to [-2, 2)).
@@ -135,10 +104,11 @@ fn measure_ours<B: Backend>(vit: &Vit<B>, batch: usize, args: &Args) -> anyhow::
     }
     times.sort_by(f64::total_cmp);
     Ok(json!({
+        // The python peer's rule (stats::percentile), so the two medians compare.
         "median_ms": percentile(&times, 0.5),
         "p90_ms": percentile(&times, 0.9),
         "min_ms": times.first(),
-        "peak_rss_kib": peak_rss_kib(),
+        "peak_rss_kib": peak_rss_kib(None),
     }))
 }
 
@@ -151,7 +121,7 @@ fn measure_peer(onnx: &Path, batch: usize, size: usize, args: &Args) -> anyhow::
         .args(["--batch", &batch.to_string()])
         .args(["--iters", &args.iters.to_string()])
         .args(["--warmup", &args.warmup.to_string()])
-        .args(["--threads", &args.threads.to_string()])
+        .args(["--threads", &args.threads.count.to_string()])
         .args(["--size", &size.to_string()])
         .output()
         .with_context(|| format!("cannot start {} {}", args.python, script.display()))?;
@@ -175,14 +145,14 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bail!("--iters, --runs and --batch must be at least 1");
     }
     let arch = args.arch.clone().or_else(|| {
-        let stem = args.weights.file_stem()?.to_str()?;
+        let stem = args.model.weights.file_stem()?.to_str()?;
         find_arch(stem).map(|a| a.name.to_string())
     });
     let load_start = Instant::now();
-    let weights = Weights::from_file(&args.weights)?;
+    let weights = Weights::from_file(&args.model.weights)?;
     let options = VitOptions {
         arch: arch.clone(),
-        num_heads: args.heads,
+        num_heads: args.model.heads,
         eps: None,
     };
     let cpu = |threads| -> anyhow::Result<(CpuBackend, Value)> {
@@ -190,27 +160,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         let isa = json!(format!("{:?}", backend.isa()));
         Ok((backend, isa))
     };
-    let gpu_options = WgpuOptions::from_env();
-    match args.backend {
-        BackendChoice::Cpu => {
-            let (backend, isa) = cpu(args.threads)?;
-            bench_on(backend, isa, weights, &options, arch, load_start, &args)
-        }
-        BackendChoice::Wgpu => {
-            let backend = WgpuBackend::new(&gpu_options)?;
+    match args.backend.choice.open_wgpu()? {
+        Some(backend) => {
             let adapter = json!(backend.describe());
             bench_on(backend, adapter, weights, &options, arch, load_start, &args)
         }
-        BackendChoice::Auto => match WgpuBackend::auto(&gpu_options)? {
-            Some(backend) => {
-                let adapter = json!(backend.describe());
-                bench_on(backend, adapter, weights, &options, arch, load_start, &args)
-            }
-            None => {
-                let (backend, isa) = cpu(args.threads)?;
-                bench_on(backend, isa, weights, &options, arch, load_start, &args)
-            }
-        },
+        None => {
+            let (backend, isa) = cpu(args.threads.count)?;
+            bench_on(backend, isa, weights, &options, arch, load_start, &args)
+        }
     }
 }
 
@@ -226,15 +184,20 @@ fn bench_on<B: Backend>(
     args: &Args,
 ) -> anyhow::Result<()> {
     let backend_name = backend.name();
-    let vit = Vit::load(backend, &weights, options)
-        .with_context(|| format!("loading {}", args.weights.display()))?;
+    let vit = Vit::load(backend, &weights, options).with_context(|| {
+        // The models crate names no flags: the hint is this command's.
+        format!(
+            "loading {} (a checkpoint of another architecture? name it with --arch)",
+            args.model.weights.display()
+        )
+    })?;
     drop(weights);
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let onnx = match (&args.onnx, args.no_peer) {
         (_, true) => None,
         (Some(p), false) => Some(p.clone()),
         (None, false) => {
-            let p = args.weights.with_extension("onnx");
+            let p = args.model.weights.with_extension("onnx");
             if !p.is_file() {
                 bail!(
                     "no ONNX export at {}; give --onnx or --no-peer",
@@ -263,11 +226,11 @@ fn bench_on<B: Backend>(
             let line = json!({
                 "bench": "model",
                 "model": arch.as_deref().unwrap_or("vit"),
-                "weights": args.weights.display().to_string(),
+                "weights": args.model.weights.display().to_string(),
                 "backend": backend_name,
                 "device": device,
                 "batch": batch,
-                "threads": args.threads,
+                "threads": args.threads.count,
                 "iters": args.iters,
                 "run": run,
                 "load_ms": load_ms,
@@ -281,14 +244,14 @@ fn bench_on<B: Backend>(
             println!("{line}");
         }
         if !args.json {
-            let ours = median(&mut ours_medians);
+            let ours = median(&ours_medians).unwrap_or(f64::NAN);
             if peer_medians.is_empty() {
                 eprintln!(
                     "batch {batch}: ours {ours:.2} ms (median of {} runs)",
                     args.runs
                 );
             } else {
-                let peer = median(&mut peer_medians);
+                let peer = median(&peer_medians).unwrap_or(f64::NAN);
                 eprintln!(
                     "batch {batch}: ours {ours:.2} ms, onnxruntime {peer:.2} ms, ratio {:.3} \
                      (median of {} runs)",

@@ -22,7 +22,6 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,7 +34,7 @@ use splitstream_head::policy::{
 };
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::{Mode, Percentiles};
-use splitstream_tail::config::BackendChoice;
+use splitstream_models::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
@@ -43,7 +42,8 @@ use splitstream_transport::{
     Advice, Client, ClientConfig, ServerConfig, ServerIdentity, ServerTrust, Status, StreamConfig,
     TokenStore,
 };
-use tokio::net::UdpSocket;
+
+use crate::link::{start_relay, LinkState};
 
 /// Arguments of `splitstream-bench policy`.
 #[derive(clap::Args)]
@@ -68,8 +68,8 @@ pub(crate) struct Args {
     #[arg(long)]
     split_at: Option<usize>,
     /// Bottleneck codec of the split.
-    #[arg(long, default_value = "u4")]
-    codec: String,
+    #[arg(long, default_value = "u4", value_parser = super::codec_parser())]
+    codec: CodecChoice,
     /// The device's compute is this many times slower than this host's (the host's
     /// measured compute time is multiplied by it). The default, 10, stands for a
     /// Raspberry Pi 4 class CPU (four Cortex-A72 cores, 128-bit NEON) against one core
@@ -79,9 +79,9 @@ pub(crate) struct Args {
     /// CPU threads of the device's model.
     #[arg(long, default_value_t = 1)]
     device_threads: usize,
-    /// The edge's backend: cpu, wgpu or auto.
-    #[arg(long, default_value = "cpu", value_parser = ["cpu", "wgpu", "auto"])]
-    edge_backend: String,
+    /// The edge's backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Cpu)]
+    edge_backend: BackendChoice,
     /// CPU threads of the edge (0: one per core).
     #[arg(long, default_value_t = 0)]
     edge_threads: usize,
@@ -101,139 +101,6 @@ pub(crate) struct Args {
 
 const MODEL: &str = "demo-vit";
 const TOKEN: &str = "bench-token-0123456789abcdef";
-const QUEUE_LIMIT: usize = 64 << 10;
-
-// ---------------------------------------------------------------------------------------
-// The paced link: a UDP relay between the devices and the edge.
-
-/// The link's state, changed by the scenario between frames.
-struct LinkState {
-    /// Uplink rate, bits per second.
-    bps: AtomicU64,
-    /// Delay each way, microseconds.
-    one_way_us: AtomicU64,
-    /// Extra delay on the edge's answers (a capped, slower edge), microseconds.
-    extra_down_us: AtomicU64,
-    /// Bytes waiting in the uplink queue.
-    queued: AtomicUsize,
-    /// Packets dropped at the full queue.
-    dropped: AtomicU64,
-}
-
-impl LinkState {
-    fn set(&self, mbps: f64, rtt_ms: f64, extra_down_ms: f64) {
-        self.bps.store((mbps * 1e6) as u64, Ordering::Relaxed);
-        self.one_way_us
-            .store((rtt_ms * 500.0) as u64, Ordering::Relaxed);
-        self.extra_down_us
-            .store((extra_down_ms * 1e3) as u64, Ordering::Relaxed);
-    }
-    fn bps(&self) -> f64 {
-        self.bps.load(Ordering::Relaxed).max(1) as f64
-    }
-}
-
-struct Packet {
-    data: Vec<u8>,
-    back: Arc<UdpSocket>,
-}
-
-/// Starts the relay; devices connect to the returned address.
-async fn start_relay(edge: SocketAddr, link: Arc<LinkState>) -> anyhow::Result<SocketAddr> {
-    let front = Arc::new(UdpSocket::bind("127.0.0.1:0").await?);
-    let addr = front.local_addr()?;
-    let (up_tx, mut up_rx) = tokio::sync::mpsc::unbounded_channel::<Packet>();
-    // Pacer: serialise packets at the link rate (token bucket, bursts under 1 ms since
-    // timers are no finer), then deliver after the one-way delay, in order.
-    let (deliver_tx, mut deliver_rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Packet)>();
-    let pacer_link = link.clone();
-    tokio::spawn(async move {
-        let mut next_free = Instant::now();
-        while let Some(p) = up_rx.recv().await {
-            let now = Instant::now();
-            next_free = next_free.max(now)
-                + Duration::from_secs_f64(p.data.len() as f64 * 8.0 / pacer_link.bps());
-            if next_free > now + Duration::from_millis(1) {
-                tokio::time::sleep_until(next_free.into()).await;
-            }
-            pacer_link.queued.fetch_sub(p.data.len(), Ordering::Relaxed);
-            let delay = Duration::from_micros(pacer_link.one_way_us.load(Ordering::Relaxed));
-            let _ = deliver_tx.send((Instant::now() + delay, p));
-        }
-    });
-    tokio::spawn(async move {
-        while let Some((at, p)) = deliver_rx.recv().await {
-            tokio::time::sleep_until(at.into()).await;
-            let _ = p.back.send(&p.data).await;
-        }
-    });
-    // Front: one socket towards the edge per device address (as a NAT would).
-    tokio::spawn(async move {
-        let mut backs: BTreeMap<SocketAddr, Arc<UdpSocket>> = BTreeMap::new();
-        let mut buf = vec![0u8; 65536];
-        loop {
-            let Ok((n, from)) = front.recv_from(&mut buf).await else {
-                return;
-            };
-            let back = match backs.get(&from) {
-                Some(b) => b.clone(),
-                None => {
-                    let Ok(sock) = UdpSocket::bind("127.0.0.1:0").await else {
-                        continue;
-                    };
-                    if sock.connect(edge).await.is_err() {
-                        continue;
-                    }
-                    let sock = Arc::new(sock);
-                    backs.insert(from, sock.clone());
-                    tokio::spawn(downlink(sock.clone(), front.clone(), from, link.clone()));
-                    sock
-                }
-            };
-            let len = n.min(buf.len());
-            if link.queued.load(Ordering::Relaxed) + len > QUEUE_LIMIT {
-                link.dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            link.queued.fetch_add(len, Ordering::Relaxed);
-            let _ = up_tx.send(Packet {
-                data: buf[..len].to_vec(),
-                back,
-            });
-        }
-    });
-    Ok(addr)
-}
-
-/// The edge's packets back to one device, after the one-way delay (and the capped
-/// edge's extra delay). The downlink is not paced: answers are a few hundred bytes.
-async fn downlink(
-    back: Arc<UdpSocket>,
-    front: Arc<UdpSocket>,
-    to: SocketAddr,
-    link: Arc<LinkState>,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    let front2 = front.clone();
-    tokio::spawn(async move {
-        while let Some((at, data)) = rx.recv().await {
-            tokio::time::sleep_until(at.into()).await;
-            let _ = front2.send_to(&data, to).await;
-        }
-    });
-    let mut buf = vec![0u8; 65536];
-    loop {
-        let Ok(n) = back.recv(&mut buf).await else {
-            return;
-        };
-        let delay =
-            link.one_way_us.load(Ordering::Relaxed) + link.extra_down_us.load(Ordering::Relaxed);
-        let at = Instant::now() + Duration::from_micros(delay);
-        if tx.send((at, buf[..n.min(buf.len())].to_vec())).is_err() {
-            return;
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // Scenarios.
@@ -568,10 +435,7 @@ async fn run_policy(
 }
 
 fn median_figures(runs: Vec<Figures>) -> Figures {
-    let med = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v.get(v.len() / 2).copied().unwrap_or(0.0)
-    };
+    let med = |v: Vec<f64>| crate::stats::median(&v).unwrap_or(0.0);
     let mut out = Figures {
         timeline: runs.first().map(|f| f.timeline.clone()).unwrap_or_default(),
         energy_mj_per_frame: med(runs.iter().map(|f| f.energy_mj_per_frame).collect()),
@@ -637,13 +501,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
             args.device_slowdown
         );
     }
-    let Some(codec) = CodecChoice::parse(&args.codec) else {
-        bail!(
-            "--codec {}: use one of {}",
-            args.codec,
-            CodecChoice::ALL.map(|c| c.name()).join(", ")
-        );
-    };
+    let codec = args.codec;
     let power = PowerModel::parse(&args.power_model)?;
     let path = args
         .weights
@@ -661,11 +519,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         .split_at
         .or(model.bottleneck().map(|b| b.depth))
         .unwrap_or(2);
-    let backend = match args.edge_backend.as_str() {
-        "wgpu" => BackendChoice::Wgpu,
-        "auto" => BackendChoice::Auto,
-        _ => BackendChoice::Cpu,
-    };
+    let backend = args.edge_backend;
     let served = ServedModel::from_bytes(MODEL, bytes, &shown, None, backend, args.edge_threads)?;
     let mut tokens = TokenStore::new();
     for i in 0..16 {
@@ -679,13 +533,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         EdgeOptions::default(),
         Arc::new(EdgeMetrics::new()),
     )?;
-    let link = Arc::new(LinkState {
-        bps: AtomicU64::new(100_000_000),
-        one_way_us: AtomicU64::new(2000),
-        extra_down_us: AtomicU64::new(0),
-        queued: AtomicUsize::new(0),
-        dropped: AtomicU64::new(0),
-    });
+    let link = Arc::new(LinkState::new(100.0, 4.0));
     let relay = start_relay(edge.local_addr(), link.clone()).await?;
     let bed = Bed {
         model,
@@ -840,7 +688,7 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         },
         device_slowdown: args.device_slowdown,
         host_local_ms_p50,
-        edge_backend: args.edge_backend.clone(),
+        edge_backend: args.edge_backend.to_string(),
         split: split.to_string(),
         frames_per_policy: args.frames,
         runs: args.runs.max(1),

@@ -152,22 +152,15 @@ fn print_table(r: &Report) {
     }
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
+fn median(v: Vec<f64>) -> f64 {
+    crate::stats::median(&v).unwrap_or(0.0)
 }
 
-/// Nearest-rank percentile in microseconds.
+/// Percentile `p` (0-100) in microseconds, by the benches' one rule
+/// ([`crate::stats::percentile`]).
 fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1].as_secs_f64() * 1e6
+    let us: Vec<f64> = sorted.iter().map(|d| d.as_secs_f64() * 1e6).collect();
+    crate::stats::percentile(&us, p / 100.0).unwrap_or(0.0)
 }
 
 fn figures(mut rtts: Vec<Duration>, frames: usize, wall: Duration) -> Figures {

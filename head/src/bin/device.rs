@@ -1,4 +1,5 @@
 //! `splitstream-device`: runs a model's head on this device and its tail on an edge.
+#![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -7,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use splitstream_head::device::{load_model, CodecChoice};
 use splitstream_head::offload::JpegSettings;
@@ -17,6 +19,7 @@ use splitstream_head::source::{
     open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
 };
 use splitstream_head::stats::{FrameRecord, RunStats};
+use splitstream_models::cli::{ThreadsArgs, WeightsArgs};
 use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
 
 /// Classify frames with a ViT/DeiT, running it locally, split with an edge, or
@@ -30,16 +33,16 @@ use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
     after_help = "Examples:
   # split after block 2 with 8-bit quantization, pinning the edge's fingerprint
   splitstream-device --weights vit.safetensors --name demo-vit --edge 10.0.0.5:4433 \\
-      --fingerprint AB:CD:...:EF --device-id cam-1 --token $(cat token) \\
+      --fingerprint AB:CD:...:EF --device-id cam-1 --token-file token \\
       --input 'frames/*.jpg' --mode split --at 2 --codec u8
 
   # offload whole frames as JPEG from a camera at 10 fps (through ffmpeg)
-  splitstream-device --weights vit.safetensors --edge edge.local:4433 --ca ca.pem \\
-      --token ... --input /dev/video0 --fps 10 --mode offload
+  SPLITSTREAM_TOKEN=... splitstream-device --weights vit.safetensors \\
+      --edge edge.local:4433 --ca ca.pem --input /dev/video0 --fps 10 --mode offload
 
   # let the policy choose per frame, from the battery, the link and the edge
   splitstream-device --weights vit.safetensors --edge 10.0.0.5:4433 --fingerprint ... \\
-      --token ... --input /dev/video0 --policy auto --power-source battery \\
+      --token-file token --input /dev/video0 --policy auto --power-source battery \\
       --latency-target-ms 80
 
   # all on the device (no edge needed)
@@ -52,27 +55,27 @@ Inputs: an image, a folder, a glob, a video file, a camera or rtsp:// URL (ffmpe
 a .safetensors file of preprocessed [1,3,S,S] tensors, or events: a recording (.raw
 .aedat4 .aedat; events:FILE for .bin/.csv/.txt), events:- (a pipe on stdin) or
 dv+tcp://HOST:PORT (iniVation DV's network output).
-Codecs: lossless, lossless-zstd, u8, u8-zstd, u8-channel, u4.
+The token: --token-file FILE or SPLITSTREAM_TOKEN (--token TOKEN works too, but any
+user on the machine can read a process's arguments, e.g. with ps).
 A weights file with a learned bottleneck splits at its point (the default --at) and
 sends its code."
 )]
+#[command(mut_arg("weights", |a| a.help(
+    "Checkpoint in safetensors with timm's tensor names; the edge must load the same file"
+)))]
 struct Args {
-    /// Model weights (safetensors, timm names); the edge must load the same file.
-    #[arg(long, value_name = "FILE")]
-    weights: PathBuf,
+    #[command(flatten)]
+    model: WeightsArgs,
     /// Model name the edge serves it under; default: the file name without extension.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
-    /// Attention heads (default: the file's num_heads metadata, else D/64).
-    #[arg(long, value_name = "N")]
-    heads: Option<usize>,
     /// What to classify (see below).
     #[arg(long, value_name = "SPEC")]
     input: String,
     /// Where frames run: auto (chosen per frame from the battery, the link and the
     /// edge's advice; see docs/power.md), or always local, split or offload.
-    #[arg(long = "policy", visible_alias = "mode", value_name = "POLICY", default_value = "split", value_parser = ["auto", "local", "split", "offload"])]
-    mode: String,
+    #[arg(long = "policy", visible_alias = "mode", value_name = "POLICY", value_enum, default_value_t = PolicyArg::Split)]
+    mode: PolicyArg,
     /// --policy auto: the split points to choose among (default: the learned
     /// bottleneck's point when the model has one, else every point 0..=depth).
     #[arg(long, value_name = "K,K,..", value_delimiter = ',')]
@@ -97,10 +100,10 @@ struct Args {
     #[arg(long, value_name = "K")]
     at: Option<usize>,
     /// Bottleneck codec for --mode split.
-    #[arg(long, value_name = "NAME", default_value = "u8")]
-    codec: String,
-    /// JPEG quality for --mode offload.
-    #[arg(long, value_name = "Q", default_value_t = 90)]
+    #[arg(long, value_name = "NAME", default_value = "u8", value_parser = codec_parser())]
+    codec: CodecChoice,
+    /// JPEG quality for --mode offload, 1-100.
+    #[arg(long, value_name = "Q", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     jpeg_quality: u8,
     /// The edge's address (host:port).
     #[arg(long, value_name = "ADDR")]
@@ -117,7 +120,12 @@ struct Args {
     /// Device id, as in the edge's token file.
     #[arg(long, value_name = "ID", default_value = "device")]
     device_id: String,
-    /// The device's token (default: the SPLITSTREAM_TOKEN environment variable).
+    /// A file holding the device's token (surrounding whitespace ignored). Prefer it, or
+    /// the SPLITSTREAM_TOKEN environment variable, to --token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    token_file: Option<PathBuf>,
+    /// The device's token (default: the SPLITSTREAM_TOKEN environment variable). Other
+    /// users can read it in `ps`: prefer --token-file or the variable.
     #[arg(long, value_name = "TOKEN")]
     token: Option<String>,
     /// Latency budget per frame at the edge, ms; past it the frame runs locally.
@@ -132,9 +140,8 @@ struct Args {
     /// Stop after this many frames.
     #[arg(long, value_name = "N")]
     frames: Option<u64>,
-    /// CPU threads for the model (0: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    threads: usize,
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// Frames decoded ahead of the model (capture overlaps compute; see docs/runtime.md).
     #[arg(long, value_name = "N", default_value_t = 2)]
     prefetch: usize,
@@ -143,14 +150,73 @@ struct Args {
     event_window_ms: f64,
     /// Event inputs: how a window becomes a frame: rendered (an RGB picture, for image
     /// models) or histogram (two-channel counts [1,2,H,W], for event models).
-    #[arg(long, value_name = "REPR", default_value = "rendered", value_parser = ["rendered", "histogram"])]
-    event_repr: String,
+    #[arg(long, value_name = "REPR", default_value = "rendered", value_parser = event_repr_parser())]
+    event_repr: EventRepr,
     /// Event inputs: the sensor size when the stream does not declare it.
     #[arg(long, value_name = "WxH")]
     event_size: Option<String>,
     /// Event inputs: hand out events at their recorded speed (as a live camera).
     #[arg(long)]
     event_realtime: bool,
+}
+
+/// Where frames run (`--policy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum PolicyArg {
+    /// Chosen per frame from the battery, the link and the edge's advice.
+    Auto,
+    /// Always on the device.
+    Local,
+    /// Always split with the edge.
+    Split,
+    /// Always offloaded to the edge as JPEG.
+    Offload,
+}
+
+impl PolicyArg {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Local => "local",
+            Self::Split => "split",
+            Self::Offload => "offload",
+        }
+    }
+}
+
+/// `--codec`: the transport's codec names, listed in `--help`, misuse refused by clap.
+fn codec_parser() -> impl TypedValueParser<Value = CodecChoice> {
+    PossibleValuesParser::new(CodecChoice::ALL.map(CodecChoice::name))
+        .map(|s| CodecChoice::parse(&s).expect("clap admits only listed names"))
+}
+
+/// `--event-repr`: the event representations' names.
+fn event_repr_parser() -> impl TypedValueParser<Value = EventRepr> {
+    PossibleValuesParser::new(EventRepr::ALL.map(EventRepr::name))
+        .map(|s| EventRepr::parse(&s).expect("clap admits only listed names"))
+}
+
+/// The device's token: --token-file, else --token, else SPLITSTREAM_TOKEN.
+fn token(args: &Args) -> anyhow::Result<String> {
+    if let Some(path) = &args.token_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("--token-file {}: cannot read it", path.display()))?;
+        let token = text.trim();
+        if token.is_empty() {
+            bail!("--token-file {}: the file is empty", path.display());
+        }
+        return Ok(token.to_owned());
+    }
+    match args
+        .token
+        .clone()
+        .or_else(|| std::env::var("SPLITSTREAM_TOKEN").ok())
+    {
+        Some(t) => Ok(t),
+        None => bail!(
+            "give --token-file FILE (or SPLITSTREAM_TOKEN): the device's token from the edge's token file"
+        ),
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -179,11 +245,12 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let bytes = std::fs::read(&args.weights)
-        .with_context(|| format!("cannot read weights {}", args.weights.display()))?;
+    let bytes = std::fs::read(&args.model.weights)
+        .with_context(|| format!("cannot read weights {}", args.model.weights.display()))?;
     let name = match &args.name {
         Some(n) => n.clone(),
         None => args
+            .model
             .weights
             .file_stem()
             .and_then(|s| s.to_str())
@@ -193,22 +260,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (model, id) = load_model(
         &name,
         bytes,
-        &args.weights.display().to_string(),
-        args.heads,
-        args.threads,
+        &args.model.weights.display().to_string(),
+        args.model.heads,
+        args.threads.count,
     )?;
     let depth = model.max_depth();
-    let codec = || {
-        CodecChoice::parse(&args.codec).ok_or_else(|| {
-            anyhow::anyhow!(
-                "--codec {}: use one of {}",
-                args.codec,
-                CodecChoice::ALL.map(|c| c.name()).join(", ")
-            )
-        })
-    };
+    let codec = args.codec;
     let jpeg = JpegSettings {
-        quality: args.jpeg_quality.clamp(1, 100),
+        quality: args.jpeg_quality,
         ..JpegSettings::default()
     };
     let mut cfg = PolicyConfig {
@@ -224,25 +283,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         cfg.latency_target = Some(Duration::from_secs_f64(ms / 1e3));
     }
-    let policy = match args.mode.as_str() {
-        "local" => Policy::fixed(Plan::Local, cfg),
-        "split" => {
+    let policy = match args.mode {
+        PolicyArg::Local => Policy::fixed(Plan::Local, cfg),
+        PolicyArg::Split => {
             let Some(point) = args.at.or(model.bottleneck().map(|b| b.depth)) else {
                 bail!("--policy split needs --at K (0..={depth}: head blocks on the device)");
             };
             model
                 .split_at(point)
                 .map_err(|e| anyhow::anyhow!("--at {point}: {e}"))?;
-            Policy::fixed(
-                Plan::Split {
-                    point,
-                    codec: codec()?,
-                },
-                cfg,
-            )
+            Policy::fixed(Plan::Split { point, codec }, cfg)
         }
-        "offload" => Policy::fixed(Plan::Offload, cfg),
-        _ => {
+        PolicyArg::Offload => Policy::fixed(Plan::Offload, cfg),
+        PolicyArg::Auto => {
             let points = if !args.split_points.is_empty() {
                 args.split_points.clone()
             } else if let Some(b) = model.bottleneck() {
@@ -255,7 +308,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .split_at(k)
                     .map_err(|e| anyhow::anyhow!("--split-points {k}: {e}"))?;
             }
-            Policy::new(auto_plans(&points, codec()?), cfg)?
+            Policy::new(auto_plans(&points, codec), cfg)?
         }
     };
     let budget = Duration::from_millis(args.budget_ms);
@@ -267,7 +320,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let client = match (wire, &args.edge) {
         (None, _) => None,
-        (Some(_), None) => bail!("--policy {} needs --edge ADDR", args.mode),
+        (Some(_), None) => bail!("--policy {} needs --edge ADDR", args.mode.name()),
         (Some((split, codec)), Some(edge)) => {
             let addr = resolve(edge)?;
             let trust = match (&args.fingerprint, &args.ca) {
@@ -277,20 +330,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 (None, Some(ca)) => ServerTrust::CaFile(ca.clone()),
                 (None, None) => bail!("give --fingerprint HEX (printed by the edge) or --ca FILE to trust the edge"),
             };
-            let token = args
-                .token
-                .clone()
-                .or_else(|| std::env::var("SPLITSTREAM_TOKEN").ok());
-            let Some(token) = &token else {
-                bail!("give --token (or SPLITSTREAM_TOKEN): the device's token from the edge's token file");
-            };
+            let token = token(&args)?;
             let stream = StreamConfig {
                 model: id.clone(),
                 split,
                 codec,
             };
-            let mut cfg =
-                ClientConfig::new(addr, trust, args.device_id.clone(), token.clone(), stream);
+            let mut cfg = ClientConfig::new(addr, trust, args.device_id.clone(), token, stream);
             cfg.server_name = args.server_name.clone();
             match Client::connect(cfg).await {
                 Ok(c) => Some(Arc::new(c)),
@@ -315,7 +361,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let events = EventOptions {
         window: event_window(args.event_window_ms)?,
-        repr: EventRepr::parse(&args.event_repr).unwrap_or_default(),
+        repr: args.event_repr,
         realtime: args.event_realtime,
         sensor_size: match &args.event_size {
             Some(s) => {
@@ -345,10 +391,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let (w, h) = events.size();
         eprintln!(
             "events from {}: {w}x{h} sensor, {} ms windows as {} frames",
-            args.input, args.event_window_ms, args.event_repr
+            args.input,
+            args.event_window_ms,
+            args.event_repr.name()
         );
         let channels = model.input().item_shape().first().copied().unwrap_or(0);
-        if args.event_repr == "histogram" && channels != 2 {
+        if args.event_repr == EventRepr::Histogram && channels != 2 {
             bail!(
                 "--event-repr histogram makes [1,2,H,W] tensors, but this model takes {} \
                  channels: use --event-repr rendered for image models",
@@ -476,4 +524,73 @@ fn resolve(edge: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("--edge {edge}: not host:port"))?
         .next()
         .with_context(|| format!("--edge {edge}: the name resolves to no address"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(extra: &[&str]) -> Result<Args, clap::Error> {
+        let mut argv = vec!["d", "--weights", "m.safetensors", "--input", "x.jpg"];
+        argv.extend_from_slice(extra);
+        Args::try_parse_from(argv)
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn string_flags_take_only_listed_values() {
+        let a = parse(&[
+            "--policy",
+            "offload",
+            "--codec",
+            "u8-zstd",
+            "--event-repr",
+            "histogram",
+        ])
+        .unwrap();
+        assert_eq!(a.mode, PolicyArg::Offload);
+        assert_eq!(a.codec, CodecChoice::U8Zstd);
+        assert_eq!(a.event_repr, EventRepr::Histogram);
+        for bad in [
+            &["--policy", "sometimes"][..],
+            &["--codec", "u7"],
+            &["--event-repr", "voxels"],
+            &["--jpeg-quality", "0"],
+            &["--jpeg-quality", "101"],
+        ] {
+            let err = parse(bad).err().unwrap();
+            assert_eq!(err.exit_code(), 2, "{bad:?}: {err}");
+        }
+        let help = Args::command().render_long_help().to_string();
+        for value in [
+            "lossless-zstd",
+            "u4",
+            "histogram",
+            "offload",
+            "--token-file",
+        ] {
+            assert!(help.contains(value), "--help lacks {value}");
+        }
+    }
+
+    #[test]
+    fn the_token_comes_from_a_file_first() {
+        let dir = std::env::temp_dir().join(format!("splitstream-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "  3f1c9a0e6b2d47a8\n").unwrap();
+        let a = parse(&["--token-file", file.to_str().unwrap()]).unwrap();
+        assert_eq!(token(&a).unwrap(), "3f1c9a0e6b2d47a8");
+        std::fs::write(&file, "\n").unwrap();
+        assert!(token(&a).unwrap_err().to_string().contains("empty"));
+        let a = parse(&["--token-file", dir.join("missing").to_str().unwrap()]).unwrap();
+        assert!(token(&a).unwrap_err().to_string().contains("--token-file"));
+        assert!(parse(&["--token-file", "t", "--token", "x"]).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

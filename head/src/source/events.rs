@@ -35,6 +35,9 @@ pub enum EventRepr {
 }
 
 impl EventRepr {
+    /// Every representation, for `--help` and its value list.
+    pub const ALL: [EventRepr; 2] = [Self::Rendered, Self::Histogram];
+
     /// Name on the command line.
     pub fn name(self) -> &'static str {
         match self {
@@ -45,9 +48,7 @@ impl EventRepr {
 
     /// The representation of this name.
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Rendered, Self::Histogram]
-            .into_iter()
-            .find(|r| r.name() == name)
+        Self::ALL.into_iter().find(|r| r.name() == name)
     }
 }
 

@@ -28,6 +28,7 @@
 //! - **Errors.** Ops check shapes and return [`BackendError::Shape`] instead of
 //!   panicking; device failures are [`BackendError::Device`].
 
+pub mod choice;
 pub mod cpu;
 pub mod kv_cache;
 pub mod ops;

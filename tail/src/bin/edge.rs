@@ -1,4 +1,5 @@
 //! `splitstream-edge`: serves the tails of split models to devices over QUIC.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use splitstream_tail::config::{BackendChoice, EdgeConfig, ModelConfig};
+use splitstream_models::cli::{BackendArgs, ThreadsArgs};
+use splitstream_tail::config::{EdgeConfig, ModelConfig};
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::governor::PowerConfig;
 use splitstream_tail::metrics::{EdgeMetrics, Health, MetricsServer};
@@ -62,9 +64,9 @@ struct Args {
     /// Attention heads of --weights (default: the file's num_heads metadata, else D/64).
     #[arg(long, value_name = "N", requires = "weights")]
     heads: Option<usize>,
-    /// Backend for --weights: cpu, wgpu or auto (a hardware GPU if any, else cpu).
-    #[arg(long, value_name = "KIND", default_value = "auto", value_parser = ["cpu", "wgpu", "auto"])]
-    backend: String,
+    // --backend: for --weights (the config's models name their own).
+    #[command(flatten)]
+    backend: BackendArgs,
     /// Split points devices may use for --weights (comma separated; default all).
     #[arg(long, value_name = "K,..", value_delimiter = ',', requires = "weights")]
     splits: Vec<u32>,
@@ -80,9 +82,9 @@ struct Args {
     /// Do not serve metrics.
     #[arg(long)]
     no_metrics: bool,
-    /// CPU threads per CPU-backend model (0: one per core).
-    #[arg(long, value_name = "N", default_value_t = 0)]
-    threads: usize,
+    // --threads: per CPU-backend model.
+    #[command(flatten)]
+    threads: ThreadsArgs,
     /// Power budget in watts: starts the power governor (POLCA style; see [power] in
     /// tail/edge.example.toml for thresholds and caps).
     #[arg(long, value_name = "W")]
@@ -219,11 +221,7 @@ fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
             weights: w.clone(),
             splits: args.splits.clone(),
             offload: true,
-            backend: match args.backend.as_str() {
-                "cpu" => BackendChoice::Cpu,
-                "wgpu" => BackendChoice::Wgpu,
-                _ => BackendChoice::Auto,
-            },
+            backend: args.backend.choice,
             heads: args.heads,
         });
     }
@@ -266,7 +264,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut models = Vec::new();
     for m in &cfg.models {
         let mut served =
-            ServedModel::from_file(&m.name, &m.weights, m.heads, m.backend, args.threads)?;
+            ServedModel::from_file(&m.name, &m.weights, m.heads, m.backend, args.threads.count)?;
         served.splits = m.splits.iter().map(|&k| k as usize).collect();
         served.offload = m.offload;
         println!("{}", served.describe());
@@ -338,4 +336,26 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         .await
         .context("cannot watch Ctrl-C")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn backend_takes_only_listed_values() {
+        let a =
+            Args::try_parse_from(["e", "--weights", "m.safetensors", "--backend", "wgpu"]).unwrap();
+        assert_eq!(a.backend.choice, splitstream_models::BackendChoice::Wgpu);
+        let err = Args::try_parse_from(["e", "--weights", "m", "--backend", "gpu"])
+            .err()
+            .unwrap();
+        assert_eq!(err.exit_code(), 2);
+    }
 }

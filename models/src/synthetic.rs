@@ -194,34 +194,26 @@ fn with_metadata(plain: &[u8], metadata: &[(&str, String)]) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::weights::Weights;
 
     #[test]
-    fn seeded_checkpoint_is_deterministic_and_loads() {
+    fn seeded_checkpoint_is_deterministic_and_says_its_heads() {
         let a = seeded_vit_safetensors(&DEMO_VIT, 7);
         assert_eq!(a, seeded_vit_safetensors(&DEMO_VIT, 7));
         assert_ne!(a, seeded_vit_safetensors(&DEMO_VIT, 8));
-        let (model, _) = crate::device::load_model("demo", a, "seeded", None, 1).unwrap();
-        let net = model.net();
-        assert_eq!(model.max_depth(), 4);
-        assert_eq!(net.split_points().len(), 5);
-        assert_eq!(net.split_points()[1].shape, [50, 96]);
-        assert_eq!(
-            net.output(),
-            splitstream_models::net::OutputKind::ClassLogits { classes: 10 }
-        );
-        assert_eq!(model.bottleneck(), None);
+        let w = Weights::from_bytes(a, "seeded").unwrap();
+        assert_eq!(w.metadata_value("num_heads"), Some("3"));
+        assert_eq!(w.shape("pos_embed"), Some(&[1, 50, 96][..]));
+        assert!(w.names().all(|n| !n.starts_with("bottleneck.")));
     }
 
     #[test]
-    fn seeded_split_checkpoint_is_deterministic_and_carries_its_bottleneck() {
+    fn seeded_split_checkpoint_carries_its_bottleneck() {
         let a = seeded_split_safetensors(&DEMO_VIT, 7, 2, 16);
         assert_eq!(a, seeded_split_safetensors(&DEMO_VIT, 7, 2, 16));
-        let (model, _) = crate::device::load_model("demo", a, "seeded", None, 1).unwrap();
-        let b = model.bottleneck().expect("a bottleneck");
-        assert_eq!(
-            (b.depth, b.bottleneck, b.name.as_str()),
-            (2, Some(16), "block1-bottleneck")
-        );
-        assert!(model.split_at(1).is_err(), "only the bottleneck's point");
+        let w = Weights::from_bytes(a, "seeded split").unwrap();
+        assert_eq!(w.metadata_value("split"), Some("2"));
+        assert_eq!(w.metadata_value("rank"), Some("16"));
+        assert!(w.names().any(|n| n.starts_with("bottleneck.")));
     }
 }
