@@ -139,7 +139,7 @@ pub struct LoadModelError {
     pub source_name: String,
     /// What was wrong.
     #[source]
-    pub kind: LoadModelErrorKind,
+    pub kind: Box<LoadModelErrorKind>,
 }
 
 /// What was wrong with the device's model.
@@ -169,7 +169,7 @@ pub fn load_model(
 ) -> Result<(DeviceModel, ModelId), LoadModelError> {
     let err = |kind: LoadModelErrorKind| LoadModelError {
         source_name: source_name.to_owned(),
-        kind,
+        kind: Box::new(kind),
     };
     let id = ModelId::from_weights_bytes(name, &bytes);
     let weights = Weights::from_bytes(bytes, source_name).map_err(|e| err(e.into()))?;

@@ -60,7 +60,7 @@ fn an_unknown_family_is_refused_naming_it_and_the_known_ones() {
 #[test]
 fn a_checkpoint_of_no_known_family_says_what_it_holds_and_what_to_write() {
     let w = checkpoint(&[("encoder.layer.0.weight", &[4])], &[]);
-    let err = detect_family(&w).err().expect("refused");
+    let err = detect_family(&w).expect_err("refused");
     let text = err.to_string();
     assert!(
         text.contains("encoder.layer.0.weight") && text.contains("`family`"),

@@ -40,7 +40,7 @@ pub enum LoadModelError {
         source_name: String,
         /// What was wrong.
         #[source]
-        source: ModelErrorKind,
+        source: Box<ModelErrorKind>,
     },
     /// The GPU backend was asked for and could not start.
     #[error("backend wgpu for {name} (use backend = \"cpu\" or \"auto\")")]
@@ -128,7 +128,7 @@ impl ServedModel {
         let model_err = |source: ModelErrorKind| LoadModelError::Model {
             name: name.to_owned(),
             source_name: source_name.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let weights = Weights::from_bytes(bytes, source_name).map_err(|e| model_err(e.into()))?;
         let options = NetOptions {
