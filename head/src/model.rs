@@ -12,8 +12,8 @@ use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::net::{
     load_net, InputSpec, LoadNetError, NetError, NetOptions, NetState, Output, SplitPoint,
 };
-use splitstream_models::weights::{Weights, WeightsError};
-use splitstream_models::{BackendError, HostTensor, SplitNet};
+use splitstream_models::weights::Weights;
+use splitstream_models::{HostTensor, SplitNet};
 use splitstream_transport::ModelId;
 
 /// Why a model run failed.
@@ -139,21 +139,7 @@ pub struct LoadModelError {
     pub source_name: String,
     /// What was wrong.
     #[source]
-    pub kind: Box<LoadModelErrorKind>,
-}
-
-/// What was wrong with the device's model.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadModelErrorKind {
-    /// The file is not readable safetensors.
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    /// The CPU backend did not start.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    /// The checkpoint is not a model this build runs.
-    #[error(transparent)]
-    Net(#[from] LoadNetError),
+    pub kind: Box<LoadNetError>,
 }
 
 /// Loads a checkpoint of any family from safetensors bytes on the CPU backend
@@ -167,7 +153,7 @@ pub fn load_model(
     num_heads: Option<usize>,
     threads: usize,
 ) -> Result<(DeviceModel, ModelId), LoadModelError> {
-    let err = |kind: LoadModelErrorKind| LoadModelError {
+    let err = |kind: LoadNetError| LoadModelError {
         source_name: source_name.to_owned(),
         kind: Box::new(kind),
     };
@@ -178,6 +164,6 @@ pub fn load_model(
         num_heads,
         ..NetOptions::default()
     };
-    let net = load_net(backend, &weights, &options).map_err(|e| err(e.into()))?;
+    let net = load_net(backend, &weights, &options).map_err(err)?;
     Ok((DeviceModel::new(net), id))
 }

@@ -10,8 +10,8 @@ use splitstream_models::net::{
     load_net, LoadNetError, NetError, NetOptions, NetState, Output, SplitPoint,
 };
 use splitstream_models::preprocess::EvalTransform;
-use splitstream_models::weights::{Weights, WeightsError};
-use splitstream_models::{BackendError, HostTensor, SplitNet};
+use splitstream_models::weights::Weights;
+use splitstream_models::{HostTensor, SplitNet};
 use splitstream_transport::ModelId;
 
 use crate::batcher::Route;
@@ -40,7 +40,7 @@ pub enum LoadModelError {
         source_name: String,
         /// What was wrong.
         #[source]
-        source: Box<ModelErrorKind>,
+        source: Box<LoadNetError>,
     },
     /// The GPU backend was asked for and could not start.
     #[error("backend wgpu for {name} (use backend = \"cpu\" or \"auto\")")]
@@ -51,20 +51,6 @@ pub enum LoadModelError {
         #[source]
         source: WgpuInitError,
     },
-}
-
-/// What was wrong with a served model's weights.
-#[derive(Debug, thiserror::Error)]
-pub enum ModelErrorKind {
-    /// Not readable safetensors.
-    #[error(transparent)]
-    Weights(#[from] WeightsError),
-    /// The CPU backend did not start.
-    #[error(transparent)]
-    Backend(#[from] BackendError),
-    /// Not a model this build runs.
-    #[error(transparent)]
-    Net(#[from] LoadNetError),
 }
 
 /// Why a batch could not be computed.
@@ -125,7 +111,7 @@ impl ServedModel {
         cpu_threads: usize,
     ) -> Result<Self, LoadModelError> {
         let id = ModelId::from_weights_bytes(name, &bytes);
-        let model_err = |source: ModelErrorKind| LoadModelError::Model {
+        let model_err = |source: LoadNetError| LoadModelError::Model {
             name: name.to_owned(),
             source_name: source_name.to_owned(),
             source: Box::new(source),
@@ -156,7 +142,7 @@ impl ServedModel {
                 load_net(cpu, &weights, &options)
             }
         }
-        .map_err(|e| model_err(e.into()))?;
+        .map_err(model_err)?;
         Ok(Self::new(id, net))
     }
 

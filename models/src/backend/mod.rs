@@ -323,6 +323,30 @@ pub trait Backend: Clone + Send + Sync + 'static {
     ) -> Result<Self::Tensor, BackendError>;
 }
 
+/// Checks a dense layer's weight `[out, in]` and bias `[out]` (PyTorch's `nn.Linear`)
+/// and returns `[out, in]`. Shared by every backend's `prepare_linear`, so that they
+/// all refuse the same weights with the same words.
+pub(crate) fn linear_geometry(
+    weight: &HostTensor,
+    bias: Option<&HostTensor>,
+) -> Result<[usize; 2], BackendError> {
+    let &[outputs, inputs] = weight.shape() else {
+        return Err(BackendError::shape(
+            "prepare_linear",
+            format!("weight must be [out, in], got {:?}", weight.shape()),
+        ));
+    };
+    if let Some(b) = bias {
+        if b.shape() != [outputs] {
+            return Err(BackendError::shape(
+                "prepare_linear",
+                format!("bias must be [{outputs}], got {:?}", b.shape()),
+            ));
+        }
+    }
+    Ok([outputs, inputs])
+}
+
 /// The checked geometry of a 2-D convolution over `[B, C, H, W]`.
 pub(crate) struct Conv2dGeometry {
     pub(crate) batch: usize,

@@ -9,8 +9,8 @@
 
 use super::ops::{self, broadcast_strides, GqaGeometry};
 use super::{
-    conv2d_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
-    Conv2dSpec, DeviceTensor, Pool2dSpec, PoolKind, ReduceOp, ResizeMode,
+    conv2d_geometry, linear_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp,
+    CompareOp, Conv2dSpec, DeviceTensor, Pool2dSpec, PoolKind, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -183,20 +183,7 @@ impl Backend for ReferenceBackend {
         weight: &HostTensor,
         bias: Option<&HostTensor>,
     ) -> Result<RefLinear, BackendError> {
-        let &[outputs, inputs] = weight.shape() else {
-            return Err(BackendError::shape(
-                "prepare_linear",
-                format!("weight must be [out, in], got {:?}", weight.shape()),
-            ));
-        };
-        if let Some(b) = bias {
-            if b.shape() != [outputs] {
-                return Err(BackendError::shape(
-                    "prepare_linear",
-                    format!("bias must be [{outputs}], got {:?}", b.shape()),
-                ));
-            }
-        }
+        let [outputs, inputs] = linear_geometry(weight, bias)?;
         Ok(RefLinear {
             weight: weight.data().to_vec(),
             bias: bias.map(|b| b.data().to_vec()),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 
 use super::{Family, SplitNet};
-use crate::backend::Backend;
+use crate::backend::{Backend, BackendError};
 use crate::split::{MetadataError, SplitMetadata};
 use crate::vit::{VitNet, VitOptions};
 use crate::weights::{Weights, WeightsError};
@@ -56,6 +56,9 @@ pub enum LoadNetError {
     /// The file could not be read.
     #[error(transparent)]
     Weights(#[from] WeightsError),
+    /// The backend to build it on did not start.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
 }
 
 fn known() -> String {

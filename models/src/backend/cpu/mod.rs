@@ -41,8 +41,8 @@ pub use kernels::Isa;
 use matmul::{gemm, View};
 
 use super::{
-    Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp, Conv2dSpec,
-    DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+    linear_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
+    Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -268,20 +268,7 @@ impl Backend for CpuBackend {
         weight: &HostTensor,
         bias: Option<&HostTensor>,
     ) -> Result<CpuLinear, BackendError> {
-        let &[outputs, inputs] = weight.shape() else {
-            return Err(BackendError::shape(
-                "prepare_linear",
-                format!("weight must be [out, in], got {:?}", weight.shape()),
-            ));
-        };
-        if let Some(b) = bias {
-            if b.shape() != [outputs] {
-                return Err(BackendError::shape(
-                    "prepare_linear",
-                    format!("bias must be [{outputs}], got {:?}", b.shape()),
-                ));
-            }
-        }
+        let [outputs, inputs] = linear_geometry(weight, bias)?;
         let w = weight.data();
         #[cfg(target_arch = "x86_64")]
         if self.isa == Isa::Avx512 {

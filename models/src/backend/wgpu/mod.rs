@@ -48,8 +48,8 @@ use pool::{size_class, Pool, PooledBuffer};
 use queue::{device_error, Command, Dispatch, Pending, PARAM_WORDS};
 
 use super::{
-    Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp, Conv2dSpec,
-    DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+    linear_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
+    Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -556,20 +556,7 @@ impl Backend for WgpuBackend {
         weight: &HostTensor,
         bias: Option<&HostTensor>,
     ) -> Result<WgpuLinear, BackendError> {
-        let &[outputs, inputs] = weight.shape() else {
-            return Err(BackendError::shape(
-                "prepare_linear",
-                format!("weight must be [out, in], got {:?}", weight.shape()),
-            ));
-        };
-        if let Some(b) = bias {
-            if b.shape() != [outputs] {
-                return Err(BackendError::shape(
-                    "prepare_linear",
-                    format!("bias must be [{outputs}], got {:?}", b.shape()),
-                ));
-            }
-        }
+        let [outputs, inputs] = linear_geometry(weight, bias)?;
         let n_pad = outputs.max(1).next_multiple_of(TILE_N);
         let k_pad = inputs.max(1).next_multiple_of(TILE_K);
         let len = checked_numel(&[k_pad, n_pad])
