@@ -87,19 +87,9 @@ fn conv(c: &mut Criterion) {
     ];
     for (name, input, weight, spec) in cases {
         let x = be.upload(&tensor(&input, 5)).expect("uploads");
-        let layer =
-            match be.prepare_conv2d(&tensor(&weight, 6), Some(&tensor(&weight[..1], 7)), spec) {
-                Ok(layer) => layer,
-                Err(e) => {
-                    // A kernel still to land (the wider op set) is reported, not fatal.
-                    eprintln!("cpu_conv2d/{name}: {e}");
-                    continue;
-                }
-            };
-        if let Err(e) = be.conv2d(&x, &layer) {
-            eprintln!("cpu_conv2d/{name}: {e}");
-            continue;
-        }
+        let layer = be
+            .prepare_conv2d(&tensor(&weight, 6), Some(&tensor(&weight[..1], 7)), spec)
+            .expect("prepares");
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| be.conv2d(&x, &layer).expect("runs"))
         });
