@@ -1,30 +1,34 @@
-//! `splitstream infer`: run a ViT/DeiT checkpoint on images or on a preprocessed tensor
-//! and print the top-k classes of each item.
+//! `splitstream infer`: run a checkpoint of any image family the loader knows (a timm
+//! ViT/DeiT today) on images or on a preprocessed tensor and print the top-k classes
+//! of each item (a detector's boxes, as JSON lines).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::cli::{BackendArgs, ThreadsArgs, WeightsArgs};
+use splitstream_models::net::{load_net, NetOptions, Output};
 use splitstream_models::preprocess::{load_batch, EvalTransform};
-use splitstream_models::split::SplitMetadata;
-use splitstream_models::vit::{Vit, VitConfig, VitOptions};
 use splitstream_models::weights::{save_safetensors, Weights};
-use splitstream_models::{Backend, HostTensor};
+use splitstream_models::{Backend, HostTensor, SplitNet};
 
-/// Loads the model on `backend` and runs the input through it: the config, the
-/// logits, the item labels and the backend's name.
-fn classify<B: Backend>(
-    backend: B,
-    weights: Weights,
-    options: &VitOptions,
-    args: &Args,
-) -> anyhow::Result<(VitConfig, HostTensor, Vec<String>, &'static str)> {
-    let name = backend.name();
-    // timm keeps crop_pct in the model's pretrained config; our exports carry it in the
-    // file's metadata. Absent, timm's default 0.875.
-    let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
-    let vit = Vit::load(backend, &weights, options).with_context(|| {
+/// What a run gives: the answers, the item labels and the model's description.
+struct Ran {
+    output: Output,
+    labels: Vec<String>,
+    net: Arc<dyn SplitNet>,
+}
+
+/// Loads the checkpoint (any family the loader knows) on `backend` and runs the input
+/// through the whole model.
+fn run_model<B: Backend>(backend: B, weights: Weights, args: &Args) -> anyhow::Result<Ran> {
+    let options = NetOptions {
+        num_heads: args.model.heads,
+        arch: args.arch.clone(),
+        split: None,
+    };
+    let net = load_net(backend, &weights, &options).with_context(|| {
         // The models crate names no flags: the hint is this command's.
         format!(
             "loading {} (a checkpoint of another architecture? name it with --arch)",
@@ -32,14 +36,20 @@ fn classify<B: Backend>(
         )
     })?;
     drop(weights);
-    let cfg = vit.config().clone();
-    let transform = EvalTransform::for_checkpoint(
-        u32::try_from(cfg.image_size).context("model input size out of range")?,
-        crop_pct.as_deref(),
-    )?;
-    let (input, labels) = load_input(&args.input, &transform)?;
-    let logits = vit.run(&input)?;
-    Ok((cfg, logits, labels, name))
+    let Some(transform) = net.input().transform() else {
+        bail!(
+            "{} does not take images ({:?}): infer runs image models",
+            args.model.weights.display(),
+            net.input()
+        );
+    };
+    let (input, labels) = load_input(&args.input, transform)?;
+    let output = net.forward(&input, None)?;
+    Ok(Ran {
+        output,
+        labels,
+        net,
+    })
 }
 
 /// Arguments of `splitstream infer`.
@@ -133,25 +143,24 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let weights = Weights::from_file(&args.model.weights)?;
-    // The head count is not in the tensors' shapes: --heads, else --arch, else the
-    // file's metadata `num_heads` (our exports write it), else D/64.
-    let metadata_heads = match (args.model.heads, &args.arch) {
-        (None, None) => SplitMetadata::from_weights(&weights)?.num_heads,
-        _ => None,
+    let Ran {
+        output,
+        labels,
+        net,
+    } = match args.backend.choice.open_wgpu()? {
+        Some(gpu) => run_model(gpu, weights, &args)?,
+        None => run_model(CpuBackend::new(args.threads.count)?, weights, &args)?,
     };
-    let options = VitOptions {
-        arch: args.arch.clone(),
-        num_heads: args.model.heads.or(metadata_heads),
-        eps: None,
-    };
-    let (cfg, logits, labels, backend_name) = match args.backend.choice.open_wgpu()? {
-        Some(gpu) => classify(gpu, weights, &options, &args)?,
-        None => classify(
-            CpuBackend::new(args.threads.count)?,
-            weights,
-            &options,
-            &args,
-        )?,
+    let logits = match output {
+        Output::Logits(logits) => logits,
+        other => {
+            // Detections and tokens print as the device prints them.
+            for (label, answer) in labels.iter().zip(other.into_answers()) {
+                let line = serde_json::json!({ "input": label, "answer": answer });
+                println!("{line}");
+            }
+            return Ok(());
+        }
     };
     if let Some(out) = &args.output {
         save_safetensors(out, &[("logits", &logits)])?;
@@ -175,11 +184,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             .collect();
         let report = serde_json::json!({
             "weights": args.model.weights.display().to_string(),
-            "arch": cfg.arch,
-            "backend": backend_name,
-            "embed_dim": cfg.embed_dim,
-            "depth": cfg.depth,
-            "heads": cfg.num_heads,
+            "family": net.family().name(),
+            "model": net.describe(),
+            "backend": net.backend_name(),
+            "split_points": net.split_points().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             "classes": classes,
             "items": items,
             "output": args.output.as_ref().map(|p| p.display().to_string()),
