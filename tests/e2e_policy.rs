@@ -20,7 +20,7 @@ use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::governor::PowerConfig;
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
-use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
+use splitstream_transport::TokenStore;
 
 /// The edge's power, replayed in real time from when the governor opens it: under
 /// budget, then 2 s at 120% of it (over T2), then well under (released after the
@@ -47,8 +47,6 @@ fn governed_edge(bytes: Vec<u8>, devices: usize, trace: &std::path::Path) -> Run
     for i in 0..devices {
         tokens.insert(format!("dev-{i}"), TOKEN);
     }
-    let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let mut power = PowerConfig::new(100.0, format!("trace:{}", trace.display()));
     power.interval_ms = 50;
     power.min_hold_ms = 300;
@@ -56,7 +54,7 @@ fn governed_edge(bytes: Vec<u8>, devices: usize, trace: &std::path::Path) -> Run
         power: Some(power),
         ..EdgeOptions::default()
     };
-    RunningEdge::start(server, vec![served], options, Arc::new(EdgeMetrics::new()))
+    RunningEdge::loopback(vec![served], tokens, options, Arc::new(EdgeMetrics::new()))
         .expect("edge starts with its governor")
 }
 

@@ -26,9 +26,7 @@ use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
 use splitstream_tail::state::StateLimits;
-use splitstream_transport::{
-    ConnectError, ModelId, RejectReason, ServerConfig, ServerIdentity, TokenStore,
-};
+use splitstream_transport::{ConnectError, ModelId, RejectReason, TokenStore};
 
 const WIDTH: usize = 4;
 /// What the test net says its state may reach.
@@ -151,14 +149,12 @@ fn start(limits: StateLimits, devices: usize) -> (RunningEdge, ModelId, DeviceMo
     for i in 0..devices {
         tokens.insert(format!("dev-{i}"), TOKEN);
     }
-    let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let options = EdgeOptions {
         state: limits,
         ..EdgeOptions::default()
     };
     let served = ServedModel::new(id.clone(), net.clone());
-    let edge = RunningEdge::start(server, vec![served], options, Arc::new(EdgeMetrics::new()))
+    let edge = RunningEdge::loopback(vec![served], tokens, options, Arc::new(EdgeMetrics::new()))
         .expect("edge starts");
     (edge, id, DeviceModel::new(net))
 }

@@ -25,10 +25,7 @@ use splitstream_models::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
-use splitstream_transport::{
-    Client, ClientConfig, ModelId, ServerConfig, ServerIdentity, ServerTrust, StreamConfig,
-    TokenStore,
-};
+use splitstream_transport::{Client, ClientConfig, ModelId, ServerTrust, StreamConfig, TokenStore};
 
 /// Arguments of `splitstream demo`.
 #[derive(clap::Args)]
@@ -206,12 +203,10 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     let mut tokens = TokenStore::new();
     let token = token();
     tokens.insert(DEVICE_ID, &token);
-    let identity = ServerIdentity::self_signed(&["localhost"])?;
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let metrics = Arc::new(EdgeMetrics::new());
-    let edge = RunningEdge::start(
-        server,
+    let edge = RunningEdge::loopback(
         vec![teacher_served, student_served],
+        tokens,
         EdgeOptions::default(),
         metrics,
     )?;

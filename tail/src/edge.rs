@@ -30,9 +30,10 @@ use splitstream_codec::DecodeLimits;
 use splitstream_models::net::NetState;
 use splitstream_models::HostTensor;
 use splitstream_transport::acceptor::ModelEntry;
+use splitstream_transport::tls::TlsConfigError;
 use splitstream_transport::{
     Acceptor, BindError, Capabilities, DropReason as WireDrop, Fingerprint, RejectReason,
-    Responder, Server, ServerConfig, Session, StreamConfig,
+    Responder, Server, ServerConfig, ServerIdentity, Session, StreamConfig, TokenStore,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -97,6 +98,9 @@ pub enum StartEdgeError {
     /// source, a GPU cap that was asked for and is not there).
     #[error("cannot start the power governor: {0}")]
     Power(String),
+    /// The self-signed certificate of a loopback edge could not be made.
+    #[error("cannot make the loopback edge's certificate")]
+    Certificate(#[source] TlsConfigError),
 }
 
 /// Counters an operator or a test reads without parsing Prometheus text.
@@ -231,6 +235,22 @@ impl std::fmt::Debug for RunningEdge {
 }
 
 impl RunningEdge {
+    /// An in-process edge on 127.0.0.1 (a free port) with a fresh self-signed
+    /// certificate for `localhost`, serving `models` to the devices in `tokens`: what
+    /// the demo, the benches and the end-to-end tests run (devices pin its
+    /// [`RunningEdge::fingerprint`]). Call from a tokio runtime.
+    pub fn loopback(
+        models: Vec<ServedModel>,
+        tokens: TokenStore,
+        options: EdgeOptions,
+        metrics: Arc<EdgeMetrics>,
+    ) -> Result<Self, StartEdgeError> {
+        let identity =
+            ServerIdentity::self_signed(&["localhost"]).map_err(StartEdgeError::Certificate)?;
+        let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
+        Self::start(server, models, options, metrics)
+    }
+
     /// Binds the QUIC endpoint and starts serving `models`. Call from a tokio runtime.
     pub fn start(
         server: ServerConfig,

@@ -14,7 +14,7 @@ use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::{ServedModel, JPEG_CODEC, OFFLOAD_SPLIT};
 use splitstream_transport::{
     Advice, Client, ClientConfig, CodecSpec, DropReason, FrameOutcome, ModelId, OutgoingFrame,
-    ServerConfig, ServerIdentity, ServerTrust, Status, StreamConfig, TokenStore,
+    ServerTrust, Status, StreamConfig, TokenStore,
 };
 
 const TOKEN: &str = "0123456789abcdef0123456789abcdef";
@@ -123,15 +123,13 @@ fn start_edge(power: PowerConfig) -> (RunningEdge, Arc<EdgeMetrics>, ModelId) {
     let mut tokens = TokenStore::new();
     tokens.insert("cam-1", TOKEN);
     tokens.insert("cam-2", TOKEN);
-    let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let metrics = Arc::new(EdgeMetrics::new());
     let options = EdgeOptions {
         power: Some(power),
         ..EdgeOptions::default()
     };
     let edge =
-        RunningEdge::start(server, vec![served], options, metrics.clone()).expect("edge starts");
+        RunningEdge::loopback(vec![served], tokens, options, metrics.clone()).expect("edge starts");
     (edge, metrics, model)
 }
 
@@ -298,13 +296,12 @@ async fn an_unreadable_power_source_stops_the_start_with_its_name() {
     let served =
         ServedModel::from_bytes("tiny-vit", tiny_vit(), "tiny", None, BackendChoice::Cpu, 1)
             .expect("the tiny ViT loads");
-    let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, TokenStore::new());
+    let tokens = TokenStore::new();
     let options = EdgeOptions {
         power: Some(PowerConfig::new(100.0, "trace:/nonexistent/edge-power.csv")),
         ..EdgeOptions::default()
     };
-    let err = RunningEdge::start(server, vec![served], options, Arc::new(EdgeMetrics::new()))
+    let err = RunningEdge::loopback(vec![served], tokens, options, Arc::new(EdgeMetrics::new()))
         .expect_err("the edge refuses to start");
     let msg = err.to_string();
     assert!(

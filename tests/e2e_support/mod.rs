@@ -15,8 +15,7 @@ use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
 use splitstream_transport::{
-    Client, ClientConfig, ConnectError, ModelId, ServerConfig, ServerIdentity, ServerTrust,
-    StreamConfig, TokenStore,
+    Client, ClientConfig, ConnectError, ModelId, ServerTrust, StreamConfig, TokenStore,
 };
 
 pub const MODEL: &str = "demo-vit";
@@ -46,13 +45,11 @@ pub fn start_edge(bytes: Vec<u8>, devices: usize, batcher: BatcherConfig) -> Run
     for i in 0..devices {
         tokens.insert(format!("dev-{i}"), TOKEN);
     }
-    let identity = ServerIdentity::self_signed(&["localhost"]).expect("certificate");
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
     let options = EdgeOptions {
         batcher,
         ..EdgeOptions::default()
     };
-    RunningEdge::start(server, vec![served], options, Arc::new(EdgeMetrics::new()))
+    RunningEdge::loopback(vec![served], tokens, options, Arc::new(EdgeMetrics::new()))
         .expect("edge starts")
 }
 

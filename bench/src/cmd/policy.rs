@@ -39,8 +39,7 @@ use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
 use splitstream_transport::{
-    Advice, Client, ClientConfig, ServerConfig, ServerIdentity, ServerTrust, Status, StreamConfig,
-    TokenStore,
+    Advice, Client, ClientConfig, ServerTrust, Status, StreamConfig, TokenStore,
 };
 
 use crate::link::{start_relay, LinkState};
@@ -525,11 +524,9 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
     for i in 0..16 {
         tokens.insert(format!("dev-{i}"), TOKEN);
     }
-    let identity = ServerIdentity::self_signed(&["localhost"])?;
-    let server = ServerConfig::new(([127, 0, 0, 1], 0).into(), identity, tokens);
-    let edge = RunningEdge::start(
-        server,
+    let edge = RunningEdge::loopback(
         vec![served],
+        tokens,
         EdgeOptions::default(),
         Arc::new(EdgeMetrics::new()),
     )?;
