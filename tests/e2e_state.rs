@@ -36,9 +36,6 @@ const STATE_BYTES: usize = 1000;
 struct Sums(Vec<f32>);
 
 impl NetState for Sums {
-    fn bytes(&self) -> usize {
-        self.0.len() * 4
-    }
     fn as_any_mut(&mut self) -> &mut dyn Any {
         self
     }

@@ -96,6 +96,18 @@ pub struct VitOptions {
     pub eps: Option<f32>,
 }
 
+impl VitOptions {
+    /// These options with the checkpoint's metadata `num_heads` where neither a head
+    /// count nor an architecture was given.
+    pub fn with_metadata(&self, metadata: &SplitMetadata) -> Self {
+        let mut options = self.clone();
+        if options.num_heads.is_none() && options.arch.is_none() {
+            options.num_heads = metadata.num_heads;
+        }
+        options
+    }
+}
+
 /// The hyper-parameters of a loaded model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VitConfig {
@@ -750,11 +762,7 @@ impl<B: Backend> SplitModel<B> {
                 )));
             }
         }
-        let mut options = options.clone();
-        if options.num_heads.is_none() && options.arch.is_none() {
-            options.num_heads = metadata.num_heads;
-        }
-        let vit = Vit::load(backend, weights, &options)?;
+        let vit = Vit::load(backend, weights, &options.with_metadata(metadata))?;
         Self::new(Arc::new(vit), point, bottleneck)
     }
 
@@ -919,11 +927,8 @@ impl<B: Backend> VitNet<B> {
             let transform = EvalTransform::for_checkpoint(size, crop_pct)?;
             Ok(Self::with_bottleneck(split, transform))
         } else {
-            let mut options = options.clone();
-            if options.num_heads.is_none() && options.arch.is_none() {
-                options.num_heads = metadata.num_heads;
-            }
-            let vit = Vit::load(backend, weights, &options).map_err(SplitLoadError::from)?;
+            let vit = Vit::load(backend, weights, &options.with_metadata(metadata))
+                .map_err(SplitLoadError::from)?;
             let transform =
                 EvalTransform::for_checkpoint(vit.config().image_size as u32, crop_pct)?;
             Ok(Self::plain(Arc::new(vit), transform))
@@ -1062,10 +1067,7 @@ impl<B: Backend> SplitNet for VitNet<B> {
     ) -> Result<Output, NetError> {
         let depth = self.split_point(at)?.depth;
         let logits = self.host(h, |h| match &self.split {
-            Some(split) => {
-                split.check_code(h).map_err(NetError::run)?;
-                split.tail(h).map_err(NetError::run)
-            }
+            Some(split) => split.tail(h).map_err(NetError::run),
             None => self.vit.tail(h, depth).map_err(NetError::run),
         })?;
         Ok(Output::Logits(logits))

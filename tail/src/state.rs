@@ -169,28 +169,4 @@ impl StateStore {
         });
         inner.reserved -= freed;
     }
-
-    /// Bytes reserved by open states.
-    pub fn reserved(&self) -> usize {
-        self.inner().reserved
-    }
-
-    /// Bytes the open states hold now.
-    pub fn used(&self) -> usize {
-        self.inner()
-            .states
-            .values()
-            .map(|e| lock(&e.state).bytes())
-            .sum()
-    }
-
-    /// Open states.
-    pub fn len(&self) -> usize {
-        self.inner().states.len()
-    }
-
-    /// Whether no state is open.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }

@@ -347,6 +347,28 @@ pub(crate) fn linear_geometry(
     Ok([outputs, inputs])
 }
 
+/// Checks the `qkv` input `[B, N, 3 * D]` of [`Backend::attention`] against the head
+/// count and returns `[B, N, D, D / heads]`. Shared by every backend.
+pub(crate) fn attention_geometry(
+    shape: &[usize],
+    num_heads: usize,
+) -> Result<[usize; 4], BackendError> {
+    let &[batch, tokens, three_d] = shape else {
+        return Err(BackendError::shape(
+            "attention",
+            format!("qkv must be [B, N, 3*D], got {shape:?}"),
+        ));
+    };
+    if num_heads == 0 || three_d % (3 * num_heads) != 0 {
+        return Err(BackendError::shape(
+            "attention",
+            format!("qkv width {three_d} is not 3 x {num_heads} heads x head_dim"),
+        ));
+    }
+    let d = three_d / 3;
+    Ok([batch, tokens, d, d / num_heads])
+}
+
 /// The checked geometry of a 2-D convolution over `[B, C, H, W]`.
 pub(crate) struct Conv2dGeometry {
     pub(crate) batch: usize,

@@ -9,8 +9,9 @@
 
 use super::ops::{self, broadcast_strides, GqaGeometry};
 use super::{
-    conv2d_geometry, linear_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp,
-    CompareOp, Conv2dSpec, DeviceTensor, Pool2dSpec, PoolKind, ReduceOp, ResizeMode,
+    attention_geometry, conv2d_geometry, linear_geometry, Activation, AttentionSpec, Backend,
+    BackendError, BinaryOp, CompareOp, Conv2dSpec, DeviceTensor, Pool2dSpec, PoolKind, ReduceOp,
+    ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -349,20 +350,8 @@ impl Backend for ReferenceBackend {
         num_heads: usize,
         scale: f32,
     ) -> Result<RefTensor, BackendError> {
-        let &[batch, tokens, three_d] = qkv.shape.as_slice() else {
-            return Err(BackendError::shape(
-                "attention",
-                format!("qkv must be [B, N, 3*D], got {:?}", qkv.shape),
-            ));
-        };
-        if num_heads == 0 || three_d % (3 * num_heads) != 0 {
-            return Err(BackendError::shape(
-                "attention",
-                format!("qkv width {three_d} is not 3 x {num_heads} heads x head_dim"),
-            ));
-        }
-        let d = three_d / 3;
-        let hd = d / num_heads;
+        let [batch, tokens, d, hd] = attention_geometry(&qkv.shape, num_heads)?;
+        let three_d = 3 * d;
         let at = |b: usize, t: usize, part: usize, h: usize, c: usize| {
             qkv.data[(b * tokens + t) * three_d + part * d + h * hd + c] as f64
         };

@@ -197,8 +197,6 @@ impl Output {
 /// cache). The family creates it ([`SplitNet::new_state`]) and downcasts it back; the
 /// edge only counts its bytes and drops it with the session.
 pub trait NetState: Any + Send {
-    /// Bytes it holds now.
-    fn bytes(&self) -> usize;
     /// For the family's downcast.
     fn as_any_mut(&mut self) -> &mut dyn Any;
 }

@@ -41,8 +41,8 @@ pub use kernels::Isa;
 use matmul::{gemm, View};
 
 use super::{
-    linear_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
-    Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+    attention_geometry, linear_geometry, Activation, AttentionSpec, Backend, BackendError,
+    BinaryOp, CompareOp, Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -438,20 +438,8 @@ impl Backend for CpuBackend {
         num_heads: usize,
         scale: f32,
     ) -> Result<CpuTensor, BackendError> {
-        let &[batch, tokens, three_d] = qkv.shape.as_slice() else {
-            return Err(BackendError::shape(
-                "attention",
-                format!("qkv must be [B, N, 3*D], got {:?}", qkv.shape),
-            ));
-        };
-        if num_heads == 0 || three_d % (3 * num_heads) != 0 {
-            return Err(BackendError::shape(
-                "attention",
-                format!("qkv width {three_d} is not 3 x {num_heads} heads x head_dim"),
-            ));
-        }
-        let d = three_d / 3;
-        let hd = d / num_heads;
+        let [batch, tokens, d, hd] = attention_geometry(&qkv.shape, num_heads)?;
+        let three_d = 3 * d;
         let isa = self.isa;
         #[cfg(target_arch = "x86_64")]
         if isa == Isa::Avx512 && hd.is_multiple_of(packed::NR) {

@@ -48,8 +48,8 @@ use pool::{size_class, Pool, PooledBuffer};
 use queue::{device_error, Command, Dispatch, Pending, PARAM_WORDS};
 
 use super::{
-    linear_geometry, Activation, AttentionSpec, Backend, BackendError, BinaryOp, CompareOp,
-    Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
+    attention_geometry, linear_geometry, Activation, AttentionSpec, Backend, BackendError,
+    BinaryOp, CompareOp, Conv2dSpec, DeviceTensor, Pool2dSpec, ReduceOp, ResizeMode,
 };
 use crate::tensor::{checked_numel, HostTensor};
 
@@ -695,20 +695,7 @@ impl Backend for WgpuBackend {
         num_heads: usize,
         scale: f32,
     ) -> Result<WgpuTensor, BackendError> {
-        let &[batch, tokens, three_d] = qkv.shape.as_slice() else {
-            return Err(BackendError::shape(
-                "attention",
-                format!("qkv must be [B, N, 3*D], got {:?}", qkv.shape),
-            ));
-        };
-        if num_heads == 0 || three_d % (3 * num_heads) != 0 {
-            return Err(BackendError::shape(
-                "attention",
-                format!("qkv width {three_d} is not 3 x {num_heads} heads x head_dim"),
-            ));
-        }
-        let d = three_d / 3;
-        let hd = d / num_heads;
+        let [batch, tokens, d, hd] = attention_geometry(&qkv.shape, num_heads)?;
         if hd > MAX_HEAD_DIM {
             return Err(BackendError::shape(
                 "attention",
