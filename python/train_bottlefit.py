@@ -186,6 +186,15 @@ def run_epochs(params, epochs, n, batch, lr, gen, step_fn, label, after_epoch=No
         print(f"{label} epoch {epoch + 1}/{epochs}: loss {np.mean(losses):.4f} ({time.time() - t0:.0f}s){extra}", flush=True)
 
 
+def class_names(data: Path) -> list[str]:
+    """The class names in index order, from test/labels.csv (file,label,class)."""
+    names: dict[int, str] = {}
+    with open(data / "test" / "labels.csv") as f:
+        for row in csv.DictReader(f):
+            names[int(row["label"])] = row["class"]
+    return [names[i] for i in range(len(names))]
+
+
 def load_test(data: Path) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = [], []
     with open(data / "test" / "labels.csv") as f:
@@ -355,6 +364,8 @@ def main() -> None:
         "num_classes": 10,
         "crop_pct": "1.0",
         "seed": args.seed,
+        # What splitstream prints beside class indices (docs/models.md).
+        "class_names": json.dumps(class_names(args.data)),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     export(teacher.state_dict(), args.out / "demo_vit.safetensors", meta, args.dtype)

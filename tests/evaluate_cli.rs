@@ -49,9 +49,30 @@ fn evaluate_reports_every_route_and_a_lossless_raw_split_agrees_with_local() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let rows = rows(&out.stdout);
+    let all = rows(&out.stdout);
+    let (rows, classes): (Vec<_>, Vec<_>) = all.into_iter().partition(|r| r.get("mode").is_some());
     // local + one JPEG + 2 split models x 2 codes
     assert_eq!(rows.len(), 6, "{rows:#?}");
+    // Then the local model per true class, named from the checkpoint's metadata.
+    assert!(!classes.is_empty());
+    let images: u64 = classes.iter().map(|c| c["images"].as_u64().unwrap()).sum();
+    assert_eq!(images, 6, "{classes:#?}");
+    let demo_names = [
+        "astronaut",
+        "brick",
+        "chelsea",
+        "coffee",
+        "coins",
+        "grass",
+        "gravel",
+        "hubble_deep_field",
+        "immunohistochemistry",
+        "rocket",
+    ];
+    for c in &classes {
+        let class = c["class"].as_u64().unwrap() as usize;
+        assert_eq!(c["label"], demo_names[class], "{c}");
+    }
     for r in &rows {
         assert_eq!(r["frames"], 6);
         assert!(r["accuracy_pct"].is_f64(), "labels.csv gives accuracy: {r}");

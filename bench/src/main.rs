@@ -39,6 +39,8 @@ enum Command {
 }
 
 fn main() -> std::process::ExitCode {
+    // First, before any thread: no window-system noise from GPU probing (see there).
+    splitstream_models::backend::choice::quiet_headless_gpu_probing();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Model(args) => cmd::model::run(args),

@@ -1,5 +1,5 @@
 //! Command-line flags that several binaries share (`--weights`, `--heads`, `--backend`,
-//! `--threads`), defined once as `clap::Args` groups for `#[command(flatten)]` (feature
+//! `--threads`, `--labels`), defined once as `clap::Args` groups for `#[command(flatten)]` (feature
 //! `clap`). The groups' doc comments are for readers of this code only
 //! (`about = None`), so a flattened group never becomes a command's description.
 //!
@@ -46,6 +46,17 @@ pub struct ThreadsArgs {
         default_value_t = 0
     )]
     pub count: usize,
+}
+
+/// `--labels FILE`: class names, one per line, over the checkpoint's own
+/// (`class_names` metadata; see [`crate::labels`]).
+#[derive(Clone, Debug, Default, clap::Args)]
+#[command(about = None, long_about = None)]
+pub struct LabelsArgs {
+    /// Class names, one per line in class order, printed with the class indices
+    /// (default: the checkpoint's `class_names` metadata, else indices only).
+    #[arg(id = "labels", long = "labels", value_name = "FILE")]
+    pub file: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -131,7 +131,11 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     }
     ensure!(args.batch > 0, "--batch must be at least 1");
     let images = find_images(&args.images)?;
-    match args.backend.choice.open_wgpu()? {
+    let (gpu, chosen) = args.backend.choice.open_wgpu_reporting()?;
+    if let Some(line) = chosen {
+        eprintln!("{line}");
+    }
+    match gpu {
         Some(g) => calibrate(g, &args, &images),
         None => calibrate(CpuBackend::new(args.threads.count)?, &args, &images),
     }

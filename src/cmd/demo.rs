@@ -21,6 +21,7 @@ use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, Run
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
+use splitstream_models::labels::{display_class, ClassNames};
 use splitstream_models::BackendChoice;
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
@@ -156,6 +157,8 @@ struct ModeRun {
 struct DemoModel {
     device: DeviceModel,
     id: ModelId,
+    /// Its class names (`class_names` metadata), if it has them.
+    names: Option<ClassNames>,
 }
 
 fn load_pair(dir: &Path, name: &str, file: &str) -> anyhow::Result<(DemoModel, ServedModel)> {
@@ -168,10 +171,11 @@ fn load_pair(dir: &Path, name: &str, file: &str) -> anyhow::Result<(DemoModel, S
         )
     })?;
     let shown = path.display().to_string();
+    let names = ClassNames::from_safetensors(&bytes)?;
     // One CPU thread each: the edge and the device share this machine's cores.
     let (device, id) = load_model(name, bytes.clone(), &shown, None, 1)?;
     let served = ServedModel::from_bytes(name, bytes, &shown, None, BackendChoice::Cpu, 1)?;
-    Ok((DemoModel { device, id }, served))
+    Ok((DemoModel { device, id, names }, served))
 }
 
 async fn demo(args: Args) -> anyhow::Result<()> {
@@ -352,6 +356,23 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             run.bytes as f64 / n,
             run.fallbacks
         );
+    }
+    // A few answers as a person reads them: the trained bottleneck at 4 bits, with the
+    // class names the checkpoint carries (indices without them).
+    if let Some(run) = runs.iter().find(|r| r.label.ends_with("bottleneck u4")) {
+        let names = student.names.as_ref().or(teacher.names.as_ref());
+        println!();
+        println!("first answers of {}:", run.label);
+        for (logits, s) in run.logits.iter().zip(&samples).take(5) {
+            let answer = argmax(logits).map_or("-".to_owned(), |c| display_class(names, c));
+            let truth = display_class(names, s.label);
+            let mark = if argmax(logits) == Some(s.label) {
+                "right"
+            } else {
+                "wrong"
+            };
+            println!("  {:<10} {answer:<22} true: {truth:<22} {mark}", s.file);
+        }
     }
     println!();
     println!(

@@ -11,7 +11,8 @@ use splitstream_codec::{decode, Bits, CodecParams, DecodeLimits, Encoder, Entrop
 use splitstream_head::offload::{encode_jpeg, JpegSettings};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
-use splitstream_models::cli::{ThreadsArgs, WeightsArgs};
+use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
+use splitstream_models::labels::{display_class, ClassNames};
 use splitstream_models::preprocess::{load_rgb, EvalTransform};
 use splitstream_models::split::{SplitMetadata, BOTTLENECK_PREFIX};
 use splitstream_models::vit::SplitModel;
@@ -31,7 +32,9 @@ use super::measure::{argmax, progress};
       --bottleneck pca_r32.safetensors --raw-split 1 --images assets/demo/test
 
 Images: a folder with labels.csv (columns file,label; label is the class index), as
-assets/demo/test. Without labels.csv the table reports agreement with local only.
+assets/demo/test. Without labels.csv the table reports agreement with local only;
+with it a second table gives the local model's accuracy per class, named by --labels
+or the checkpoint's class_names metadata (JSON: rows with \"class\" after the routes).
 Codes go through the real codec, one frame per image: f32 lossless, or affine
 quantization per channel (8/4/2 bit); all with zstd level 1. Bytes are whole frames
 (header and checksum included).")]
@@ -63,6 +66,8 @@ pub(crate) struct Args {
     /// Use only the first N images.
     #[arg(long, value_name = "N")]
     limit: Option<usize>,
+    #[command(flatten)]
+    labels: LabelsArgs,
     #[command(flatten)]
     threads: ThreadsArgs,
     /// One JSON object per row instead of the table.
@@ -161,6 +166,8 @@ struct Route {
     agree: usize,
     bytes: usize,
     frames: usize,
+    /// Per true class: (frames, correct).
+    per_class: std::collections::BTreeMap<usize, (usize, usize)>,
 }
 
 impl Route {
@@ -173,6 +180,7 @@ impl Route {
             agree: 0,
             bytes: 0,
             frames: 0,
+            per_class: Default::default(),
         }
     }
 
@@ -181,6 +189,11 @@ impl Route {
         self.bytes += bytes;
         self.agree += usize::from(pred == local);
         self.correct += usize::from(Some(pred) == label);
+        if let Some(label) = label {
+            let tally = self.per_class.entry(label).or_default();
+            tally.0 += 1;
+            tally.1 += usize::from(pred == label);
+        }
     }
 }
 
@@ -278,11 +291,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         ..VitOptions::default()
     };
     let crop_pct = weights.metadata_value("crop_pct").map(str::to_owned);
+    let names = ClassNames::resolve(args.labels.file.as_deref(), weights.metadata(), None)?;
     let local = std::sync::Arc::new(
         Vit::load(be.clone(), &weights, &options)
             .with_context(|| format!("loading {}", args.model.weights.display()))?,
     );
     drop(weights);
+    if let Some(n) = &names {
+        n.check(local.config().num_classes)?;
+    }
     let transform =
         EvalTransform::for_checkpoint(local.config().image_size as u32, crop_pct.as_deref())?;
     let variants = load_variants(&args, &be, &local)?;
@@ -343,7 +360,47 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         bar.inc(1);
     }
     bar.finish_and_clear();
-    report(&routes, &args, &jpeg)
+    report(&routes, &args, &jpeg)?;
+    if let Some(local) = routes.first() {
+        per_class_report(local, names.as_ref(), args.json);
+    }
+    Ok(())
+}
+
+/// The local route's accuracy per true class, classes named when names are known.
+fn per_class_report(local: &Route, names: Option<&ClassNames>, json: bool) {
+    if local.per_class.is_empty() {
+        return;
+    }
+    let pct = |n: usize, d: usize| 100.0 * n as f64 / d.max(1) as f64;
+    if !json {
+        println!();
+        println!("local accuracy per class:");
+        println!(
+            "{:>6} {:<28} {:>7} {:>9}",
+            "class", "name", "images", "accuracy"
+        );
+    }
+    for (&class, &(frames, correct)) in &local.per_class {
+        let name = names.and_then(|n| n.get(class));
+        if json {
+            let mut row = serde_json::json!({
+                "class": class,
+                "images": frames,
+                "local_accuracy_pct": pct(correct, frames),
+            });
+            if let (Some(name), Some(obj)) = (name, row.as_object_mut()) {
+                obj.insert("label".into(), name.into());
+            }
+            println!("{row}");
+        } else {
+            println!(
+                "{class:>6} {:<28} {frames:>7} {:>8.2}%",
+                display_class(names, class),
+                pct(correct, frames)
+            );
+        }
+    }
 }
 
 fn report(routes: &[Route], args: &Args, jpeg: &[u8]) -> anyhow::Result<()> {

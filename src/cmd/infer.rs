@@ -7,7 +7,8 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
-use splitstream_models::cli::{BackendArgs, ThreadsArgs, WeightsArgs};
+use splitstream_models::cli::{BackendArgs, LabelsArgs, ThreadsArgs, WeightsArgs};
+use splitstream_models::labels::ClassNames;
 use splitstream_models::net::{load_net, NetOptions, Output};
 use splitstream_models::preprocess::{load_batch, EvalTransform};
 use splitstream_models::weights::{save_safetensors, Weights};
@@ -63,8 +64,12 @@ fn run_model<B: Backend>(backend: B, weights: Weights, args: &Args) -> anyhow::R
   splitstream infer --weights model.safetensors --input batch.safetensors \\
       --output logits.safetensors --json
 
-  # a custom timm ViT whose head count is not the D/64 default
-  splitstream infer --weights vit_micro.safetensors --heads 4 --input cat.jpg")]
+  # a custom timm ViT whose head count is not the D/64 default, with its class names
+  splitstream infer --weights vit_micro.safetensors --heads 4 --input cat.jpg \\
+      --labels classes.txt
+
+Class names come from --labels, else the checkpoint's class_names metadata (as
+python/export_timm.py writes ImageNet's), else only indices are printed.")]
 pub(crate) struct Args {
     #[command(flatten)]
     model: WeightsArgs,
@@ -85,6 +90,8 @@ pub(crate) struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    labels: LabelsArgs,
     #[command(flatten)]
     backend: BackendArgs,
     #[command(flatten)]
@@ -134,6 +141,15 @@ fn load_input(
     ))
 }
 
+/// Prints what `--backend auto` chose (one line on stderr) once the model has loaded
+/// and run: a failed load prints only its error.
+fn with_line<T>(ran: T, chosen: Option<String>) -> T {
+    if let Some(line) = chosen {
+        eprintln!("{line}");
+    }
+    ran
+}
+
 fn softmax(row: &[f32]) -> Vec<f64> {
     let max = row.iter().fold(f64::NEG_INFINITY, |m, &v| m.max(v as f64));
     let exps: Vec<f64> = row.iter().map(|&v| (v as f64 - max).exp()).collect();
@@ -143,13 +159,17 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let weights = Weights::from_file(&args.model.weights)?;
+    let names = ClassNames::resolve(args.labels.file.as_deref(), weights.metadata(), None)?;
     let Ran {
         output,
         labels,
         net,
-    } = match args.backend.choice.open_wgpu()? {
-        Some(gpu) => run_model(gpu, weights, &args)?,
-        None => run_model(CpuBackend::new(args.threads.count)?, weights, &args)?,
+    } = match args.backend.choice.open_wgpu_reporting()? {
+        (Some(gpu), chosen) => with_line(run_model(gpu, weights, &args)?, chosen),
+        (None, chosen) => with_line(
+            run_model(CpuBackend::new(args.threads.count)?, weights, &args)?,
+            chosen,
+        ),
     };
     let logits = match output {
         Output::Logits(logits) => logits,
@@ -166,6 +186,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
         save_safetensors(out, &[("logits", &logits)])?;
     }
     let classes = logits.shape().last().copied().unwrap_or(0);
+    if let Some(n) = &names {
+        n.check(classes)?;
+    }
+    let name = |class: usize| names.as_ref().and_then(|n| n.get(class));
     let top = logits.topk_rows(args.topk.min(classes));
     if args.json {
         let items: Vec<serde_json::Value> = labels
@@ -176,9 +200,15 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
                 let probs = softmax(row);
                 serde_json::json!({
                     "input": label,
-                    "top": best.iter().map(|&(class, logit)| serde_json::json!({
-                        "class": class, "logit": logit, "prob": probs[class],
-                    })).collect::<Vec<_>>(),
+                    "top": best.iter().map(|&(class, logit)| {
+                        let mut entry = serde_json::json!({
+                            "class": class, "logit": logit, "prob": probs[class],
+                        });
+                        if let (Some(label), Some(obj)) = (name(class), entry.as_object_mut()) {
+                            obj.insert("label".into(), label.into());
+                        }
+                        entry
+                    }).collect::<Vec<_>>(),
                 })
             })
             .collect();
@@ -189,6 +219,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             "backend": net.backend_name(),
             "split_points": net.split_points().iter().map(|p| p.name.as_str()).collect::<Vec<_>>(),
             "classes": classes,
+            "class_names": names.as_ref().map(ClassNames::source_name),
             "items": items,
             "output": args.output.as_ref().map(|p| p.display().to_string()),
         });
@@ -203,9 +234,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
             println!("{label}");
             for (rank, &(class, logit)) in best.iter().enumerate() {
                 println!(
-                    "  {:>2}. class {class:>5}  logit {logit:>9.4}  p {:.4}",
+                    "  {:>2}. class {class:>5}  logit {logit:>9.4}  p {:.4}{}",
                     rank + 1,
-                    probs[class]
+                    probs[class],
+                    name(class).map(|n| format!("  {n}")).unwrap_or_default()
                 );
             }
         }

@@ -122,8 +122,13 @@ impl ServedModel {
             ..NetOptions::default()
         };
         // WGPU_ADAPTER_NAME and WGPU_BACKEND pick the adapter, as everywhere.
-        let gpu = match backend.open_wgpu() {
-            Ok(gpu) => gpu,
+        let gpu = match backend.open_wgpu_reporting() {
+            Ok((gpu, chosen)) => {
+                if let Some(line) = chosen {
+                    tracing::info!("{name}: {line}");
+                }
+                gpu
+            }
             Err(e) if backend == BackendChoice::Auto => {
                 tracing::warn!("no GPU for {name} ({e}); running on the CPU");
                 None

@@ -18,8 +18,10 @@ use splitstream_head::policy::{
 use splitstream_head::source::{
     open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
 };
-use splitstream_head::stats::{FrameRecord, RunStats};
-use splitstream_models::cli::{ThreadsArgs, WeightsArgs};
+use splitstream_head::stats::{FrameRecord, Outcome, RunStats};
+use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
+use splitstream_models::labels::ClassNames;
+use splitstream_models::net::OutputKind;
 use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
 
 /// Classify frames with a ViT/DeiT, running it locally, split with an edge, or
@@ -58,7 +60,11 @@ dv+tcp://HOST:PORT (iniVation DV's network output).
 The token: --token-file FILE or SPLITSTREAM_TOKEN (--token TOKEN works too, but any
 user on the machine can read a process's arguments, e.g. with ps).
 A weights file with a learned bottleneck splits at its point (the default --at) and
-sends its code."
+sends its code.
+Output: a JSON line per frame, e.g.
+  {\"seq\":0,\"mode\":\"split\",\"split\":1,\"result\":{\"status\":\"classified\",\"class\":4,
+   \"score\":0.91,\"label\":\"coins\"},\"bytes_sent\":1088,\"head_ms\":2.1,...}
+(label: from --labels FILE or the checkpoint's class_names metadata), then a summary."
 )]
 #[command(mut_arg("weights", |a| a.help(
     "Checkpoint in safetensors with timm's tensor names; the edge must load the same file"
@@ -140,6 +146,8 @@ struct Args {
     /// Stop after this many frames.
     #[arg(long, value_name = "N")]
     frames: Option<u64>,
+    #[command(flatten)]
+    labels: LabelsArgs,
     #[command(flatten)]
     threads: ThreadsArgs,
     /// Frames decoded ahead of the model (capture overlaps compute; see docs/runtime.md).
@@ -257,6 +265,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             .unwrap_or("model")
             .to_owned(),
     };
+    let names = match &args.labels.file {
+        Some(path) => Some(ClassNames::from_file(path)?),
+        None => ClassNames::from_safetensors(&bytes)?,
+    };
     let (model, id) = load_model(
         &name,
         bytes,
@@ -264,6 +276,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.model.heads,
         args.threads.count,
     )?;
+    if let (Some(n), OutputKind::ClassLogits { classes }) = (&names, model.net().output()) {
+        n.check(classes)?;
+    }
     let depth = model.max_depth();
     let codec = args.codec;
     let jpeg = JpegSettings {
@@ -458,7 +473,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let result = runner.process(&frame).await;
         stats.record(&result.record);
-        write_line(&mut out, &frame_line(&result.record))?;
+        write_line(&mut out, &frame_line(&result.record, names.as_ref()))?;
         if let Some(bar) = &bar {
             bar.inc(1);
         }
@@ -493,12 +508,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A frame's JSON line: the record, with the policy's reason as `policy_reason`.
-fn frame_line(record: &FrameRecord) -> serde_json::Value {
+/// A frame's JSON line: the record, with the policy's reason as `policy_reason` and a
+/// classified frame's class name as `result.label` (when the model has names).
+fn frame_line(record: &FrameRecord, names: Option<&ClassNames>) -> serde_json::Value {
     let mut v = serde_json::to_value(record).unwrap_or_default();
     if let Some(obj) = v.as_object_mut() {
         if let Some(why) = obj.remove("why") {
             obj.insert("policy_reason".to_owned(), why);
+        }
+    }
+    if let Outcome::Classified { class, .. } = &record.result {
+        let label = names.and_then(|n| n.get(*class as usize));
+        if let (Some(label), Some(result)) =
+            (label, v.get_mut("result").and_then(|r| r.as_object_mut()))
+        {
+            result.insert("label".to_owned(), label.into());
         }
     }
     v
@@ -576,6 +600,36 @@ mod tests {
         ] {
             assert!(help.contains(value), "--help lacks {value}");
         }
+    }
+
+    #[test]
+    fn classified_frames_carry_their_class_name() {
+        let names = ClassNames::new(vec!["cat".into(), "dog".into()], "test").unwrap();
+        let record = |class| FrameRecord {
+            seq: 3,
+            mode: splitstream_head::stats::Mode::Split,
+            split: Some(1),
+            result: Outcome::Classified { class, score: 0.5 },
+            bytes_sent: 10,
+            head_ms: 1.0,
+            transfer_ms: 1.0,
+            tail_ms: 1.0,
+            edge_receive_ms: None,
+            total_ms: 3.0,
+            fallback: None,
+            why: Some("fixed".into()),
+        };
+        let v = frame_line(&record(1), Some(&names));
+        assert_eq!(v["result"]["label"], "dog");
+        assert_eq!(v["result"]["class"], 1);
+        assert_eq!(v["policy_reason"], "fixed");
+        // No name for the index, or no names: the index alone, as before.
+        assert!(frame_line(&record(7), Some(&names))["result"]
+            .get("label")
+            .is_none());
+        assert!(frame_line(&record(1), None)["result"]
+            .get("label")
+            .is_none());
     }
 
     #[test]

@@ -70,6 +70,58 @@ impl BackendChoice {
             Self::Auto => WgpuBackend::auto(&self.wgpu_options()),
         }
     }
+
+    /// Opens the backend as [`BackendChoice::open_wgpu`] does, with, for `auto`, one
+    /// line saying what it chose, for a command to print: `backend auto: wgpu on
+    /// NVIDIA ... (DiscreteGpu, Vulkan, f16 weights)` or `backend auto: cpu (no hardware
+    /// GPU; adapters seen: ...)`. `cpu` and `wgpu` were chosen by the user: no line.
+    #[cfg(feature = "wgpu")]
+    pub fn open_wgpu_reporting(
+        self,
+    ) -> Result<(Option<WgpuBackend>, Option<String>), WgpuInitError> {
+        match self {
+            Self::Cpu | Self::Wgpu => self.open_wgpu().map(|gpu| (gpu, None)),
+            Self::Auto => match WgpuBackend::new(&self.wgpu_options()) {
+                Ok(gpu) => {
+                    let line = format!("backend auto: wgpu on {}", gpu.describe());
+                    Ok((Some(gpu), Some(line)))
+                }
+                Err(WgpuInitError::NoAdapter { found, .. }) => Ok((
+                    None,
+                    Some(format!(
+                        "backend auto: cpu (no hardware GPU; adapters seen: {found})"
+                    )),
+                )),
+                Err(e) => Err(e),
+            },
+        }
+    }
+}
+
+/// Keeps GPU adapter probing quiet on a machine without a desktop session (servers,
+/// containers, CI). wgpu enables every window-system extension the Vulkan loader
+/// offers, and Mesa's implicit device-selection layer (`VK_LAYER_MESA_device_select`)
+/// then asks the Wayland compositor which GPU drives the screen: without
+/// `XDG_RUNTIME_DIR` libwayland prints `error: XDG_RUNTIME_DIR is invalid or not set
+/// in the environment.` to stderr, which reads like our failure. Without a session
+/// there is no compositor to ask and the layer's choice is unused (adapters are ranked
+/// in `backend::wgpu`), so this turns the layer off (`NODEVICE_SELECT=1`, its own
+/// switch) unless the user set `NODEVICE_SELECT` or `MESA_VK_DEVICE_SELECT`.
+///
+/// It sets an environment variable: call it first thing in `main`, before any thread
+/// starts. Returns whether it did.
+#[cfg(feature = "wgpu")]
+pub fn quiet_headless_gpu_probing() -> bool {
+    let session = std::env::var_os("XDG_RUNTIME_DIR")
+        .is_some_and(|dir| !dir.is_empty() && std::path::Path::new(&dir).is_dir());
+    let user_chose = ["NODEVICE_SELECT", "MESA_VK_DEVICE_SELECT"]
+        .iter()
+        .any(|k| std::env::var_os(k).is_some());
+    if session || user_chose {
+        return false;
+    }
+    std::env::set_var("NODEVICE_SELECT", "1");
+    true
 }
 
 impl fmt::Display for BackendChoice {

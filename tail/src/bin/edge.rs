@@ -103,6 +103,8 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
+    // First, before any thread: no window-system noise from GPU probing (see there).
+    splitstream_models::backend::choice::quiet_headless_gpu_probing();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
