@@ -111,3 +111,126 @@ fn infer_with_a_wrong_architecture_fails_with_one_clear_line() {
         "{err}"
     );
 }
+
+/// `python/export_timm.py deit_tiny_patch16_224 ... --seed 3 --dtype f16 --model-args
+/// depth=1,embed_dim=16,num_heads=2,img_size=32`: a one-block DeiT in timm's names with
+/// the script's metadata, ImageNet's class names among it (82 KB).
+fn timm_export_fixture() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/timm_export_fixture.safetensors")
+}
+
+#[test]
+fn a_timm_export_prints_imagenet_class_names() {
+    let weights = timm_export_fixture();
+    let image = splitstream_testkit::demo_dir().join("test/0000.jpg");
+    let o = infer(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--input".as_ref(),
+        image.as_os_str(),
+        "--topk".as_ref(),
+        "1000".as_ref(),
+        "--backend".as_ref(),
+        "cpu".as_ref(),
+        "--json".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["classes"], 1000);
+    assert_eq!(report["class_names"], "metadata class_names");
+    let top = report["items"][0]["top"].as_array().unwrap();
+    assert_eq!(top.len(), 1000);
+    let label = |class: u64| {
+        top.iter()
+            .find(|t| t["class"] == class)
+            .and_then(|t| t["label"].as_str())
+            .unwrap_or_else(|| panic!("class {class} has no label"))
+            .to_owned()
+    };
+    // ImageNet's names, by index, as timm ships them (the first lemma).
+    assert_eq!(label(0), "tench");
+    assert_eq!(label(1), "goldfish");
+    assert_eq!(label(574), "golf ball");
+    assert_eq!(label(999), "toilet tissue");
+
+    // Text: the name after the numbers; --labels overrides the metadata and must
+    // have as many names as classes.
+    let o = infer(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--input".as_ref(),
+        image.as_os_str(),
+        "--topk".as_ref(),
+        "1000".as_ref(),
+        "--backend".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let golf = text
+        .lines()
+        .find(|l| l.contains("class   574 "))
+        .expect("class 574 listed");
+    assert!(golf.ends_with("  golf ball"), "{golf}");
+
+    let tmp = std::env::temp_dir().join(format!("splitstream-labels-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let few = tmp.join("three.txt");
+    std::fs::write(&few, "a\nb\nc\n").unwrap();
+    let o = infer(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--input".as_ref(),
+        image.as_os_str(),
+        "--labels".as_ref(),
+        few.as_os_str(),
+        "--backend".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("3 class names") && err.contains("1000 classes"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+/// `--backend auto` on a machine without a desktop session (no XDG_RUNTIME_DIR, as on
+/// servers, containers and CI): GPU probing prints nothing that looks like an error,
+/// and one line says what auto chose.
+#[test]
+fn backend_auto_without_a_desktop_session_prints_one_info_line_and_no_error() {
+    let weights = splitstream_testkit::demo_dir().join("demo_vit.safetensors");
+    let image = splitstream_testkit::demo_dir().join("test/0000.jpg");
+    let o = Command::new(env!("CARGO_BIN_EXE_splitstream"))
+        .arg("infer")
+        .arg("--weights")
+        .arg(&weights)
+        .arg("--input")
+        .arg(&image)
+        .args(["--topk", "1", "--backend", "auto", "--threads", "1"])
+        .env_remove("XDG_RUNTIME_DIR")
+        .env_remove("WAYLAND_DISPLAY")
+        .env_remove("DISPLAY")
+        .env_remove("NODEVICE_SELECT")
+        .env_remove("MESA_VK_DEVICE_SELECT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{stderr}");
+    assert!(
+        !stderr.to_lowercase().contains("error") && !stderr.contains("XDG_RUNTIME_DIR"),
+        "stderr:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "one info line, got:\n{stderr}");
+    assert!(
+        lines[0].starts_with("backend auto: wgpu on ")
+            || lines[0].starts_with("backend auto: cpu (no hardware GPU"),
+        "{stderr}"
+    );
+    // The demo model's class names, from its metadata: 0000.jpg is a crop of coins.
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("  coins"), "{stdout}");
+}
