@@ -16,36 +16,11 @@ use splitstream_head::device::{CodecChoice, Device, RunMode};
 use splitstream_head::stats::{Mode, Outcome};
 use splitstream_transport::{Client, ClientConfig, Fingerprint, ServerTrust, StreamConfig};
 
-/// `target/<profile>/splitstream-edge`, built for the profile this test runs in.
+/// `target/<profile>/splitstream-edge`, built for the profile this test runs in (with
+/// the device, as tests/readme_two_process.rs builds them: one build serves both).
 fn edge_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<this test>
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable in target/<profile>/deps");
-    let target_dir = profile_dir.parent().expect("target folder");
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(p) => p,
-        None => "dev",
-    };
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "--quiet",
-            "-p",
-            "splitstream-tail",
-            "--bin",
-            "splitstream-edge",
-        ])
-        .args(["--profile", profile])
-        .env("CARGO_TARGET_DIR", target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .status()
-        .expect("runs cargo build for splitstream-edge");
-    assert!(status.success(), "building splitstream-edge failed");
-    profile_dir.join(format!("splitstream-edge{}", std::env::consts::EXE_SUFFIX))
+    splitstream_testkit::build_binaries(&["splitstream-tail", "splitstream-head"])
+        .join(format!("splitstream-edge{}", std::env::consts::EXE_SUFFIX))
 }
 
 /// A running edge process and what it printed: its address and fingerprint.

@@ -188,3 +188,51 @@ mod tests {
         assert_eq!(max_rel_diff(&[1.0, 2.0], &[1.0, 4.0]), 0.5);
     }
 }
+
+/// Builds the binaries of `packages` for the profile the calling test runs in, into
+/// its own target folder (cargo is a no-op when they are current), and returns that
+/// profile's folder (`target/<profile>/`), where they are.
+///
+/// The variables cargo sets for a running test (`CARGO_MANIFEST_DIR`, `CARGO_PKG_*`,
+/// ...) are removed from the inner cargo's environment: build scripts such as ring's
+/// declare `rerun-if-env-changed` on them, so passing them on would make this build
+/// and the outer `cargo test` rebuild those crates (and everything above them) in turn.
+pub fn build_binaries(packages: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<the test>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable in target/<profile>/deps")
+        .to_path_buf();
+    let target_dir = profile_dir.parent().expect("target folder").to_path_buf();
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => "dev",
+        Some(p) => p,
+    };
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--quiet", "--bins", "--profile", profile])
+        .env("CARGO_TARGET_DIR", &target_dir)
+        .current_dir(workspace_dir());
+    for p in packages {
+        cmd.args(["-p", p]);
+    }
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        let set_for_tests = key.starts_with("CARGO_PKG_")
+            || key.starts_with("CARGO_MANIFEST_")
+            || key.starts_with("CARGO_BIN_")
+            || key.starts_with("CARGO_CFG_")
+            || matches!(
+                key,
+                "CARGO_CRATE_NAME" | "CARGO_PRIMARY_PACKAGE" | "CARGO_TARGET_TMPDIR" | "OUT_DIR"
+            );
+        if set_for_tests {
+            cmd.env_remove(key);
+        }
+    }
+    let status = cmd.status().expect("runs cargo build");
+    assert!(status.success(), "building {packages:?} failed");
+    profile_dir
+}
