@@ -159,36 +159,6 @@ pub fn max_rel_diff(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs())) / scale
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_demo_set_has_labelled_images() {
-        let test = demo_dir().join("test");
-        let images = demo_images(&test);
-        let labels = labels(&test);
-        assert!(!images.is_empty());
-        assert_eq!(images.len(), labels.len());
-        for (file, _) in &labels {
-            assert!(test.join(file).is_file(), "{file}");
-        }
-    }
-
-    #[test]
-    fn open_or_skip_passes_values_and_skips_errors_outside_ci() {
-        assert_eq!(open_or_skip::<_, String>("t", Ok(3)), Some(3));
-        if !under_ci() {
-            assert_eq!(open_or_skip::<u8, _>("t", Err("no adapter")), None);
-        }
-    }
-
-    #[test]
-    fn relative_differences_scale_by_the_reference() {
-        assert_eq!(max_rel_diff(&[1.0, 2.0], &[1.0, 4.0]), 0.5);
-    }
-}
-
 /// Builds the binaries of `packages` for the profile the calling test runs in, into
 /// its own target folder (cargo is a no-op when they are current), and returns that
 /// profile's folder (`target/<profile>/`), where they are.
@@ -235,4 +205,34 @@ pub fn build_binaries(packages: &[&str]) -> PathBuf {
     let status = cmd.status().expect("runs cargo build");
     assert!(status.success(), "building {packages:?} failed");
     profile_dir
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_set_has_labelled_images() {
+        let test = demo_dir().join("test");
+        let images = demo_images(&test);
+        let labels = labels(&test);
+        assert!(!images.is_empty());
+        assert_eq!(images.len(), labels.len());
+        for (file, _) in &labels {
+            assert!(test.join(file).is_file(), "{file}");
+        }
+    }
+
+    #[test]
+    fn open_or_skip_passes_values_and_skips_errors_outside_ci() {
+        assert_eq!(open_or_skip::<_, String>("t", Ok(3)), Some(3));
+        if !under_ci() {
+            assert_eq!(open_or_skip::<u8, _>("t", Err("no adapter")), None);
+        }
+    }
+
+    #[test]
+    fn relative_differences_scale_by_the_reference() {
+        assert_eq!(max_rel_diff(&[1.0, 2.0], &[1.0, 4.0]), 0.5);
+    }
 }
