@@ -17,6 +17,8 @@ pub mod bottleneck;
 pub mod cli;
 pub mod net;
 pub mod preprocess;
+#[cfg(feature = "sparse")]
+pub mod prune;
 pub mod split;
 pub mod synthetic;
 pub mod tensor;
