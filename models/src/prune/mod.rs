@@ -1,10 +1,13 @@
 //! LPViT block pruning of a ViT: which layers prune, the block-sparse checkpoint they
-//! are written to ([`write_block_sparse`]), and the block masks.
+//! are written to ([`write_block_sparse`]), and the training-free criterion that picks
+//! the blocks ([`criterion`]).
 //!
 //! A pruned layer `X` is stored as `X.weight_block_mask` `[out / bo, in / bi]` (1.0
 //! where a block is kept) and `X.weight_blocks` `[kept, bo, bi]` (the kept blocks in
 //! row-major order of the mask) instead of `X.weight`; the metadata says
 //! `block_sparse = "{bo}x{bi}"`. Every other tensor is copied unchanged.
+
+pub mod criterion;
 
 use std::collections::{BTreeMap, HashMap};
 
