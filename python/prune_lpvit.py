@@ -161,26 +161,38 @@ def slopes(xs: np.ndarray, ys: np.ndarray, h: int) -> np.ndarray:
 
 
 def curves(layers, grads, block: int, smooth_weight: float):
+    """Distortion and power curves of every layer. The masks of the levels are nested
+    (the same ranking, fewer blocks kept), so the per-level sums are prefix sums over
+    the blocks in the order they are dropped: mean((dW * G)^2) is the dropped blocks'
+    sum of (W G)^2 over numel, and with p = the dropped blocks' sum of W G the
+    repository's second-order increment 0.5 (g.ddW)(g.(ddW + 2 dW)) is
+    0.5 q (q - 2 p) with q = -(p - p_prev)."""
     amounts = np.linspace(0.0, 1.0, LEVELS)
     dists, powers = [], []
     for (_, lin), g in zip(layers, grads):
-        w = lin.weight.detach()
-        scores = block_scores((w * g).abs(), block)
+        w = lin.weight.detach().double()
+        wg = w * g.double()
+        o, n = w.shape
+        scores = block_scores(wg.abs(), block).flatten()
+        sq = (wg**2).view(o // block, block, n // block, block).sum(dim=(1, 3)).flatten()
+        lin_sum = wg.view(o // block, block, n // block, block).sum(dim=(1, 3)).flatten()
+        nb = scores.numel()
+        order = torch.argsort(scores, descending=True, stable=True)
+        dropped_first = order.flip(0)  # lowest scores first
+        csq = torch.cat([torch.zeros(1, dtype=torch.float64), sq[dropped_first].cumsum(0)])
+        clin = torch.cat([torch.zeros(1, dtype=torch.float64), lin_sum[dropped_first].cumsum(0)])
         dist = np.zeros(LEVELS)
-        second = 0.0
-        prev = torch.ones_like(w)
+        second, p_prev = 0.0, 0.0
         for d, a in enumerate(amounts):
-            mask = expand(keep_top(scores, a), block) if a > 0 else torch.ones_like(w)
-            dw = w * mask - w
+            drop = 0 if d == 0 else nb - int((1.0 - a) * nb)
+            p = clin[drop].item()
             if d > 0:
-                ddw = w * mask - w * prev
-                q = (g * ddw).sum().item()
-                second += 0.5 * q * (g * (ddw + 2 * dw)).sum().item()
-            dist[d] = ((dw * g) ** 2).mean().item() + second
-            prev = mask
+                q = -(p - p_prev)
+                second += 0.5 * q * (q - 2.0 * p)
+            dist[d] = csq[drop].item() / (o * n) + second
+            p_prev = p
         if smooth_weight > 0:
             dist = smooth(dist, smooth_weight)
-        o, n = w.shape
         blocks = o * n / (block * block)
         dists.append(dist)
         powers.append(amounts * blocks * float(n // 16))
@@ -307,15 +319,16 @@ def finetune(student, teacher, layers, masks, block, train_x, train_y, args, gen
         print(f"fine-tune epoch {epoch + 1}/{args.epochs}: loss {np.mean(losses):.4f} ({time.time() - t0:.0f}s)", flush=True)
 
 
-def export(model, layers, masks, block, metadata, path: Path):
-    state = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+def export(model, layers, masks, block, metadata, path: Path, dtype: str):
+    cast = torch.float16 if dtype == "f16" else torch.float32
+    state = {k: v.detach().to(cast).contiguous() for k, v in model.state_dict().items()}
     for name, _ in layers:
         w = state.pop(f"{name}.weight")
         m = masks[name]
         o, n = w.shape
         blocks = w.view(o // block, block, n // block, block).permute(0, 2, 1, 3)
         kept = blocks[m.bool()]  # row-major over the mask: [kept, bo, bi]
-        state[f"{name}.weight_block_mask"] = m.float().contiguous()
+        state[f"{name}.weight_block_mask"] = m.to(cast).contiguous()
         state[f"{name}.weight_blocks"] = kept.contiguous()
     meta = {k: str(v) for k, v in metadata.items()}
     meta["block_sparse"] = f"{block}x{block}"
@@ -344,6 +357,7 @@ def main() -> None:
     parser.add_argument("--heads", type=int, default=None)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--dtype", choices=["f32", "f16"], default="f16", help="weight type of the exported files")
     parser.add_argument("--out", type=Path, required=True, help="output prefix: OUT_f50.safetensors, ...; OUT.json")
     args = parser.parse_args()
 
@@ -371,23 +385,27 @@ def main() -> None:
         apply_masks(layers, masks, args.block)
         flops = flops_fraction(student, layers, per_layer, args.block)
         criterion_s = time.time() - t0
+        if flops > target + 1e-9:
+            print(f"FLOPs {target}: unreachable by the equal-slope rule (at most {MAX_PRUNED:.0%} per layer, patch embedding and classifier dense); skipped", flush=True)
+            report["targets"].append({"flops_target": target, "unreachable": True, "flops_reached": flops})
+            continue
         zero_shot = accuracy(student, test_x, test_y)
-        print(f"FLOPs {target}: reached {flops:.3f}, beta {beta:.3g}, slope 2^{slope:.2f}; layers {[round(a, 2) for a in per_layer]}", flush=True)
+        print(f"FLOPs {target}: reached {flops:.3f}, beta {beta:.3g}, slope 2^{slope:.2f}; layers {[round(float(a), 2) for a in per_layer]}", flush=True)
         print(f"  training-free: {zero_shot:.2f}% ({criterion_s:.0f}s)", flush=True)
         tag = f"f{round(target * 100)}"
-        export(student, layers, masks, args.block, metadata, args.out.with_name(f"{args.out.name}_{tag}_trainfree.safetensors"))
+        export(student, layers, masks, args.block, metadata, args.out.with_name(f"{args.out.name}_{tag}_trainfree.safetensors"), args.dtype)
         t1 = time.time()
         finetune(student, teacher, layers, masks, args.block, train_x, train_y, args, gen)
         tuned = accuracy(student, test_x, test_y)
         print(f"  fine-tuned: {tuned:.2f}% ({time.time() - t1:.0f}s)", flush=True)
-        export(student, layers, masks, args.block, metadata, args.out.with_name(f"{args.out.name}_{tag}.safetensors"))
+        export(student, layers, masks, args.block, metadata, args.out.with_name(f"{args.out.name}_{tag}.safetensors"), args.dtype)
         report["targets"].append(
             {
                 "flops_target": target,
                 "flops_reached": flops,
                 "beta": beta,
                 "slope_log2": slope,
-                "layer_sparsity": dict(zip([n for n, _ in layers], per_layer)),
+                "layer_sparsity": {n: float(a) for (n, _), a in zip(layers, per_layer)},
                 "accuracy_training_free": zero_shot,
                 "accuracy_fine_tuned": tuned,
                 "epochs": args.epochs,

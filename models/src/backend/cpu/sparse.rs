@@ -7,8 +7,10 @@
 //! lies inside one block-row. Panel `p` of block-row `r` holds, for each kept block of
 //! `r` in order and each of its `bi` inputs, the panel's `W` weights contiguously:
 //! a dense `[kept * bi, W]` slab, exactly a dense packed panel whose `K` runs over the
-//! kept inputs only. The block-row's input offsets (`col * bi`) tell the kernel where
-//! to read the activations for each block, so nothing is gathered per call.
+//! kept inputs only. The block-row's list of kept input indices tells the kernel which
+//! activation column each `K` step reads, so nothing is gathered per call and the `K`
+//! loop is one flat loop like the dense kernel's (a loop over blocks around a loop over
+//! `bi` made LLVM write the accumulators back to the stack at every step, 3x slower).
 //!
 //! # Kernel
 //! A tile of `R` rows x `W` columns accumulates in registers from the bias, walks the
@@ -50,8 +52,9 @@ pub(crate) struct SparseLinear {
     slab: Vec<usize>,
     /// Per panel: its block-row.
     panel_row: Vec<usize>,
-    /// Per block-row: the kept blocks' input offsets (`col * bi`).
-    offsets: Vec<Vec<usize>>,
+    /// Per block-row: the input index of every packed `K` row (the kept blocks'
+    /// inputs in order), so the kernel's `K` loop is one flat loop, as the dense one.
+    columns: Vec<Vec<u32>>,
     bias: Vec<f32>,
     block_in: usize,
     pub(crate) inputs: usize,
@@ -98,8 +101,14 @@ impl SparseLinear {
                 }
             }
         }
-        let offsets = (0..weight.block_rows())
-            .map(|r| weight.row_cols(r).iter().map(|&c| c * bi).collect())
+        let columns = (0..weight.block_rows())
+            .map(|r| {
+                weight
+                    .row_cols(r)
+                    .iter()
+                    .flat_map(|&c| (c * bi..(c + 1) * bi).map(|i| i as u32))
+                    .collect()
+            })
             .collect();
         let mut padded_bias = vec![0.0f32; outputs];
         if let Some(b) = bias {
@@ -112,7 +121,7 @@ impl SparseLinear {
             start,
             slab,
             panel_row,
-            offsets,
+            columns,
             bias: padded_bias,
             block_in: bi,
             inputs: weight.inputs(),
@@ -130,7 +139,7 @@ impl SparseLinear {
 
     /// Kept inputs of panel `p` (its `K`).
     fn panel_k(&self, p: usize) -> usize {
-        self.offsets[self.panel_row[p]].len() * self.block_in
+        self.columns[self.panel_row[p]].len()
     }
 }
 
@@ -205,7 +214,8 @@ pub(crate) fn linear_sparse(
 
 fn max_rows(layer: &SparseLinear) -> usize {
     match (layer.isa, layer.width) {
-        (Isa::Avx512, 16) => 24,
+        // 12 rows for both widths: with 24 x 16 LLVM ran out of registers for the
+        // rows' addresses and kept the accumulators on the stack.
         (Isa::Avx512, _) => 12,
         (Isa::Avx2, _) => 6,
         _ => 4,
@@ -229,20 +239,20 @@ unsafe fn block(
 ) {
     let (k, n, w, bi) = (layer.inputs, layer.outputs, layer.width, layer.block_in);
     let mr = max_rows(layer);
-    let per_chunk = (KC / bi).max(1);
+    // Whole blocks per chunk.
+    let per_chunk = (KC / bi).max(1) * bi;
     let packed = layer.packed();
     for p in p0..p1 {
-        let offsets = &layer.offsets[layer.panel_row[p]];
+        let columns = &layer.columns[layer.panel_row[p]];
         let slab = packed.as_ptr().add(layer.slab[p]);
         let bias = layer.bias.as_ptr().add(p * w);
-        let chunks = offsets.len().div_ceil(per_chunk).max(1);
+        let chunks = columns.len().div_ceil(per_chunk).max(1);
         for ch in 0..chunks {
-            let b0 = (ch * per_chunk).min(offsets.len());
-            let b1 = (b0 + per_chunk).min(offsets.len());
+            let k0 = (ch * per_chunk).min(columns.len());
+            let k1 = (k0 + per_chunk).min(columns.len());
             let tile = Tile {
-                offsets: &offsets[b0..b1],
-                bi,
-                b: slab.add(b0 * bi * w),
+                columns: &columns[k0..k1],
+                b: slab.add(k0 * w),
                 bias,
                 accumulate: ch > 0,
                 gelu: gelu && ch + 1 == chunks,
@@ -277,11 +287,11 @@ unsafe fn block(
     }
 }
 
-/// One chunk of a panel: its blocks' input offsets and packed weights.
+/// One chunk of a panel: the inputs it reads and their packed weights.
 struct Tile<'a> {
-    offsets: &'a [usize],
-    bi: usize,
-    /// `offsets.len() * bi` rows of `W` weights.
+    /// The input index of each `K` row of the chunk.
+    columns: &'a [u32],
+    /// `columns.len()` rows of `W` weights.
     b: *const f32,
     /// `W` bias values.
     bias: *const f32,
@@ -299,11 +309,11 @@ unsafe fn gelu_rows(isa: Isa, c: *mut f32, m: usize, w: usize, ldc: usize) {
     }
 }
 
-/// `C[m, w] (=|+=) bias + sum over blocks of A[:, off..off + bi] B_blk`, plain Rust.
+/// `C[m, w] (=|+=) bias + sum over the chunk's inputs of A[:, col] B[col]`, plain Rust.
 ///
 /// # Safety
-/// `a` points at `m` rows `lda` apart holding every `off + bi` of the tile; `tile.b` at
-/// `offsets.len() * bi * w` floats, `tile.bias` at `w`; `c` at `m` rows of `w`
+/// `a` points at `m` rows `lda` apart holding every column of `tile.columns`; `tile.b`
+/// at `columns.len() * w` floats, `tile.bias` at `w`; `c` at `m` rows of `w`
 /// writable floats, `ldc` apart.
 unsafe fn portable_tile(
     m: usize,
@@ -320,15 +330,13 @@ unsafe fn portable_tile(
             row.copy_from_slice(std::slice::from_raw_parts(tile.bias, w));
         }
         let mut bp = tile.b;
-        for &off in tile.offsets {
-            for kk in 0..tile.bi {
-                let av = *a.add(i * lda + off + kk);
-                let brow = std::slice::from_raw_parts(bp, w);
-                for (o, &bv) in row.iter_mut().zip(brow) {
-                    *o = av.mul_add(bv, *o);
-                }
-                bp = bp.add(w);
+        for &col in tile.columns {
+            let av = *a.add(i * lda + col as usize);
+            let brow = std::slice::from_raw_parts(bp, w);
+            for (o, &bv) in row.iter_mut().zip(brow) {
+                *o = av.mul_add(bv, *o);
             }
+            bp = bp.add(w);
         }
     }
 }
@@ -340,7 +348,7 @@ mod avx512 {
     use super::super::avx512::{erf_coeffs, gelu16};
     use super::Tile;
 
-    /// `V` zmm per row (`W = 16 V`), `m <= 24 / V` rows.
+    /// `V` zmm per row (`W = 16 V`, `V` 1 or 2), `m <= 12` rows.
     ///
     /// # Safety
     /// The CPU must support AVX-512F; pointers as [`super::portable_tile`].
@@ -353,70 +361,108 @@ mod avx512 {
         c: *mut f32,
         ldc: usize,
     ) {
+        // One monomorphic kernel per row count, written as the dense micro-kernel
+        // (flat accumulator arrays, one FMA per row and register) so that LLVM unrolls
+        // the row loop and keeps every accumulator in a register.
         macro_rules! dispatch {
-            ($($r:literal)*) => {
+            ($f:ident: $($r:literal)*) => {
                 match m {
-                    $($r if $r * V <= 24 => rows::<$r, V>(tile, a, lda, c, ldc),)*
+                    $($r => $f::<$r>(tile, a, lda, c, ldc),)*
                     _ => unreachable!("tile of {m} rows; the driver caps it"),
                 }
             };
         }
-        dispatch!(1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24);
+        if V == 2 {
+            dispatch!(rows32: 1 2 3 4 5 6 7 8 9 10 11 12);
+        } else {
+            dispatch!(rows16: 1 2 3 4 5 6 7 8 9 10 11 12);
+        }
     }
 
+    /// 32 columns (two zmm) per row.
     #[inline(always)]
-    unsafe fn rows<const R: usize, const V: usize>(
+    unsafe fn rows32<const R: usize>(
         tile: &Tile<'_>,
         a: *const f32,
         lda: usize,
         c: *mut f32,
         ldc: usize,
     ) {
-        let w = 16 * V;
-        let mut acc = [[_mm512_setzero_ps(); V]; R];
-        if tile.accumulate {
-            for (i, row) in acc.iter_mut().enumerate() {
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(c.add(i * ldc + 16 * v));
-                }
-            }
-        } else {
-            for row in acc.iter_mut() {
-                for (v, r) in row.iter_mut().enumerate() {
-                    *r = _mm512_loadu_ps(tile.bias.add(16 * v));
-                }
-            }
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        for i in 0..R {
+            let src = if tile.accumulate {
+                c.add(i * ldc).cast_const()
+            } else {
+                tile.bias
+            };
+            lo[i] = _mm512_loadu_ps(src);
+            hi[i] = _mm512_loadu_ps(src.add(16));
         }
-        let mut bp = tile.b;
-        for &off in tile.offsets {
-            let mut ap = a.add(off);
-            for _ in 0..tile.bi {
-                let mut b = [_mm512_setzero_ps(); V];
-                for (v, bv) in b.iter_mut().enumerate() {
-                    *bv = _mm512_loadu_ps(bp.add(16 * v));
-                }
-                for (i, row) in acc.iter_mut().enumerate() {
-                    let ai = _mm512_set1_ps(*ap.add(i * lda));
-                    for v in 0..V {
-                        row[v] = _mm512_fmadd_ps(ai, b[v], row[v]);
-                    }
-                }
-                bp = bp.add(w);
-                ap = ap.add(1);
+        // Plain locals for the loop (read through `tile` inside it, LLVM kept the
+        // accumulators in memory too and stored them at every step).
+        let (mut bp, mut cp, kc) = (tile.b, tile.columns.as_ptr(), tile.columns.len());
+        for _ in 0..kc {
+            let ap = a.add(*cp as usize);
+            cp = cp.add(1);
+            let b0 = _mm512_loadu_ps(bp);
+            let b1 = _mm512_loadu_ps(bp.add(16));
+            for i in 0..R {
+                let ai = _mm512_set1_ps(*ap.add(i * lda));
+                lo[i] = _mm512_fmadd_ps(ai, b0, lo[i]);
+                hi[i] = _mm512_fmadd_ps(ai, b1, hi[i]);
             }
+            bp = bp.add(32);
         }
         if tile.gelu {
             let coeffs = erf_coeffs();
-            for row in acc.iter_mut() {
-                for r in row.iter_mut() {
-                    *r = gelu16(*r, &coeffs);
-                }
+            for i in 0..R {
+                lo[i] = gelu16(lo[i], &coeffs);
+                hi[i] = gelu16(hi[i], &coeffs);
             }
         }
-        for (i, row) in acc.iter().enumerate() {
-            for (v, r) in row.iter().enumerate() {
-                _mm512_storeu_ps(c.add(i * ldc + 16 * v), *r);
+        for i in 0..R {
+            _mm512_storeu_ps(c.add(i * ldc), lo[i]);
+            _mm512_storeu_ps(c.add(i * ldc + 16), hi[i]);
+        }
+    }
+
+    /// 16 columns (one zmm) per row.
+    #[inline(always)]
+    unsafe fn rows16<const R: usize>(
+        tile: &Tile<'_>,
+        a: *const f32,
+        lda: usize,
+        c: *mut f32,
+        ldc: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); R];
+        for i in 0..R {
+            let src = if tile.accumulate {
+                c.add(i * ldc).cast_const()
+            } else {
+                tile.bias
+            };
+            acc[i] = _mm512_loadu_ps(src);
+        }
+        let (mut bp, mut cp, kc) = (tile.b, tile.columns.as_ptr(), tile.columns.len());
+        for _ in 0..kc {
+            let ap = a.add(*cp as usize);
+            cp = cp.add(1);
+            let b0 = _mm512_loadu_ps(bp);
+            for i in 0..R {
+                acc[i] = _mm512_fmadd_ps(_mm512_set1_ps(*ap.add(i * lda)), b0, acc[i]);
             }
+            bp = bp.add(16);
+        }
+        if tile.gelu {
+            let coeffs = erf_coeffs();
+            for i in 0..R {
+                acc[i] = gelu16(acc[i], &coeffs);
+            }
+        }
+        for i in 0..R {
+            _mm512_storeu_ps(c.add(i * ldc), acc[i]);
         }
     }
 }
@@ -471,20 +517,18 @@ mod avx2 {
             lo[i] = _mm256_loadu_ps(src);
             hi[i] = _mm256_loadu_ps(src.add(8));
         }
-        let mut bp = tile.b;
-        for &off in tile.offsets {
-            let mut ap = a.add(off);
-            for _ in 0..tile.bi {
-                let b0 = _mm256_loadu_ps(bp);
-                let b1 = _mm256_loadu_ps(bp.add(8));
-                for i in 0..R {
-                    let ai = _mm256_broadcast_ss(&*ap.add(i * lda));
-                    lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
-                    hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
-                }
-                bp = bp.add(16);
-                ap = ap.add(1);
+        let (mut bp, mut cp, kc) = (tile.b, tile.columns.as_ptr(), tile.columns.len());
+        for _ in 0..kc {
+            let ap = a.add(*cp as usize);
+            cp = cp.add(1);
+            let b0 = _mm256_loadu_ps(bp);
+            let b1 = _mm256_loadu_ps(bp.add(8));
+            for i in 0..R {
+                let ai = _mm256_broadcast_ss(&*ap.add(i * lda));
+                lo[i] = _mm256_fmadd_ps(ai, b0, lo[i]);
+                hi[i] = _mm256_fmadd_ps(ai, b1, hi[i]);
             }
+            bp = bp.add(16);
         }
         for i in 0..R {
             _mm256_storeu_ps(c.add(i * ldc), lo[i]);
