@@ -249,7 +249,7 @@ impl BlockSparse {
 
 /// The block grid `[out / bo, in / bi]`, refusing sizes that do not divide.
 fn grid(outputs: usize, inputs: usize, [bo, bi]: [usize; 2]) -> Result<[usize; 2], BackendError> {
-    if bo == 0 || bi == 0 || outputs % bo != 0 || inputs % bi != 0 {
+    if bo == 0 || bi == 0 || !outputs.is_multiple_of(bo) || !inputs.is_multiple_of(bi) {
         return Err(err(format!(
             "a [{outputs}, {inputs}] matrix does not split into {bo}x{bi} blocks"
         )));

@@ -428,6 +428,8 @@ mod avx512 {
     }
 
     /// 16 columns (one zmm) per row.
+    // Indexed loops, as the dense kernel's: they unroll into one register per row.
+    #[allow(clippy::needless_range_loop)]
     #[inline(always)]
     unsafe fn rows16<const R: usize>(
         tile: &Tile<'_>,
