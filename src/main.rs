@@ -29,6 +29,9 @@ enum Command {
     Evaluate(cmd::evaluate::Args),
     /// Fit a PCA token bottleneck at a split point and report agreement and bytes per frame.
     Calibrate(cmd::calibrate::Args),
+    /// LPViT block pruning to FLOPs targets without fine-tuning: a block-sparse
+    /// checkpoint and a table of agreement with the dense model.
+    Prune(cmd::prune::Args),
     /// Inspect, convert, render or synthesise event-camera recordings.
     #[command(subcommand)]
     Events(cmd::events::Command),
@@ -52,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Infer(args) => cmd::infer::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::Prune(args) => cmd::prune::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Events(command) => cmd::events::run(command),
     };

@@ -18,6 +18,8 @@ pub mod cli;
 pub mod labels;
 pub mod net;
 pub mod preprocess;
+#[cfg(feature = "sparse")]
+pub mod prune;
 pub mod split;
 pub mod synthetic;
 pub mod tensor;

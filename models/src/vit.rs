@@ -239,9 +239,79 @@ fn linear<B: Backend>(
     inputs: usize,
     outputs: usize,
 ) -> Result<B::Linear, LoadError> {
-    let w = vb.get("weight", &[outputs, inputs])?;
     let b = vb.get("bias", &[outputs])?;
+    if is_block_sparse(vb) {
+        return block_sparse_linear(be, vb, inputs, outputs, &b);
+    }
+    let w = vb.get("weight", &[outputs, inputs])?;
     Ok(be.prepare_linear(&w, Some(&b))?)
+}
+
+/// Tensor names of a block-sparse layer's weight (see `backend::block_sparse`): the
+/// block mask `[out / bo, in / bi]` and the kept blocks `[kept, bo, bi]`.
+const BLOCK_MASK: &str = "weight_block_mask";
+const BLOCKS: &str = "weight_blocks";
+
+/// Whether the layer under `vb` is stored block-sparse (LPViT's pruned checkpoints).
+fn is_block_sparse(vb: &VarBuilder<'_>) -> bool {
+    !vb.contains("weight") && (vb.contains(BLOCK_MASK) || vb.contains(BLOCKS))
+}
+
+/// The `[out, in]` of the layer under `vb`, dense or block-sparse.
+fn linear_shape(vb: &VarBuilder<'_>) -> Result<Vec<usize>, LoadError> {
+    if !is_block_sparse(vb) {
+        return Ok(vb.shape("weight")?);
+    }
+    match (
+        vb.shape(BLOCK_MASK)?.as_slice(),
+        vb.shape(BLOCKS)?.as_slice(),
+    ) {
+        (&[rows, cols], &[_, bo, bi]) => Ok(vec![rows * bo, cols * bi]),
+        (mask, blocks) => Err(LoadError::Config(format!(
+            "{}: block mask {mask:?} and blocks {blocks:?} are not [out / bo, in / bi] and \
+             [kept, bo, bi]",
+            vb.path(BLOCKS)
+        ))),
+    }
+}
+
+#[cfg(feature = "sparse")]
+fn block_sparse_linear<B: Backend>(
+    be: &B,
+    vb: &VarBuilder<'_>,
+    inputs: usize,
+    outputs: usize,
+    bias: &crate::tensor::HostTensor,
+) -> Result<B::Linear, LoadError> {
+    let shape = linear_shape(vb)?;
+    if shape != [outputs, inputs] {
+        return Err(LoadError::Config(format!(
+            "{}: a block-sparse [{}, {}] weight, the model needs [{outputs}, {inputs}]",
+            vb.path(BLOCKS),
+            shape[0],
+            shape[1]
+        )));
+    }
+    let mask = vb.get(BLOCK_MASK, &vb.shape(BLOCK_MASK)?)?;
+    let blocks = vb.get(BLOCKS, &vb.shape(BLOCKS)?)?;
+    let weight = crate::backend::block_sparse::BlockSparse::from_mask(&mask, &blocks)
+        .map_err(|e| LoadError::Config(format!("{}: {e}", vb.path(BLOCKS))))?;
+    Ok(be.prepare_block_sparse_linear(&weight, Some(bias))?)
+}
+
+#[cfg(not(feature = "sparse"))]
+fn block_sparse_linear<B: Backend>(
+    _be: &B,
+    vb: &VarBuilder<'_>,
+    _inputs: usize,
+    _outputs: usize,
+    _bias: &crate::tensor::HostTensor,
+) -> Result<B::Linear, LoadError> {
+    Err(LoadError::Config(format!(
+        "{} is block-sparse (an LPViT-pruned checkpoint), and this build has no block-sparse \
+         support: build splitstream-models with its `sparse` feature (on by default)",
+        vb.path(BLOCKS)
+    )))
 }
 
 struct Block<B: Backend> {
@@ -572,9 +642,9 @@ pub fn infer_config(weights: &Weights, options: &VitOptions) -> Result<VitConfig
                 LoadError::from,
             ));
     }
-    let fc1 = vb.pp("blocks").pp(0).pp("mlp").pp("fc1").shape("weight")?;
+    let fc1 = linear_shape(&vb.pp("blocks").pp(0).pp("mlp").pp("fc1"))?;
     let mlp_hidden = fc1.first().copied().unwrap_or(0);
-    let head = vb.pp("head").shape("weight")?;
+    let head = linear_shape(&vb.pp("head"))?;
     let num_classes = head.first().copied().unwrap_or(0);
     let num_heads = match (options.num_heads, arch) {
         (Some(h), _) => h,

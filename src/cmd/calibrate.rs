@@ -42,7 +42,7 @@ pub(crate) enum Holdout {
     Fraction(f64),
 }
 
-fn parse_holdout(text: &str) -> Result<Holdout, String> {
+pub(crate) fn parse_holdout(text: &str) -> Result<Holdout, String> {
     if let Ok(n) = text.parse::<usize>() {
         return Ok(Holdout::Count(n));
     }
@@ -142,7 +142,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// The image files under `dir`, sorted.
-fn find_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn find_images(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     ensure!(
         dir.is_dir(),
         "--images {}: not a folder; give a folder of images",
@@ -196,7 +196,7 @@ fn splitmix(state: &mut u64) -> u64 {
 }
 
 /// Splits `images` into (calibration, held out), each in file order.
-fn split_images(
+pub(crate) fn split_images(
     images: &[PathBuf],
     holdout: Holdout,
     seed: u64,

@@ -6,3 +6,4 @@ pub(crate) mod evaluate;
 pub(crate) mod events;
 pub(crate) mod infer;
 pub(crate) mod measure;
+pub(crate) mod prune;

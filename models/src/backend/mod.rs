@@ -28,6 +28,8 @@
 //! - **Errors.** Ops check shapes and return [`BackendError::Shape`] instead of
 //!   panicking; device failures are [`BackendError::Device`].
 
+#[cfg(feature = "sparse")]
+pub mod block_sparse;
 pub mod choice;
 pub mod cpu;
 pub mod kv_cache;
@@ -124,6 +126,20 @@ pub trait Backend: Clone + Send + Sync + 'static {
         weight: &HostTensor,
         bias: Option<&HostTensor>,
     ) -> Result<Self::Linear, BackendError>;
+
+    /// Prepares a block-sparse dense layer (LPViT's pruned weights): `weight` holds only
+    /// the kept blocks of the `[out, in]` matrix, `bias` is `[out]`. The result runs
+    /// through [`Backend::linear`] like any other layer. The default densifies the
+    /// weight (zeros for the dropped blocks) and prepares it as dense: the reference
+    /// form; backends with a block-sparse kernel override it.
+    #[cfg(feature = "sparse")]
+    fn prepare_block_sparse_linear(
+        &self,
+        weight: &block_sparse::BlockSparse,
+        bias: Option<&HostTensor>,
+    ) -> Result<Self::Linear, BackendError> {
+        self.prepare_linear(&weight.to_dense()?, bias)
+    }
 
     /// Prepares a convolution from PyTorch's `nn.Conv2d` layout: `weight`
     /// `[out, in / groups, kh, kw]`, `bias` `[out]`, with the stride, padding, dilation,

@@ -74,7 +74,9 @@ pub fn detect_family(weights: &Weights) -> Result<Family, LoadNetError> {
         });
     }
     let has = |n: &str| weights.names().any(|m| m == n);
-    if has("patch_embed.proj.weight") && has("blocks.0.attn.qkv.weight") {
+    // A block-sparse (pruned) qkv is stored as its kept blocks.
+    let qkv = has("blocks.0.attn.qkv.weight") || has("blocks.0.attn.qkv.weight_blocks");
+    if has("patch_embed.proj.weight") && qkv {
         return Ok(Family::Vit);
     }
     Err(LoadNetError::NoFamily {

@@ -29,6 +29,8 @@ mod matmul;
 mod packed;
 mod portable;
 mod reduce;
+#[cfg(feature = "sparse")]
+mod sparse;
 mod spatial;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -97,6 +99,9 @@ enum LinearForm {
         weight_t: Vec<f32>,
         bias: Option<Vec<f32>>,
     },
+    /// Block-sparse: the kept blocks in panels for the sparse tile (any instruction set).
+    #[cfg(feature = "sparse")]
+    Sparse(sparse::SparseLinear),
 }
 
 /// The CPU backend. Cheap to clone (the pool is shared).
@@ -299,6 +304,32 @@ impl Backend for CpuBackend {
         })
     }
 
+    #[cfg(feature = "sparse")]
+    fn prepare_block_sparse_linear(
+        &self,
+        weight: &super::block_sparse::BlockSparse,
+        bias: Option<&HostTensor>,
+    ) -> Result<CpuLinear, BackendError> {
+        let (outputs, inputs) = (weight.outputs(), weight.inputs());
+        if let Some(b) = bias {
+            if b.shape() != [outputs] {
+                return Err(BackendError::shape(
+                    "prepare_block_sparse_linear",
+                    format!("bias must be [{outputs}], got {:?}", b.shape()),
+                ));
+            }
+        }
+        Ok(CpuLinear {
+            form: LinearForm::Sparse(sparse::SparseLinear::pack(
+                self.isa,
+                weight,
+                bias.map(|b| b.data()),
+            )),
+            inputs,
+            outputs,
+        })
+    }
+
     fn prepare_conv2d(
         &self,
         weight: &HostTensor,
@@ -345,6 +376,16 @@ impl Backend for CpuBackend {
                     // which `Isa::or_supported` grants only when the CPU has avx512f.
                     unsafe { packed::linear_avx512(&x.data, rows, packed, gelu, self.threads) }
                 });
+                if !gelu {
+                    self.activate_in_place(activation, &mut out, n);
+                }
+                return Ok(CpuTensor::new(shape, out));
+            }
+            #[cfg(feature = "sparse")]
+            LinearForm::Sparse(layer) => {
+                let gelu = activation == Activation::Gelu;
+                let mut out = self
+                    .in_pool(|| sparse::linear_sparse(&x.data, rows, layer, gelu, self.threads));
                 if !gelu {
                     self.activate_in_place(activation, &mut out, n);
                 }

@@ -24,6 +24,8 @@ const COPY: &str = include_str!("copy.wgsl");
 const CONV: &str = include_str!("conv.wgsl");
 const ROPE: &str = include_str!("rope.wgsl");
 const BMM: &str = include_str!("bmm.wgsl");
+#[cfg(feature = "sparse")]
+const SPARSE: &str = include_str!("sparse.wgsl");
 
 /// Heads wider than this would not fit the attention kernel's registers and shared
 /// memory budget.
@@ -59,6 +61,9 @@ pub(crate) enum Kernel {
     },
     /// Batched activation x activation product.
     Bmm,
+    /// Block-sparse linear layer (`sparse.wgsl`).
+    #[cfg(feature = "sparse")]
+    BlockSparse,
     LayerNorm,
     RmsNorm,
     Softmax,
@@ -91,6 +96,8 @@ impl Kernel {
             | Kernel::Attention { .. }
             | Kernel::AttentionGqa { .. }
             | Kernel::Bmm => "main",
+            #[cfg(feature = "sparse")]
+            Kernel::BlockSparse => "main",
             Kernel::LayerNorm => "layer_norm",
             Kernel::RmsNorm => "rms_norm",
             Kernel::Softmax => "softmax",
@@ -145,6 +152,8 @@ impl Kernel {
                 format!("{}{ATTENTION_GQA}", attention_consts(head_dim)),
             ),
             Kernel::Bmm => ("bmm".into(), BMM.into()),
+            #[cfg(feature = "sparse")]
+            Kernel::BlockSparse => ("sparse".into(), format!("{ERF}{ACTIVATION}{SPARSE}")),
             Kernel::LayerNorm | Kernel::RmsNorm | Kernel::Softmax => ("rows".into(), ROWS.into()),
             Kernel::Activation
             | Kernel::Scale

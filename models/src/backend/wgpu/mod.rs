@@ -87,12 +87,26 @@ impl std::fmt::Debug for WgpuTensor {
 /// A dense layer on the GPU: the weight transposed to `[K_pad, N_pad]` (f16 or f32),
 /// the bias padded to `N_pad` (zeros when absent).
 pub struct WgpuLinear {
+    /// The dense weight; for a block-sparse layer, its kept blocks (see `sparse`).
     weight_t: wgpu::Buffer,
     bias: wgpu::Buffer,
     has_bias: bool,
     inputs: usize,
     outputs: usize,
     n_pad: usize,
+    /// A block-sparse layer: `weight_t` holds its kept blocks, run by
+    /// `sparse.wgsl`, never by the dense matmul.
+    #[cfg(feature = "sparse")]
+    sparse: Option<SparseIndex>,
+}
+
+/// The block index of a block-sparse [`WgpuLinear`].
+#[cfg(feature = "sparse")]
+struct SparseIndex {
+    /// Block-row starts, then every kept block's column-block (u32).
+    index: wgpu::Buffer,
+    block: [usize; 2],
+    block_rows: usize,
 }
 
 impl std::fmt::Debug for WgpuLinear {
@@ -470,6 +484,52 @@ impl WgpuBackend {
         )
     }
 
+    /// `sparse.wgsl` over `rows` rows of `a`: one thread per output element.
+    #[cfg(feature = "sparse")]
+    fn block_sparse_gemm(
+        &self,
+        (a, rows): (&wgpu::Buffer, usize),
+        layer: &WgpuLinear,
+        sparse: &SparseIndex,
+        activation: Activation,
+        out: &WgpuTensor,
+    ) -> Result<(), BackendError> {
+        let op = "linear";
+        let max = self.inner.gpu.limits.max_compute_workgroups_per_dimension as usize;
+        let (gx, gy) = (layer.outputs.div_ceil(16), rows.div_ceil(16));
+        if gx > max || gy > max {
+            return Err(BackendError::shape(
+                op,
+                format!(
+                    "{rows} x {} outputs exceed this adapter's dispatch limit",
+                    layer.outputs
+                ),
+            ));
+        }
+        let flags = u32::from(layer.has_bias) | act_code(activation) << 8;
+        let params = [
+            as_u32(op, "rows", rows)?,
+            as_u32(op, "outputs", layer.outputs)?,
+            as_u32(op, "inputs", layer.inputs)?,
+            as_u32(op, "block", sparse.block[0])?,
+            as_u32(op, "block", sparse.block[1])?,
+            flags,
+            as_u32(op, "block rows", sparse.block_rows + 1)?,
+        ];
+        self.dispatch(
+            Kernel::BlockSparse,
+            &params,
+            vec![
+                (1, a.clone()),
+                (2, layer.weight_t.clone()),
+                (3, sparse.index.clone()),
+                (4, layer.bias.clone()),
+                (5, out.buf.buffer().clone()),
+            ],
+            [gx as u32, gy as u32],
+        )
+    }
+
     fn row_kernel(
         &self,
         op: &'static str,
@@ -592,6 +652,67 @@ impl Backend for WgpuBackend {
             inputs,
             outputs,
             n_pad,
+            #[cfg(feature = "sparse")]
+            sparse: None,
+        })
+    }
+
+    #[cfg(feature = "sparse")]
+    fn prepare_block_sparse_linear(
+        &self,
+        weight: &super::block_sparse::BlockSparse,
+        bias: Option<&HostTensor>,
+    ) -> Result<WgpuLinear, BackendError> {
+        let (outputs, inputs) = (weight.outputs(), weight.inputs());
+        if let Some(b) = bias {
+            if b.shape() != [outputs] {
+                return Err(BackendError::shape(
+                    "prepare_block_sparse_linear",
+                    format!("bias must be [{outputs}], got {:?}", b.shape()),
+                ));
+            }
+        }
+        let [bo, bi] = weight.block();
+        let too_large = || BackendError::shape("prepare_block_sparse_linear", "weight too large");
+        if weight.kept() * bo * bi > u32::MAX as usize || outputs > u32::MAX as usize {
+            return Err(too_large());
+        }
+        // Each kept block transposed to [bi, bo]; at least one word per buffer.
+        let mut blocks = Vec::with_capacity((weight.kept() * bo * bi).max(1));
+        let mut starts = Vec::with_capacity(weight.block_rows() + 1);
+        let mut cols = Vec::with_capacity(weight.kept());
+        starts.push(0u32);
+        for r in 0..weight.block_rows() {
+            for (j, &c) in weight.row_cols(r).iter().enumerate() {
+                let blk = &weight.row_values(r)[j * bo * bi..(j + 1) * bo * bi];
+                for k in 0..bi {
+                    blocks.extend((0..bo).map(|o| blk[o * bi + k]));
+                }
+                cols.push(c as u32);
+            }
+            starts.push(cols.len() as u32);
+        }
+        if blocks.is_empty() {
+            blocks.push(0.0);
+        }
+        starts.extend(cols);
+        let usage = wgpu::BufferUsages::STORAGE;
+        let mut b = vec![0.0f32; outputs.max(1)];
+        if let Some(bias) = bias {
+            b[..outputs].copy_from_slice(bias.data());
+        }
+        Ok(WgpuLinear {
+            weight_t: self.create_with(bytemuck::cast_slice(&blocks), usage)?,
+            bias: self.create_with(bytemuck::cast_slice(&b), usage)?,
+            has_bias: bias.is_some(),
+            inputs,
+            outputs,
+            n_pad: outputs,
+            sparse: Some(SparseIndex {
+                index: self.create_with(bytemuck::cast_slice(&starts), usage)?,
+                block: [bo, bi],
+                block_rows: weight.block_rows(),
+            }),
         })
     }
 
@@ -627,6 +748,13 @@ impl Backend for WgpuBackend {
             *last = layer.outputs;
         }
         let out = self.output("linear", shape)?;
+        #[cfg(feature = "sparse")]
+        if let Some(sparse) = &layer.sparse {
+            if rows > 0 && layer.outputs > 0 {
+                self.block_sparse_gemm((x.buf.buffer(), rows), layer, sparse, activation, &out)?;
+            }
+            return Ok(out);
+        }
         if rows > 0 {
             self.gemm(
                 "linear",
