@@ -384,16 +384,21 @@ def nms_class_aware(boxes, scores, labels, iou_thr: float = NMS_IOU) -> torch.Te
     A candidate is suppressed by an already-kept box of its own class when IoU > iou_thr.
     """
     order = torch.sort(scores, descending=True, stable=True).indices
+    if len(order) == 0:
+        return torch.zeros(0, dtype=torch.int64)
+    b = boxes[order]
+    lab = labels[order]
+    suppress = (box_iou(b, b) > iou_thr) & (lab[:, None] == lab[None, :])
+    suppress = suppress.numpy()
+    alive = np.ones(len(order), dtype=bool)
     keep: list[int] = []
-    for idx in order.tolist():
-        ok = True
-        for k in keep:
-            if labels[k] == labels[idx] and box_iou(boxes[idx : idx + 1], boxes[k : k + 1])[0, 0] > iou_thr:
-                ok = False
-                break
-        if ok:
-            keep.append(idx)
-    return torch.tensor(keep, dtype=torch.int64)
+    for i in range(len(order)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        alive &= ~suppress[i]
+        alive[i] = False
+    return order[torch.tensor(keep, dtype=torch.int64)]
 
 
 def postprocess(cls, reg, obj, lb: Letterbox | None = None, score_thr: float = SCORE_THR, iou_thr: float = NMS_IOU):
