@@ -33,7 +33,8 @@ Exports (mmdet names + metadata, see models/tests/fixtures/femtodet/README.md):
   femtodet_bottlefit.safetensors   the split model: the detector's weights with the
                                    fine-tuned tail, plus `bottleneck.encoder.{0,2}` and
                                    `bottleneck.decoder.{0,2,4}`; metadata `bottleneck=conv`,
-                                   `split=stage3`
+                                   `split=3` (the point's depth: stem 0, stageK K, neck 8),
+                                   `split_name=stage3`
   femtodet.onnx                    the detector in deploy form (IBE and BN folded),
                                    input `input` [B,3,416,416], outputs `head.cls`,
                                    `head.reg`, `head.obj`
@@ -265,36 +266,48 @@ def voc_ap(rec: np.ndarray, prec: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
+def _iou_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt, 0, None)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
 def voc_map(dets, gts, num_classes: int, iou_thr: float) -> float:
     """mAP with VOC all-point AP per class, averaged over classes that have ground truth.
 
     dets: per image (boxes [N,4], scores [N], labels [N]); gts: per image (boxes, labels).
     Per class the detections of all images are sorted by score (descending, stable), each
-    matched to the unmatched ground truth of its image with the highest IoU if that IoU
-    >= iou_thr (true positive), else a false positive.
+    matched to the unmatched ground truth of its image with the highest IoU (first on
+    ties) if that IoU >= iou_thr (true positive), else a false positive. IoU in f64.
     """
     aps = []
     for c in range(num_classes):
         n_gt = sum(int((gl == c).sum()) for _, gl in gts)
         if n_gt == 0:
             continue
-        cand = []
+        scores, img_of, row_of, ious = [], [], [], {}
         for i, (db, ds, dl) in enumerate(dets):
             m = dl == c
-            for b, s in zip(db[m], ds[m]):
-                cand.append((float(s), i, b))
-        order = sorted(range(len(cand)), key=lambda k: -cand[k][0])
-        used = {i: np.zeros(int((gl == c).sum()), dtype=bool) for i, (_, gl) in enumerate(gts)}
-        tp = np.zeros(len(cand))
-        for r, k in enumerate(order):
-            _, i, b = cand[k]
             gb = gts[i][0][gts[i][1] == c]
-            if len(gb) == 0:
+            if m.any() and len(gb):
+                ious[i] = _iou_np(db[m].astype(np.float64), gb.astype(np.float64))
+            scores.extend(ds[m].tolist())
+            img_of.extend([i] * int(m.sum()))
+            row_of.extend(range(int(m.sum())))
+        order = sorted(range(len(scores)), key=lambda k: -scores[k])
+        used = {i: np.zeros(int((gl == c).sum()), dtype=bool) for i, (_, gl) in enumerate(gts)}
+        tp = np.zeros(len(order))
+        for r, k in enumerate(order):
+            i = img_of[k]
+            if i not in ious:
                 continue
-            ious = fd.box_iou(torch.as_tensor(b).view(1, 4), torch.as_tensor(gb)).numpy()[0]
-            ious[used[i]] = -1.0
-            j = int(np.argmax(ious))
-            if ious[j] >= iou_thr:
+            row = np.where(used[i], -1.0, ious[i][row_of[k]])
+            j = int(np.argmax(row))
+            if row[j] >= iou_thr:
                 used[i][j] = True
                 tp[r] = 1
         ctp = np.cumsum(tp)
@@ -460,6 +473,8 @@ def main() -> None:
     ap.add_argument("--bf-stage2", type=int, default=50, help="BottleFit stage-2 iterations")
     ap.add_argument("--max-train", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--max-test", type=int, default=0, help="evaluate on the first N test images only (smoke runs)")
+    ap.add_argument("--skip-raw", action="store_true", help="skip the plain (no bottleneck) stage3 split evaluations")
+    ap.add_argument("--init", type=Path, help="warm-start from a femtodet.safetensors (as RecWR's stages warm-start from the previous one)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
@@ -478,6 +493,11 @@ def main() -> None:
     for m in model.modules():  # mmdet's ConvModule init: Kaiming normal convs, BN (1, 0)
         if isinstance(m, nn.Conv2d) and m not in list(model.bbox_head.modules()):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+    if args.init:
+        from safetensors.torch import load_file
+
+        fd.load_mmdet_state(model, load_file(str(args.init)))
+        print(f"warm start from {args.init}", flush=True)
     ema = copy.deepcopy(model).eval()
     decay_params = [p for n, p in model.named_parameters() if p.dim() == 4]
     other = [p for n, p in model.named_parameters() if p.dim() != 4]
@@ -537,7 +557,7 @@ def main() -> None:
 
     # raw stage3 through the quantizer, without a bottleneck (what a plain split sends)
     raw = {}
-    for bits in (8, 4, 2):
+    for bits in () if args.skip_raw else (8, 4, 2):
         raw[f"stage3_{bits}bit"] = evaluate(lambda x: tail_from_stage3(ema, fake_quantize(head_to_stage3(ema, x), bits)), test_items, len(CLASSES), coco=False)
     print("raw stage3", raw, flush=True)
 
@@ -604,7 +624,7 @@ def main() -> None:
     fd.save_safetensors(
         state,
         args.out / "femtodet_bottlefit.safetensors",
-        metadata(args, {"bottleneck": "conv", "split": "stage3", "code_channels": args.bf_code, "code_shape": json.dumps([args.bf_code, code_hw, code_hw])}),
+        metadata(args, {"bottleneck": "conv", "split": "3", "split_name": "stage3", "code_channels": args.bf_code, "code_shape": json.dumps([args.bf_code, code_hw, code_hw])}),
     )
     deploy = Deploy(ema).eval()
     x = torch.randn(2, 3, fd.INPUT_SIZE, fd.INPUT_SIZE)
