@@ -473,6 +473,7 @@ def main() -> None:
     ap.add_argument("--bf-stage2", type=int, default=50, help="BottleFit stage-2 iterations")
     ap.add_argument("--max-train", type=int, default=0, help="use only the first N training images (0: all)")
     ap.add_argument("--max-test", type=int, default=0, help="evaluate on the first N test images only (smoke runs)")
+    ap.add_argument("--bf-bits", default="32,8,4,2", help="code widths at which the split model is evaluated")
     ap.add_argument("--skip-raw", action="store_true", help="skip the plain (no bottleneck) stage3 split evaluations")
     ap.add_argument("--init", type=Path, help="warm-start from a femtodet.safetensors (as RecWR's stages warm-start from the previous one)")
     args = ap.parse_args()
@@ -611,7 +612,7 @@ def main() -> None:
     bottleneck.eval()
     bf_s = time.time() - t_bf
     res_bf = {}
-    for bits in (32, 8, 4, 2):
+    for bits in [int(b) for b in args.bf_bits.split(",")]:
         res_bf[f"bottlefit_{bits}bit"] = evaluate(lambda x: tail_from_stage3(student, bottleneck(head_to_stage3(student, x), bits)), test_items, len(CLASSES), coco=(bits in (32, 8)))
     print("bottlefit", res_bf, flush=True)
 
