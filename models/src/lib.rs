@@ -28,5 +28,6 @@ pub use backend::choice::BackendChoice;
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
 pub use net::{Answer, SplitNet};
 pub use tensor::HostTensor;
+pub mod spikepoint;
 pub mod vit;
 pub mod weights;

@@ -103,5 +103,7 @@ pub fn load_net<B: Backend>(
                 .map_err(|e| LoadNetError::Family(Box::new(e)))?;
             Ok(Arc::new(net))
         }
+        Family::SpikePoint => crate::spikepoint::load_arc(backend, weights)
+            .map_err(|e| LoadNetError::Family(Box::new(e))),
     }
 }

@@ -36,16 +36,19 @@ pub use load::{detect_family, load_net, LoadNetError, NetOptions};
 pub enum Family {
     /// Vision Transformer / DeiT, as timm builds them (`vit.rs`).
     Vit,
+    /// SpikePoint-style point-based spiking network on event windows (`spikepoint.rs`).
+    SpikePoint,
 }
 
 impl Family {
     /// Every family, for messages and `--help`.
-    pub const ALL: [Family; 1] = [Family::Vit];
+    pub const ALL: [Family; 2] = [Family::Vit, Family::SpikePoint];
 
     /// The name a checkpoint's `family` metadata uses.
     pub fn name(self) -> &'static str {
         match self {
             Self::Vit => "vit",
+            Self::SpikePoint => "spikepoint",
         }
     }
 
@@ -86,6 +89,18 @@ pub enum InputSpec {
         /// Length of a window, microseconds.
         window_us: u64,
     },
+    /// A window of events sampled into a point set `[points, 4]`: `x`, `y` (pixels),
+    /// `t` (microseconds after the window's start), polarity (0/1).
+    EventPoints {
+        /// Points per window.
+        points: usize,
+        /// Sensor columns.
+        width: usize,
+        /// Sensor rows.
+        height: usize,
+        /// Length of a window, microseconds.
+        window_us: u64,
+    },
     /// A sequence of token ids `[n]`, `n <= max_len`.
     Tokens {
         /// Vocabulary size.
@@ -106,6 +121,7 @@ impl InputSpec {
                 width,
                 ..
             } => vec![*channels, *height, *width],
+            Self::EventPoints { points, .. } => vec![*points, 4],
             Self::Tokens { max_len, .. } => vec![*max_len],
         }
     }
