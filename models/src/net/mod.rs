@@ -36,16 +36,19 @@ pub use load::{detect_family, load_net, LoadNetError, NetOptions};
 pub enum Family {
     /// Vision Transformer / DeiT, as timm builds them (`vit.rs`).
     Vit,
+    /// FemtoDet, the 68.77k-parameter detector (`femtodet.rs`).
+    FemtoDet,
 }
 
 impl Family {
     /// Every family, for messages and `--help`.
-    pub const ALL: [Family; 1] = [Family::Vit];
+    pub const ALL: [Family; 2] = [Family::Vit, Family::FemtoDet];
 
     /// The name a checkpoint's `family` metadata uses.
     pub fn name(self) -> &'static str {
         match self {
             Self::Vit => "vit",
+            Self::FemtoDet => "femtodet",
         }
     }
 
