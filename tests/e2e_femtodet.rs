@@ -36,8 +36,9 @@ fn fixture(name: &str) -> std::path::PathBuf {
 }
 
 /// The fixture's letterboxed astronaut (416x416, so the letterbox is the identity),
-/// and the same picture at 832x624 (a 2x upscale of a 416x312 crop), whose boxes
-/// must come back in its own pixels.
+/// and the same picture doubled to 832x832 (nearest), whose letterbox is exactly the
+/// first (each output pixel averages two equal ones): its boxes must come back doubled,
+/// in its own pixels.
 fn frames() -> Vec<Frame> {
     let bytes = std::fs::read(fixture("femtodet_seeded.expected.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -47,12 +48,7 @@ fn frames() -> Vec<Frame> {
         let i = (y * 416 + x) as usize;
         image::Rgb([chw[i], chw[plane + i], chw[2 * plane + i]])
     });
-    let wide = image::imageops::resize(
-        &image::imageops::crop_imm(&img, 0, 0, 416, 312).to_image(),
-        832,
-        624,
-        image::imageops::FilterType::Nearest,
-    );
+    let wide = image::imageops::resize(&img, 832, 832, image::imageops::FilterType::Nearest);
     [img, wide]
         .into_iter()
         .enumerate()
@@ -113,14 +109,16 @@ async fn femtodet_splits_batches_and_offloads_over_quic() {
         want.push(boxes(&local.process(f).await.answer));
     }
     assert!(want[0].len() > 5, "the fixture's image has detections");
-    // The upscaled crop: the same objects, boxes in its pixels (x2 the input's).
-    let top = want[0][0];
-    assert!(
-        want[1]
-            .iter()
-            .any(|d| d.label == top.label && box_iou(&d.bbox, &top.bbox.map(|v| v * 2.0)) > 0.9),
-        "boxes map back to the frame"
-    );
+    // The doubled picture: the same objects, boxes in its pixels (x2 the input's).
+    let doubled: Vec<Detection> = want[0]
+        .iter()
+        .map(|d| Detection {
+            bbox: d.bbox.map(|v| v * 2.0),
+            ..*d
+        })
+        .collect();
+    same(&want[1], &doubled, "boxes mapped back to the frame");
+    let top = want[1][0];
 
     for (at, codec, exact) in [
         (7, CodecChoice::Lossless, true),
@@ -187,9 +185,12 @@ async fn femtodet_splits_batches_and_offloads_over_quic() {
         r.record.fallback
     );
     let got = boxes(&r.answer);
-    assert!(got
-        .iter()
-        .any(|d| d.label == top.label && box_iou(&d.bbox, &top.bbox.map(|v| v * 2.0)) > 0.8));
+    // JPEG changes the pixels: the best object is still found where it is.
+    assert!(
+        got.iter()
+            .any(|d| d.label == top.label && box_iou(&d.bbox, &top.bbox) > 0.5),
+        "{top:?} not in {got:?}"
+    );
     drop(dev);
     edge.shutdown().await;
 }
