@@ -161,3 +161,92 @@ fn rust_accuracy_on_the_demo_test_set_equals_pytorchs_at_export() {
         "{rows:#?}"
     );
 }
+
+/// A detector on a one-image set whose ground truth is the reference's own boxes: local
+/// and lossless splits score mAP 100 (every box found where the truth is), every route
+/// has a row with its bytes, and the packed taps of stage7 weigh what 51,376 floats do.
+#[test]
+fn evaluate_on_a_detector_reports_map_per_route() {
+    let fixtures =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/femtodet");
+    let expected = std::fs::read(fixtures.join("femtodet_seeded.expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&expected).unwrap();
+    let chw = st.tensor("input_u8").unwrap().data().to_vec();
+    let plane = 416 * 416;
+    let img = image::RgbImage::from_fn(416, 416, |x, y| {
+        let i = (y * 416 + x) as usize;
+        image::Rgb([chw[i], chw[plane + i], chw[2 * plane + i]])
+    });
+    let tmp = std::env::temp_dir().join(format!("splitstream-eval-det-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    img.save(tmp.join("a.png")).unwrap();
+    let f32s = |name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    let boxes = f32s("boxes_input");
+    let labels: Vec<i64> = st
+        .tensor("labels")
+        .unwrap()
+        .data()
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    let annotations: Vec<serde_json::Value> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let b = &boxes[i * 4..i * 4 + 4];
+            serde_json::json!({"id": i, "image_id": 1, "category_id": l,
+                "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]]})
+        })
+        .collect();
+    let coco = serde_json::json!({
+        "images": [{"id": 1, "file_name": "a.png", "width": 416, "height": 416}],
+        "annotations": annotations,
+        "categories": [],
+    });
+    std::fs::write(tmp.join("annotations.json"), coco.to_string()).unwrap();
+    let weights = fixtures.join("femtodet_seeded.safetensors");
+    let out = evaluate(&[
+        "--weights",
+        weights.to_str().unwrap(),
+        "--raw-split",
+        "3",
+        "--raw-split",
+        "7",
+        "--codes",
+        "f32,8",
+        "--jpeg",
+        "75",
+        "--images",
+        tmp.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows = rows(&out.stdout);
+    // local, JPEG q75, 2 points x 2 codes.
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(rows[0]["mode"], "local");
+    assert!((rows[0]["map50_pct"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    assert!(rows[0]["map50_95_pct"].as_f64().unwrap() > 99.0);
+    let stage7_f32 = rows
+        .iter()
+        .find(|r| r["route"] == "stage7, no bottleneck" && r["code"] == "f32")
+        .unwrap();
+    assert!((stage7_f32["map50_pct"].as_f64().unwrap() - 100.0).abs() < 1e-9);
+    let bytes = stage7_f32["bytes_per_frame"].as_f64().unwrap();
+    assert!(bytes > 1000.0 && bytes < 51_376.0 * 4.0 + 200.0, "{bytes}");
+    for r in &rows[1..] {
+        assert!(r["bytes_per_frame"].as_f64().unwrap() > 0.0);
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}

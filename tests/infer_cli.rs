@@ -234,3 +234,81 @@ fn backend_auto_without_a_desktop_session_prints_one_info_line_and_no_error() {
     let stdout = String::from_utf8_lossy(&o.stdout);
     assert!(stdout.contains("  coins"), "{stdout}");
 }
+
+/// FemtoDet's seeded fixture: the letterboxed astronaut written as a PNG (416x416, so
+/// the letterbox is the identity) gives the reference's raw maps and boxes.
+#[test]
+fn infer_on_a_detector_writes_its_maps_and_boxes() {
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tests/fixtures/femtodet");
+    let expected = std::fs::read(fixtures.join("femtodet_seeded.expected.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&expected).unwrap();
+    let chw = st.tensor("input_u8").unwrap().data().to_vec();
+    let plane = 416 * 416;
+    let img = image::RgbImage::from_fn(416, 416, |x, y| {
+        let i = (y * 416 + x) as usize;
+        image::Rgb([chw[i], chw[plane + i], chw[2 * plane + i]])
+    });
+    let tmp = std::env::temp_dir().join(format!("splitstream-infer-det-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let png = tmp.join("astronaut.png");
+    img.save(&png).unwrap();
+    let out = tmp.join("dets.safetensors");
+    let weights = fixtures.join("femtodet_seeded.safetensors");
+    let o = infer(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--input".as_ref(),
+        png.as_os_str(),
+        "--output".as_ref(),
+        out.as_os_str(),
+        "--backend".as_ref(),
+        "cpu".as_ref(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let line: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let dets = line["detections"].as_array().unwrap();
+
+    let file = std::fs::read(&out).unwrap();
+    let got = safetensors::SafeTensors::deserialize(&file).unwrap();
+    let f32s = |st: &safetensors::SafeTensors<'_>, name: &str| -> Vec<f32> {
+        st.tensor(name)
+            .unwrap()
+            .data()
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect()
+    };
+    for name in ["head.cls", "head.reg", "head.obj"] {
+        let (a, b) = (f32s(&got, name), f32s(&st, name));
+        let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(&b)
+            .fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-4 * scale, "{name}: {diff}");
+    }
+    let labels = got.tensor("labels").unwrap();
+    assert_eq!(labels.dtype(), safetensors::Dtype::I64);
+    let n = labels.shape()[0];
+    assert_eq!(n, st.tensor("labels").unwrap().shape()[0]);
+    assert_eq!(labels.data(), st.tensor("labels").unwrap().data());
+    assert_eq!(got.tensor("boxes").unwrap().shape(), [n, 4]);
+    assert_eq!(dets.len(), n);
+    let (boxes, want) = (f32s(&got, "boxes"), f32s(&st, "boxes_input"));
+    for (a, b) in boxes.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-2, "{a} vs {b}");
+    }
+
+    // A bad image is a clear error, not a panic.
+    let bad = tmp.join("bad.png");
+    std::fs::write(&bad, b"not a png").unwrap();
+    let o = infer(&[
+        "--weights".as_ref(),
+        weights.as_os_str(),
+        "--input".as_ref(),
+        bad.as_os_str(),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("bad.png"));
+    let _ = std::fs::remove_dir_all(&tmp);
+}

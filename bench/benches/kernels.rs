@@ -1,7 +1,8 @@
 //! Criterion: the CPU backend's hot kernels at ViT shapes: the dense layers of a
 //! DeiT-Tiny block (GEMM with fused bias and GELU) and the patch-embedding
 //! convolution, plus a depthwise 3x3 and a pointwise 1x1 convolution (the shapes a CNN
-//! detector spends its time in).
+//! detector spends its time in; FemtoDet's own at 416). Throughput is in FLOPs (2 per
+//! multiply-add), so criterion's `elem/s` reads as FLOP/s per op kind.
 //!
 //! `cargo bench -p splitstream-bench --bench kernels` (add `-- --quick` for a short
 //! run). GFLOP/s against the wgpu backend and a machine's peak is
@@ -84,12 +85,58 @@ fn conv(c: &mut Criterion) {
             [64, 64, 1, 1],
             Conv2dSpec::new([1, 1], [0, 0]),
         ),
+        // FemtoDet at 416: its depthwise (IBE folded) and pointwise convolutions.
+        (
+            "femtodet_dw3x3_s2_32x208",
+            [1, 32, 208, 208],
+            [32, 1, 3, 3],
+            Conv2dSpec::new([2, 2], [1, 1]).groups(32),
+        ),
+        (
+            "femtodet_dw3x3_32x104",
+            [1, 32, 104, 104],
+            [32, 1, 3, 3],
+            Conv2dSpec::new([1, 1], [1, 1]).groups(32),
+        ),
+        (
+            "femtodet_dw3x3_64x26",
+            [1, 64, 26, 26],
+            [64, 1, 3, 3],
+            Conv2dSpec::new([1, 1], [1, 1]).groups(64),
+        ),
+        (
+            "femtodet_pw1x1_8to32_104",
+            [1, 8, 104, 104],
+            [32, 8, 1, 1],
+            Conv2dSpec::new([1, 1], [0, 0]),
+        ),
+        (
+            "femtodet_pw1x1_g2_160to40_13",
+            [1, 160, 13, 13],
+            [40, 80, 1, 1],
+            Conv2dSpec::new([1, 1], [0, 0]).groups(2),
+        ),
+        (
+            "femtodet_pw1x1_64x26",
+            [1, 64, 26, 26],
+            [64, 64, 1, 1],
+            Conv2dSpec::new([1, 1], [0, 0]),
+        ),
     ];
     for (name, input, weight, spec) in cases {
         let x = be.upload(&tensor(&input, 5)).expect("uploads");
         let layer = be
             .prepare_conv2d(&tensor(&weight, 6), Some(&tensor(&weight[..1], 7)), spec)
             .expect("prepares");
+        // FLOPs (2 per multiply-add), so criterion's elements/s read as GFLOP/s.
+        let out_side =
+            |side: usize, k: usize, i: usize| (side + 2 * spec.padding[i] - k) / spec.stride[i] + 1;
+        let (ho, wo) = (
+            out_side(input[2], weight[2], 0),
+            out_side(input[3], weight[3], 1),
+        );
+        let flops = 2 * input[0] * weight.iter().product::<usize>() * ho * wo;
+        group.throughput(Throughput::Elements(flops as u64));
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
             b.iter(|| be.conv2d(&x, &layer).expect("runs"))
         });

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use image::RgbImage;
-use splitstream_codec::{Bits, CodecParams, Entropy, TensorView};
+use splitstream_codec::{Bits, CodecParams, Entropy, Granularity, Scheme, TensorView};
 use splitstream_models::net::{Answer, InputSpec, NetState, Output, SplitPoint};
 use splitstream_models::HostTensor;
 use splitstream_transport::names::{jpeg_spec, OFFLOAD_SPLIT};
@@ -22,7 +22,37 @@ use crate::offload::{encode_jpeg, JpegSettings};
 use crate::source::{Frame, Payload};
 use crate::stats::{FrameRecord, Mode, Outcome};
 
-/// The codec parameters the device encodes a bottleneck with for each choice.
+/// The codec parameters for `codec` on an activation of `shape`: the per-channel
+/// choices quantize along the channels, the last axis of ViT tokens `[B, N, D]` and
+/// the second of feature maps `[B, C, H, W]`; a flat activation `[B, L]` (a detector's
+/// taps packed together) has no channel axis and is quantized per tensor.
+pub fn codec_params_for(codec: CodecChoice, shape: &[usize]) -> CodecParams {
+    let params = codec_params(codec);
+    match (params.scheme, shape.len()) {
+        (
+            Scheme::Affine {
+                bits,
+                granularity: Granularity::PerChannel { .. },
+            },
+            rank,
+        ) => {
+            let granularity = match rank {
+                3 => Granularity::PerChannel { axis: 2 },
+                4 => Granularity::PerChannel { axis: 1 },
+                _ => Granularity::PerTensor,
+            };
+            CodecParams {
+                scheme: Scheme::Affine { bits, granularity },
+                entropy: params.entropy,
+            }
+        }
+        _ => params,
+    }
+}
+
+/// The codec parameters the device encodes a bottleneck with for each choice (the
+/// per-channel ones along axis 2, for ViT tokens; [`codec_params_for`] picks the axis
+/// from the activation's shape).
 pub fn codec_params(codec: CodecChoice) -> CodecParams {
     let zstd = Entropy::Zstd { level: 1 };
     match codec {
@@ -167,6 +197,37 @@ impl Device {
             .map_err(|e| ComputeError::Model(e.to_string()))
     }
 
+    /// A detector's boxes moved from the model input's pixels to the frame's (the
+    /// letterbox's scale undone); other answers, and frames that were tensors, as they
+    /// are.
+    pub fn in_image_pixels(&self, frame: &Frame, answer: Answer) -> Answer {
+        let Payload::Image(img) = &frame.payload else {
+            return answer;
+        };
+        let Some([sx, sy]) = self
+            .model
+            .input()
+            .transform()
+            .and_then(|t| t.box_scale(img.width(), img.height()))
+        else {
+            return answer;
+        };
+        match answer {
+            Answer::Detections(mut dets) => {
+                for d in &mut dets {
+                    d.bbox = [
+                        d.bbox[0] * sx,
+                        d.bbox[1] * sy,
+                        d.bbox[2] * sx,
+                        d.bbox[3] * sy,
+                    ];
+                }
+                Answer::Detections(dets)
+            }
+            other => other,
+        }
+    }
+
     /// Runs one frame to a result (see the module docs).
     pub async fn process(&mut self, frame: &Frame) -> FrameResult {
         let seq = self.seq;
@@ -193,6 +254,7 @@ impl Device {
         };
         let answer = match self.run(frame, &mut rec).await {
             Ok(a) => {
+                let a = self.in_image_pixels(frame, a);
                 rec.result = outcome(&a);
                 Some(a)
             }
@@ -231,7 +293,7 @@ impl Device {
                 let encoded = TensorView::f32(act.shape(), act.data())
                     .map_err(|e| e.to_string())
                     .and_then(|v| {
-                        splitstream_codec::encode(&v, &codec_params(codec))
+                        splitstream_codec::encode(&v, &codec_params_for(codec, act.shape()))
                             .map_err(|e| e.to_string())
                     });
                 rec.head_ms = ms(t0.elapsed());

@@ -5,6 +5,7 @@
 //!   cameras and streams through `ffmpeg`, preprocessed tensors in safetensors files),
 //!   chosen from one spec string by [`source::open_source`];
 //! - [`device`]: running frames locally, split or offloaded, with local fallback;
+//! - [`draw`]: a detector's boxes drawn on frames (`--draw`);
 //! - [`model`]: the network the device runs (a ViT, or one with a learned bottleneck);
 //! - [`offload`]: the frame as JPEG for offload mode;
 //! - [`policy`]: where each frame runs (local, split, offload), from battery, link and edge;
@@ -13,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod device;
+pub mod draw;
 pub mod model;
 pub mod offload;
 pub mod policy;

@@ -59,7 +59,8 @@ pub enum Outcome {
     },
     /// A detector's answer: every object found.
     Detected {
-        /// Boxes (corners, input pixels), scores and labels.
+        /// Boxes (corners `x1 y1 x2 y2`: in the frame's pixels for images, the model
+        /// input's for tensor frames), scores and labels.
         boxes: Vec<Detection>,
     },
     /// A language model's next token.

@@ -15,6 +15,8 @@ pub mod backend;
 pub mod bottleneck;
 #[cfg(feature = "clap")]
 pub mod cli;
+pub mod detection_map;
+pub mod femtodet;
 pub mod labels;
 pub mod net;
 pub mod preprocess;

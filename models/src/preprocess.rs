@@ -61,17 +61,38 @@ pub enum ImageError {
     },
 }
 
+/// How the image becomes a square: timm's centre crop or a detector's letterbox.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Framing {
+    /// Resize the shorter side to `resize` (bicubic, as PIL), centre crop `crop`.
+    CenterCrop,
+    /// mmdet's test pipeline for detectors: keep the ratio with the longer side at
+    /// `resize` (bilinear, as OpenCV's `INTER_LINEAR`), then pad bottom and right to
+    /// `crop x crop` with the value `pad` in every channel (before normalising).
+    Letterbox {
+        /// The pad value, in 8-bit pixel units (mmdet: 114).
+        pad: u8,
+        /// Per-channel mean in pixel units, subtracted (in f32) before dividing.
+        mean: [f32; 3],
+        /// Per-channel std in pixel units.
+        std: [f32; 3],
+    },
+}
+
 /// The evaluation transform's parameters.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalTransform {
-    /// Target length of the shorter side after resizing.
+    /// Target length of the shorter side (centre crop) or the longer side (letterbox)
+    /// after resizing.
     pub resize: u32,
-    /// Side of the centre crop.
+    /// Side of the square input (the centre crop, or the padded letterbox).
     pub crop: u32,
     /// Per-channel mean subtracted after scaling to [0, 1].
     pub mean: [f32; 3],
     /// Per-channel standard deviation divided by.
     pub std: [f32; 3],
+    /// Centre crop or letterbox.
+    pub framing: Framing,
 }
 
 impl EvalTransform {
@@ -88,6 +109,63 @@ impl EvalTransform {
             crop,
             mean: IMAGENET_MEAN,
             std: IMAGENET_STD,
+            framing: Framing::CenterCrop,
+        }
+    }
+
+    /// A detector's letterbox to `side x side`: the longer side resized to `side`, the
+    /// rest padded with `pad`; `mean` and `std` in 8-bit pixel units, as mmdet writes
+    /// them (`[123.675, 116.28, 103.53]`, `[58.395, ...]`).
+    pub fn letterbox(side: u32, pad: u8, mean: [f32; 3], std: [f32; 3]) -> Self {
+        Self {
+            resize: side,
+            crop: side,
+            mean: mean.map(|m| m / 255.0),
+            std: std.map(|s| s / 255.0),
+            framing: Framing::Letterbox { pad, mean, std },
+        }
+    }
+
+    /// The size an image of `width x height` is resized to before cropping or padding
+    /// (mmcv's `rescale_size` for the letterbox: `int(side * factor + 0.5)`).
+    pub fn resized_size(&self, width: u32, height: u32) -> (u32, u32) {
+        let (w, h) = (width.max(1), height.max(1));
+        match self.framing {
+            Framing::CenterCrop => {
+                if w <= h {
+                    (
+                        self.resize,
+                        (self.resize as u64 * h as u64 / w as u64) as u32,
+                    )
+                } else {
+                    (
+                        (self.resize as u64 * w as u64 / h as u64) as u32,
+                        self.resize,
+                    )
+                }
+            }
+            Framing::Letterbox { .. } => {
+                let factor = self.resize as f64 / w.max(h) as f64;
+                let side = |s: u32| ((s as f64 * factor + 0.5) as u32).clamp(1, self.crop);
+                (side(w), side(h))
+            }
+        }
+    }
+
+    /// For a letterbox, the factors `[sx, sy]` that take input pixels back to the
+    /// original image's (`x_image = x_input * sx`): mmdet divides boxes by its
+    /// `scale_factor` `(new_w / w, new_h / h)`. `None` for a centre crop (boxes in the
+    /// crop do not map back by a scale alone).
+    pub fn box_scale(&self, width: u32, height: u32) -> Option<[f32; 2]> {
+        match self.framing {
+            Framing::CenterCrop => None,
+            Framing::Letterbox { .. } => {
+                let (nw, nh) = self.resized_size(width, height);
+                Some([
+                    width.max(1) as f32 / nw as f32,
+                    height.max(1) as f32 / nh as f32,
+                ])
+            }
         }
     }
 
@@ -106,20 +184,12 @@ impl EvalTransform {
 
     /// Applies the transform: `[3, crop, crop]` values, channel-major.
     pub fn apply(&self, img: &RgbImage) -> Vec<f32> {
-        let (w, h) = img.dimensions();
+        if let Framing::Letterbox { pad, mean, std } = self.framing {
+            return self.apply_letterbox(img, pad, mean, std);
+        }
         // torchvision: the shorter side becomes `resize`, the longer keeps the aspect
         // ratio, truncated.
-        let (nw, nh) = if w <= h {
-            (
-                self.resize,
-                (self.resize as u64 * h as u64 / w.max(1) as u64) as u32,
-            )
-        } else {
-            (
-                (self.resize as u64 * w as u64 / h.max(1) as u64) as u32,
-                self.resize,
-            )
-        };
+        let (nw, nh) = self.resized_size(img.width(), img.height());
         let resized = resize_bicubic(img, nw.max(1), nh.max(1));
         let (rw, rh) = (nw.max(1) as usize, nh.max(1) as usize);
         let crop = self.crop as usize;
@@ -143,6 +213,93 @@ impl EvalTransform {
         }
         out
     }
+}
+
+impl EvalTransform {
+    fn apply_letterbox(&self, img: &RgbImage, pad: u8, mean: [f32; 3], std: [f32; 3]) -> Vec<f32> {
+        let (canvas, _) = letterbox_u8(img, self, pad);
+        let plane = (self.crop as usize).pow(2);
+        canvas
+            .iter()
+            .enumerate()
+            .map(|(i, &v)| {
+                let c = i / plane.max(1);
+                // mmdet normalises in pixel units: (v - mean) / std.
+                (v as f32 - mean[c]) / std[c]
+            })
+            .collect()
+    }
+}
+
+/// Bilinear resize with OpenCV `INTER_LINEAR`'s geometry (half-pixel centres, edge
+/// clamping, no antialiasing), in f64: per axis `f = (d + 0.5) * src / dst - 0.5`, `i0 =
+/// floor(f)`, `a = f - i0` (`f < 0`: `(0, 0)`; `i0 >= src - 1`: `(src - 1, 0)`), the
+/// horizontal pass `(1 - a) p0 + a p1`, then the vertical, then `floor(v + 0.5)` to 8
+/// bits. OpenCV's own fixed point can differ by one grey level; this is the arithmetic
+/// of our PyTorch reference (`python/femtodet.py`), which the parity tests pin.
+fn resize_bilinear_cv(img: &RgbImage, nw: u32, nh: u32) -> Vec<u8> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let (nw, nh) = (nw.max(1) as usize, nh.max(1) as usize);
+    if (nw, nh) == (w, h) {
+        return img.as_raw().clone();
+    }
+    let src = img.as_raw();
+    let axis = |input: usize, output: usize| -> Vec<(usize, usize, f64)> {
+        let scale = input as f64 / output as f64;
+        (0..output)
+            .map(|d| {
+                let f = (d as f64 + 0.5) * scale - 0.5;
+                let fl = f.floor();
+                let (mut i0, mut a) = (fl as isize, f - fl);
+                if i0 < 0 {
+                    (i0, a) = (0, 0.0);
+                }
+                let mut i0 = i0 as usize;
+                if i0 >= input - 1 {
+                    (i0, a) = (input - 1, 0.0);
+                }
+                (i0, (i0 + 1).min(input - 1), a)
+            })
+            .collect()
+    };
+    let xs = axis(w, nw);
+    let ys = axis(h, nh);
+    let mut rows = vec![0.0f64; h * nw * 3];
+    for y in 0..h {
+        for (x, &(x0, x1, a)) in xs.iter().enumerate() {
+            for c in 0..3 {
+                let p0 = src[(y * w + x0) * 3 + c] as f64;
+                let p1 = src[(y * w + x1) * 3 + c] as f64;
+                rows[(y * nw + x) * 3 + c] = (1.0 - a) * p0 + a * p1;
+            }
+        }
+    }
+    let mut out = vec![0u8; nw * nh * 3];
+    for (y, &(y0, y1, a)) in ys.iter().enumerate() {
+        for i in 0..nw * 3 {
+            let v = (1.0 - a) * rows[y0 * nw * 3 + i] + a * rows[y1 * nw * 3 + i];
+            out[y * nw * 3 + i] = (v + 0.5).floor().clamp(0.0, 255.0) as u8;
+        }
+    }
+    out
+}
+
+/// The letterboxed image before normalising, `[3, side, side]` channel-major 8-bit,
+/// and the resized size: what [`EvalTransform::apply`] normalises for a letterbox.
+pub fn letterbox_u8(img: &RgbImage, transform: &EvalTransform, pad: u8) -> (Vec<u8>, (u32, u32)) {
+    let (nw, nh) = transform.resized_size(img.width(), img.height());
+    let resized = resize_bilinear_cv(img, nw, nh);
+    let (rw, rh) = (nw as usize, nh as usize);
+    let side = transform.crop as usize;
+    let mut out = vec![pad; 3 * side * side];
+    for c in 0..3 {
+        for y in 0..rh.min(side) {
+            for x in 0..rw.min(side) {
+                out[(c * side + y) * side + x] = resized[(y * rw + x) * 3 + c];
+            }
+        }
+    }
+    (out, (nw, nh))
 }
 
 fn crop_offset(size: usize, crop: usize) -> isize {
@@ -332,6 +489,36 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_letterbox_keeps_the_ratio_pads_and_maps_boxes_back() {
+        let t = EvalTransform::letterbox(416, 114, [123.675, 116.28, 103.53], [58.82; 3]);
+        assert_eq!(t.resized_size(640, 480), (416, 312));
+        assert_eq!(t.resized_size(100, 300), (139, 416));
+        let [sx, sy] = t.box_scale(640, 480).unwrap();
+        assert!((sx - 640.0 / 416.0).abs() < 1e-6 && (sy - 480.0 / 312.0).abs() < 1e-6);
+        assert_eq!(EvalTransform::deit(224).box_scale(640, 480), None);
+        let img = RgbImage::from_pixel(640, 480, image::Rgb([200, 100, 50]));
+        let out = t.apply(&img);
+        let plane = 416 * 416;
+        assert_eq!(out.len(), 3 * plane);
+        let at = |c: usize, y: usize, x: usize| out[c * plane + y * 416 + x];
+        // Inside the image: the flat colour, normalised in pixel units.
+        assert!((at(0, 10, 10) - (200.0 - 123.675) / 58.82).abs() < 1e-5);
+        assert!((at(2, 311, 415) - (50.0 - 103.53) / 58.82).abs() < 1e-5);
+        // Below it: the pad value.
+        assert!((at(1, 312, 0) - (114.0 - 116.28) / 58.82).abs() < 1e-5);
+    }
+
+    #[test]
+    fn the_bilinear_resize_interpolates_between_pixel_centres() {
+        // A 2-pixel ramp doubled: OpenCV gives 0, 64, 191, 255 for 0 and 255.
+        let mut img = RgbImage::new(2, 1);
+        img.put_pixel(1, 0, image::Rgb([255, 255, 255]));
+        let out = resize_bilinear_cv(&img, 4, 1);
+        let reds: Vec<u8> = out.chunks(3).map(|p| p[0]).collect();
+        assert_eq!(reds, [0, 64, 191, 255]);
     }
 
     #[test]

@@ -13,6 +13,7 @@ use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::bottleneck::Bottleneck;
 use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::labels::{display_class, ClassNames};
+use splitstream_models::net::{detect_family, Family};
 use splitstream_models::preprocess::{load_rgb, EvalTransform};
 use splitstream_models::split::{SplitMetadata, BOTTLENECK_PREFIX};
 use splitstream_models::vit::SplitModel;
@@ -35,44 +36,48 @@ Images: a folder with labels.csv (columns file,label; label is the class index),
 assets/demo/test. Without labels.csv the table reports agreement with local only;
 with it a second table gives the local model's accuracy per class, named by --labels
 or the checkpoint's class_names metadata (JSON: rows with \"class\" after the routes).
+A detector (FemtoDet): a folder with COCO-style annotations.json (bbox [x,y,w,h],
+category_id = 0-based label), as assets/femtodet/test; the table gives mAP@0.5 (VOC
+all-point) and mAP@0.5:0.95 for local, every split point (or --raw-split K; --split-model
+for a detector trained with its bottleneck) and JPEG offload.
 Codes go through the real codec, one frame per image: f32 lossless, or affine
 quantization per channel (8/4/2 bit); all with zstd level 1. Bytes are whole frames
 (header and checksum included).")]
 pub(crate) struct Args {
     // --weights: the model run locally (and offloaded).
     #[command(flatten)]
-    model: WeightsArgs,
+    pub(super) model: WeightsArgs,
     /// A split checkpoint (ViT + `bottleneck.*` + metadata `split`), e.g. from
     /// python/train_bottlefit.py. Repeatable.
     #[arg(long = "split-model", value_name = "FILE")]
-    split_models: Vec<PathBuf>,
+    pub(super) split_models: Vec<PathBuf>,
     /// A bottleneck alone (from `splitstream calibrate`), applied to --weights at the
     /// split its metadata names. Repeatable.
     #[arg(long = "bottleneck", value_name = "FILE")]
-    bottlenecks: Vec<PathBuf>,
+    pub(super) bottlenecks: Vec<PathBuf>,
     /// Also split --weights at this point with no bottleneck (the activation itself
     /// crosses the link). Repeatable.
     #[arg(long = "raw-split", value_name = "K")]
-    raw_splits: Vec<usize>,
+    pub(super) raw_splits: Vec<usize>,
     /// Offload the frame as JPEG at this quality (repeatable; default 75 and 90).
     #[arg(long = "jpeg", value_name = "Q", value_parser = clap::value_parser!(u8).range(1..=100))]
-    jpeg: Vec<u8>,
+    pub(super) jpeg: Vec<u8>,
     /// Quantizations of the code: f32, 8, 4, 2 (comma-separated).
     #[arg(long, value_delimiter = ',', default_value = "f32,8,4,2")]
-    codes: Vec<String>,
+    pub(super) codes: Vec<String>,
     /// Folder of test images (labels.csv inside for accuracy).
     #[arg(long, value_name = "DIR")]
-    images: PathBuf,
+    pub(super) images: PathBuf,
     /// Use only the first N images.
     #[arg(long, value_name = "N")]
-    limit: Option<usize>,
+    pub(super) limit: Option<usize>,
     #[command(flatten)]
     labels: LabelsArgs,
     #[command(flatten)]
-    threads: ThreadsArgs,
+    pub(super) threads: ThreadsArgs,
     /// One JSON object per row instead of the table.
     #[arg(long)]
-    json: bool,
+    pub(super) json: bool,
 }
 
 /// A quantization of the code on the wire.
@@ -268,6 +273,13 @@ fn file_name(path: &Path) -> String {
 
 /// Runs `splitstream evaluate`.
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    // A detector has its own table (mAP, not accuracy).
+    if let Ok(weights) = Weights::from_file(&args.model.weights) {
+        if detect_family(&weights).ok() == Some(Family::FemtoDet) {
+            drop(weights);
+            return super::evaluate_det::run(args);
+        }
+    }
     let codes = args
         .codes
         .iter()

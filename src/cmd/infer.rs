@@ -1,6 +1,6 @@
 //! `splitstream infer`: run a checkpoint of any image family the loader knows (a timm
 //! ViT/DeiT today) on images or on a preprocessed tensor and print the top-k classes
-//! of each item (a detector's boxes, as JSON lines).
+//! of each item (a detector's boxes, as JSON lines, in the image's pixels).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,9 +8,11 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::cli::{BackendArgs, LabelsArgs, ThreadsArgs, WeightsArgs};
+use splitstream_models::femtodet::FemtoDet;
 use splitstream_models::labels::ClassNames;
-use splitstream_models::net::{load_net, NetOptions, Output};
-use splitstream_models::preprocess::{load_batch, EvalTransform};
+use splitstream_models::net::{detect_family, load_net, Detection, Family, NetOptions, Output};
+use splitstream_models::preprocess::{load_batch, load_rgb, EvalTransform};
+use splitstream_models::split::SplitMetadata;
 use splitstream_models::weights::{save_safetensors, Weights};
 use splitstream_models::{Backend, HostTensor, SplitNet};
 
@@ -68,6 +70,10 @@ fn run_model<B: Backend>(backend: B, weights: Weights, args: &Args) -> anyhow::R
   splitstream infer --weights vit_micro.safetensors --heads 4 --input cat.jpg \\
       --labels classes.txt
 
+  # a FemtoDet detector: JSON lines of boxes in the image's pixels, raw maps saved
+  splitstream infer --weights femtodet.safetensors --input street.jpg \\
+      --output detections.safetensors
+
 Class names come from --labels, else the checkpoint's class_names metadata (as
 python/export_timm.py writes ImageNet's), else only indices are printed.")]
 pub(crate) struct Args {
@@ -81,7 +87,9 @@ pub(crate) struct Args {
     /// .safetensors file with a tensor `input` [B,3,S,S] already preprocessed.
     #[arg(long, value_name = "PATH", required = true)]
     input: Vec<PathBuf>,
-    /// Write the logits [B, classes] as tensor `logits` to this safetensors file.
+    /// Write the logits [B, classes] as tensor `logits` to this safetensors file (a
+    /// detector: its raw maps `head.cls`/`head.reg`/`head.obj` and the final `boxes`
+    /// [N,4] in the image's pixels, `scores` [N], `labels` [N] int64).
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
     /// Classes to print per item.
@@ -157,8 +165,177 @@ fn softmax(row: &[f32]) -> Vec<f64> {
     exps.into_iter().map(|e| e / sum).collect()
 }
 
+/// A detector's run: the head's raw maps, the detections of each item mapped back to
+/// its image (input pixels for a preprocessed tensor), and the class names.
+struct Detected {
+    maps: splitstream_models::femtodet::HeadMaps,
+    items: Vec<(String, Vec<Detection>)>,
+    classes: Vec<String>,
+    describe: String,
+}
+
+/// FemtoDet, loaded as itself (not behind `SplitNet`) so that its raw head maps can be
+/// written out.
+fn run_detector<B: Backend>(backend: B, weights: Weights, args: &Args) -> anyhow::Result<Detected> {
+    let metadata = SplitMetadata::from_weights(&weights)?;
+    let net = FemtoDet::load(backend, &weights, &metadata)
+        .with_context(|| format!("loading {}", args.model.weights.display()))?;
+    drop(weights);
+    let Some(transform) = net.input().transform().cloned() else {
+        bail!("the detector takes no images");
+    };
+    let (input, labels, sizes) = match args.input.as_slice() {
+        [p] if is_safetensors(p) => {
+            let (input, labels) = load_input(&args.input, &transform)?;
+            let n = labels.len();
+            (input, labels, vec![None; n])
+        }
+        paths => {
+            let side = transform.crop as usize;
+            let mut data = Vec::with_capacity(paths.len() * 3 * side * side);
+            let mut sizes = Vec::with_capacity(paths.len());
+            for p in paths {
+                if is_safetensors(p) {
+                    bail!(
+                        "{} is a safetensors file: give it alone as --input, not mixed with images",
+                        p.display()
+                    );
+                }
+                let img = load_rgb(p)?;
+                sizes.push(Some(img.dimensions()));
+                data.extend(transform.apply(&img));
+            }
+            let input = HostTensor::new([paths.len(), 3, side, side], data)?;
+            let labels = paths.iter().map(|p| p.display().to_string()).collect();
+            (input, labels, sizes)
+        }
+    };
+    let maps = net.head_maps(&input)?;
+    let dets = net.decode(&maps);
+    let items = labels
+        .into_iter()
+        .zip(dets)
+        .zip(sizes)
+        .map(|((label, dets), size)| {
+            let scale = size.and_then(|(w, h)| transform.box_scale(w, h));
+            let dets = dets
+                .into_iter()
+                .map(|mut d| {
+                    if let Some([sx, sy]) = scale {
+                        d.bbox = [
+                            d.bbox[0] * sx,
+                            d.bbox[1] * sy,
+                            d.bbox[2] * sx,
+                            d.bbox[3] * sy,
+                        ];
+                    }
+                    d
+                })
+                .collect();
+            (label, dets)
+        })
+        .collect();
+    Ok(Detected {
+        maps,
+        items,
+        classes: net.config().classes.clone(),
+        describe: net.describe(),
+    })
+}
+
+/// Writes `f32` and `i64` tensors into one safetensors file.
+fn save_mixed(
+    path: &Path,
+    f32s: &[(&str, &HostTensor)],
+    i64s: &[(&str, Vec<usize>, Vec<i64>)],
+) -> anyhow::Result<()> {
+    use safetensors::{tensor::TensorView, Dtype};
+    let mut bytes: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in f32s {
+        let b = t.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes.push((name.to_string(), Dtype::F32, t.shape().to_vec(), b));
+    }
+    for (name, shape, v) in i64s {
+        let b = v.iter().flat_map(|v| v.to_le_bytes()).collect();
+        bytes.push((name.to_string(), Dtype::I64, shape.clone(), b));
+    }
+    let views = bytes
+        .iter()
+        .map(|(n, d, s, b)| TensorView::new(*d, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()?;
+    safetensors::serialize_to_file(views, None, path)
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn report_detections(d: Detected, args: &Args) -> anyhow::Result<()> {
+    if let Some(out) = &args.output {
+        let all: Vec<(usize, &Detection)> = d
+            .items
+            .iter()
+            .enumerate()
+            .flat_map(|(i, (_, dets))| dets.iter().map(move |x| (i, x)))
+            .collect();
+        let n = all.len();
+        let boxes = HostTensor::new([n, 4], all.iter().flat_map(|(_, x)| x.bbox).collect())?;
+        let scores = HostTensor::new([n], all.iter().map(|(_, x)| x.score).collect())?;
+        let labels: Vec<i64> = all.iter().map(|(_, x)| i64::from(x.label)).collect();
+        let mut ints = vec![("labels", vec![n], labels)];
+        if d.items.len() > 1 {
+            ints.push((
+                "item",
+                vec![n],
+                all.iter().map(|(i, _)| *i as i64).collect(),
+            ));
+        }
+        save_mixed(
+            out,
+            &[
+                ("head.cls", &d.maps.cls),
+                ("head.reg", &d.maps.reg),
+                ("head.obj", &d.maps.obj),
+                ("boxes", &boxes),
+                ("scores", &scores),
+            ],
+            &ints,
+        )?;
+    }
+    for (label, dets) in &d.items {
+        let objects: Vec<serde_json::Value> = dets
+            .iter()
+            .map(|x| {
+                serde_json::json!({
+                    "label": x.label,
+                    "class": d.classes.get(x.label as usize),
+                    "score": x.score,
+                    "box": x.bbox,
+                })
+            })
+            .collect();
+        let line = serde_json::json!({
+            "input": label,
+            "model": d.describe,
+            "detections": objects,
+        });
+        println!("{line}");
+    }
+    if let Some(out) = &args.output {
+        eprintln!("head maps and detections written to {}", out.display());
+    }
+    Ok(())
+}
+
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     let weights = Weights::from_file(&args.model.weights)?;
+    if detect_family(&weights).ok() == Some(Family::FemtoDet) {
+        let detected = match args.backend.choice.open_wgpu_reporting()? {
+            (Some(gpu), chosen) => with_line(run_detector(gpu, weights, &args)?, chosen),
+            (None, chosen) => with_line(
+                run_detector(CpuBackend::new(args.threads.count)?, weights, &args)?,
+                chosen,
+            ),
+        };
+        return report_detections(detected, &args);
+    }
     let names = ClassNames::resolve(args.labels.file.as_deref(), weights.metadata(), None)?;
     let Ran {
         output,

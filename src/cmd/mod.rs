@@ -3,6 +3,7 @@
 pub(crate) mod calibrate;
 pub(crate) mod demo;
 pub(crate) mod evaluate;
+mod evaluate_det;
 pub(crate) mod events;
 pub(crate) mod infer;
 pub(crate) mod measure;

@@ -1,5 +1,7 @@
-//! `splitstream-bench model`: ViT/DeiT latency and peak memory on the CPU or wgpu
-//! backend, beside onnxruntime on the same model's ONNX export, in the same run.
+//! `splitstream-bench model`: latency and peak memory of any image model the loader
+//! knows (ViT/DeiT, FemtoDet: the whole forward, a detector's decode and NMS
+//! included) on the CPU or wgpu backend, beside onnxruntime on the same model's ONNX
+//! export, in the same run.
 //!
 //! Ours runs in this process (peak RSS = this process's VmHWM, which holds nothing
 //! but the model and the bench); onnxruntime runs in a python child
@@ -15,9 +17,11 @@ use serde_json::{json, Value};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::Backend;
 use splitstream_models::cli::{BackendArgs, ThreadsArgs, WeightsArgs};
-use splitstream_models::vit::{find_arch, Vit, VitOptions};
+use splitstream_models::net::{load_net, NetOptions};
+use splitstream_models::vit::find_arch;
 use splitstream_models::weights::Weights;
 use splitstream_models::HostTensor;
+use splitstream_models::SplitNet;
 
 use crate::stats::{median, peak_rss_kib, percentile};
 
@@ -30,6 +34,9 @@ use crate::stats::{median, peak_rss_kib, percentile};
 
   # ours only
   splitstream-bench model --weights model.safetensors --arch vit_small_patch16_224 --no-peer
+
+  # FemtoDet at 416, batch 1 and 8, against onnxruntime on its export (femtodet.onnx)
+  splitstream-bench model --weights femtodet.safetensors --batch 1 --batch 8 --runs 3
 
   # on the GPU through wgpu (WGPU_ADAPTER_NAME / WGPU_BACKEND pick the adapter)
   splitstream-bench model --weights deit_small_patch16_224.safetensors --backend wgpu \\
@@ -90,15 +97,15 @@ fn input(batch: usize, size: usize) -> anyhow::Result<HostTensor> {
     Ok(HostTensor::new([batch, 3, size, size], data)?)
 }
 
-fn measure_ours<B: Backend>(vit: &Vit<B>, batch: usize, args: &Args) -> anyhow::Result<Value> {
-    let x = input(batch, vit.config().image_size)?;
+fn measure_ours(net: &dyn SplitNet, batch: usize, args: &Args) -> anyhow::Result<Value> {
+    let x = input(batch, image_size(net)?)?;
     for _ in 0..args.warmup {
-        vit.run(&x)?;
+        net.forward(&x, None)?;
     }
     let mut times = Vec::with_capacity(args.iters);
     for _ in 0..args.iters {
         let t0 = Instant::now();
-        let logits = vit.run(&x)?;
+        let logits = net.forward(&x, None)?;
         times.push(t0.elapsed().as_secs_f64() * 1e3);
         std::hint::black_box(logits);
     }
@@ -110,6 +117,14 @@ fn measure_ours<B: Backend>(vit: &Vit<B>, batch: usize, args: &Args) -> anyhow::
         "min_ms": times.first(),
         "peak_rss_kib": peak_rss_kib(None),
     }))
+}
+
+/// The side of a square image input.
+fn image_size(net: &dyn SplitNet) -> anyhow::Result<usize> {
+    match net.input().item_shape().as_slice() {
+        [3, h, w] if h == w => Ok(*h),
+        other => bail!("the bench runs square RGB image models; this one takes {other:?}"),
+    }
 }
 
 fn measure_peer(onnx: &Path, batch: usize, size: usize, args: &Args) -> anyhow::Result<Value> {
@@ -150,10 +165,10 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
     });
     let load_start = Instant::now();
     let weights = Weights::from_file(&args.model.weights)?;
-    let options = VitOptions {
+    let options = NetOptions {
         arch: arch.clone(),
         num_heads: args.model.heads,
-        eps: None,
+        split: None,
     };
     let cpu = |threads| -> anyhow::Result<(CpuBackend, Value)> {
         let backend = CpuBackend::new(threads)?;
@@ -178,13 +193,13 @@ fn bench_on<B: Backend>(
     backend: B,
     device: Value,
     weights: Weights,
-    options: &VitOptions,
+    options: &NetOptions,
     arch: Option<String>,
     load_start: Instant,
     args: &Args,
 ) -> anyhow::Result<()> {
     let backend_name = backend.name();
-    let vit = Vit::load(backend, &weights, options).with_context(|| {
+    let net = load_net(backend, &weights, options).with_context(|| {
         // The models crate names no flags: the hint is this command's.
         format!(
             "loading {} (a checkpoint of another architecture? name it with --arch)",
@@ -207,11 +222,14 @@ fn bench_on<B: Backend>(
             Some(p)
         }
     };
-    let size = vit.config().image_size;
+    let size = image_size(net.as_ref())?;
+    let model_name = arch
+        .clone()
+        .unwrap_or_else(|| net.family().name().to_owned());
     for &batch in &args.batch {
         let (mut ours_medians, mut peer_medians) = (Vec::new(), Vec::new());
         for run in 0..args.runs {
-            let ours = measure_ours(&vit, batch, args)?;
+            let ours = measure_ours(net.as_ref(), batch, args)?;
             let peer = match &onnx {
                 Some(p) => Some(measure_peer(p, batch, size, args)?),
                 None => None,
@@ -225,7 +243,7 @@ fn bench_on<B: Backend>(
             });
             let line = json!({
                 "bench": "model",
-                "model": arch.as_deref().unwrap_or("vit"),
+                "model": model_name,
                 "weights": args.model.weights.display().to_string(),
                 "backend": backend_name,
                 "device": device,

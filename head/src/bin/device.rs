@@ -11,21 +11,25 @@ use anyhow::{bail, Context};
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::Parser;
 use splitstream_head::device::{load_model, CodecChoice};
+use splitstream_head::draw::{draw_detections, save_drawn, DrawFormat};
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::policy::{
     auto_plans, devices_for, Plan, Policy, PolicyConfig, PolicyRunner, PowerModel,
 };
+use splitstream_head::source::Payload;
 use splitstream_head::source::{
     open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
 };
 use splitstream_head::stats::{FrameRecord, Outcome, RunStats};
 use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::labels::ClassNames;
-use splitstream_models::net::OutputKind;
+use splitstream_models::net::{Answer, OutputKind};
 use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
 
-/// Classify frames with a ViT/DeiT, running it locally, split with an edge, or
-/// offloaded to it. One JSON line per frame on stdout, a summary at the end. When the
+/// Classify frames with a ViT/DeiT, or find objects with a FemtoDet detector, running
+/// it locally, split with an edge, or offloaded to it. One JSON line per frame on stdout
+/// (a detector's boxes as label, score and x1 y1 x2 y2 in the frame's pixels), a
+/// summary at the end. When the
 /// edge is unreachable or fails, frames are computed locally: none is lost.
 #[derive(Parser)]
 #[command(
@@ -50,6 +54,11 @@ use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
   # all on the device (no edge needed)
   splitstream-device --weights vit.safetensors --input photo.jpg --mode local
 
+  # a FemtoDet detector split after stage3, the boxes drawn into out/
+  splitstream-device --weights femtodet.safetensors --edge 10.0.0.5:4433 \\
+      --fingerprint ... --token-file token --input 'photos/*.jpg' --mode split \\
+      --at 3 --draw out/
+
   # an event camera recording, 33 ms of events per frame, rendered as pictures
   splitstream-device --weights vit.safetensors --input recording.raw --mode local
 
@@ -72,6 +81,13 @@ Output: a JSON line per frame, e.g.
 struct Args {
     #[command(flatten)]
     model: WeightsArgs,
+    /// A detector: write each image frame with its boxes drawn into this folder
+    /// (`frame_000000.png`, ...; created if absent).
+    #[arg(long, value_name = "DIR")]
+    draw: Option<PathBuf>,
+    /// Format of the --draw frames.
+    #[arg(long, value_name = "FORMAT", default_value = "png", value_parser = ["png", "jpeg", "jpg"])]
+    draw_format: String,
     /// Model name the edge serves it under; default: the file name without extension.
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -253,6 +269,10 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(dir) = &args.draw {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("--draw {}: cannot create the folder", dir.display()))?;
+    }
     let bytes = std::fs::read(&args.model.weights)
         .with_context(|| format!("cannot read weights {}", args.model.weights.display()))?;
     let name = match &args.name {
@@ -281,9 +301,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let depth = model.max_depth();
     let codec = args.codec;
+    // Offloaded frames shrink to what the model's preprocessing keeps anyway: the
+    // resize side (256 for a DeiT at 224, the letterbox's 416 for FemtoDet).
     let jpeg = JpegSettings {
         quality: args.jpeg_quality,
-        ..JpegSettings::default()
+        max_side: model
+            .input()
+            .transform()
+            .map(|t| t.resize.max(t.crop))
+            .or(JpegSettings::default().max_side),
     };
     let mut cfg = PolicyConfig {
         latency_bound: Duration::from_millis(args.budget_ms),
@@ -473,6 +499,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let result = runner.process(&frame).await;
         stats.record(&result.record);
+        if let (Some(dir), Payload::Image(img), Some(Answer::Detections(dets))) =
+            (&args.draw, &frame.payload, &result.answer)
+        {
+            let format = match args.draw_format.as_str() {
+                "png" => DrawFormat::Png,
+                _ => DrawFormat::Jpeg,
+            };
+            let drawn = draw_detections(img, dets);
+            if let Err(e) = save_drawn(dir, frame.index, &drawn, format) {
+                eprintln!("warning: --draw {}: {e}", dir.display());
+            }
+        }
         write_line(&mut out, &frame_line(&result.record, names.as_ref()))?;
         if let Some(bar) = &bar {
             bar.inc(1);

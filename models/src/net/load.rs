@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use super::{Family, SplitNet};
 use crate::backend::{Backend, BackendError};
+use crate::femtodet::FemtoDet;
 use crate::split::{MetadataError, SplitMetadata};
 use crate::vit::{VitNet, VitOptions};
 use crate::weights::{Weights, WeightsError};
@@ -79,6 +80,9 @@ pub fn detect_family(weights: &Weights) -> Result<Family, LoadNetError> {
     if has("patch_embed.proj.weight") && qkv {
         return Ok(Family::Vit);
     }
+    if has("backbone.conv1.conv.weight") && has("bbox_head.multi_level_conv_cls.0.weight") {
+        return Ok(Family::FemtoDet);
+    }
     Err(LoadNetError::NoFamily {
         first: weights.names().next().unwrap_or("").to_owned(),
         known: known(),
@@ -105,5 +109,10 @@ pub fn load_net<B: Backend>(
         }
         Family::SpikePoint => crate::spikepoint::load_arc(backend, weights)
             .map_err(|e| LoadNetError::Family(Box::new(e))),
+        Family::FemtoDet => {
+            let net = FemtoDet::load(backend, weights, &metadata)
+                .map_err(|e| LoadNetError::Family(Box::new(e)))?;
+            Ok(Arc::new(net))
+        }
     }
 }

@@ -36,18 +36,21 @@ pub use load::{detect_family, load_net, LoadNetError, NetOptions};
 pub enum Family {
     /// Vision Transformer / DeiT, as timm builds them (`vit.rs`).
     Vit,
+    /// FemtoDet, the 68.77k-parameter detector (`femtodet.rs`).
+    FemtoDet,
     /// SpikePoint-style point-based spiking network on event windows (`spikepoint.rs`).
     SpikePoint,
 }
 
 impl Family {
     /// Every family, for messages and `--help`.
-    pub const ALL: [Family; 2] = [Family::Vit, Family::SpikePoint];
+    pub const ALL: [Family; 3] = [Family::Vit, Family::FemtoDet, Family::SpikePoint];
 
     /// The name a checkpoint's `family` metadata uses.
     pub fn name(self) -> &'static str {
         match self {
             Self::Vit => "vit",
+            Self::FemtoDet => "femtodet",
             Self::SpikePoint => "spikepoint",
         }
     }
