@@ -25,5 +25,7 @@ pub use backend::choice::BackendChoice;
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
 pub use net::{Answer, SplitNet};
 pub use tensor::HostTensor;
+pub mod llama;
+pub mod llm;
 pub mod vit;
 pub mod weights;

@@ -36,16 +36,19 @@ pub use load::{detect_family, load_net, LoadNetError, NetOptions};
 pub enum Family {
     /// Vision Transformer / DeiT, as timm builds them (`vit.rs`).
     Vit,
+    /// Llama-family decoders: Llama and Qwen2 (`llama.rs`).
+    Llama,
 }
 
 impl Family {
     /// Every family, for messages and `--help`.
-    pub const ALL: [Family; 1] = [Family::Vit];
+    pub const ALL: [Family; 2] = [Family::Vit, Family::Llama];
 
     /// The name a checkpoint's `family` metadata uses.
     pub fn name(self) -> &'static str {
         match self {
             Self::Vit => "vit",
+            Self::Llama => "llama",
         }
     }
 
