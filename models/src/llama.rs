@@ -20,6 +20,7 @@ use std::ops::Range;
 use crate::backend::{Activation, Backend, BackendError, BinaryOp, DeviceTensor, KvCache};
 use crate::llm::config::LlmConfig;
 use crate::llm::quant::{QuantError, QuantMatrix};
+pub use crate::llm::sample::argmax;
 use crate::llm::{LlmLoadError, LlmWeights, Matrix};
 use crate::net::{Family, InputSpec, NetError, NetState, Output, OutputKind, SplitNet, SplitPoint};
 use crate::tensor::HostTensor;
@@ -591,17 +592,6 @@ pub fn last_position(logits: &HostTensor) -> Result<HostTensor, LlamaError> {
         })
         .collect();
     HostTensor::new([b, v], data).map_err(|e| LlamaError::Input(e.to_string()))
-}
-
-/// Index of the largest value (the first on ties, as `torch.argmax`).
-pub fn argmax(row: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best as u32
 }
 
 impl<B: Backend> SplitNet for LlamaNet<B> {

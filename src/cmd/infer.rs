@@ -142,6 +142,15 @@ fn softmax(row: &[f32]) -> Vec<f64> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if super::generate::is_llm(&args.model.weights) {
+        return super::generate::infer_llm(
+            &args.model.weights,
+            &args.input,
+            args.output.as_deref(),
+            args.backend,
+            args.threads,
+        );
+    }
     let weights = Weights::from_file(&args.model.weights)?;
     let Ran {
         output,

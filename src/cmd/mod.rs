@@ -4,5 +4,6 @@ pub(crate) mod calibrate;
 pub(crate) mod demo;
 pub(crate) mod evaluate;
 pub(crate) mod events;
+pub(crate) mod generate;
 pub(crate) mod infer;
 pub(crate) mod measure;

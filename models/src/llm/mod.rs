@@ -12,6 +12,7 @@ pub mod config;
 pub mod gguf;
 pub mod hf;
 pub mod quant;
+pub mod sample;
 
 use std::path::Path;
 
@@ -49,6 +50,18 @@ pub enum LlmLoadError {
     /// Anything else about the files.
     #[error("{0}")]
     Format(String),
+}
+
+/// Text to token ids and back: the boundary the tokenizer (GGUF-embedded byte-level BPE,
+/// or `tokenizer.json`) implements, so that `splitstream generate --prompt` and `chat`
+/// need nothing else from it.
+pub trait TextCodec: Send + Sync {
+    /// The ids of `text` (no special tokens added: a chat template adds its own).
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Box<dyn std::error::Error + Send + Sync>>;
+
+    /// The text of `ids`; a caller printing tokens as they come decodes the whole
+    /// answer so far and prints what is new (a UTF-8 character may span tokens).
+    fn decode(&self, ids: &[u32]) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
 }
 
 /// A weight matrix `[out, in]` as the model takes it.
@@ -177,6 +190,15 @@ impl LlmWeights {
     pub fn from_gguf(file: GgufFile) -> Result<Self, LlmLoadError> {
         let config = LlmConfig::from_gguf(&file)?;
         Ok(Self::Gguf { config, file })
+    }
+
+    /// The GGUF file, when the weights come from one (its `tokenizer.ggml.*` metadata
+    /// holds the tokenizer).
+    pub fn gguf(&self) -> Option<&GgufFile> {
+        match self {
+            Self::Gguf { file, .. } => Some(file),
+            Self::Hf(_) => None,
+        }
     }
 
     /// The configuration.
