@@ -118,7 +118,7 @@ impl ActivationLut {
             for (a, t) in float.chunks_exact(16).enumerate() {
                 let out = &mut self.tables[base + a * 32..base + a * 32 + 32];
                 for (j, &v) in t.iter().enumerate() {
-                    let q = (v * inv).round().clamp(-127.0, 127.0) as i8;
+                    let q = round_even((v * inv).clamp(-127.0, 127.0)) as i8;
                     out[j] = q;
                     out[j + 16] = q;
                 }
@@ -455,6 +455,14 @@ impl TmacMatrix {
     }
 }
 
+/// Round to nearest, ties to even, for |v| <= 2^22, by the add-and-subtract of
+/// 1.5 * 2^23 (a call to `roundf` otherwise, and not vectorised, on baseline x86-64).
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (v + MAGIC) - MAGIC
+}
+
 fn check_geometry(rows: usize, cols: usize, bits: usize, group: usize) -> Result<(), TmacError> {
     if bits != 2 && bits != 4 {
         return Err(shape_err(format!("{bits} bits (2 or 4 supported)")));
@@ -574,6 +582,11 @@ mod x86 {
 
     use super::{FLUSH, TILE};
 
+    /// Byte weights of plane pair `p`'s two planes: 1, 2 (pair 0) or 4, 8 (pair 1).
+    const fn pair_weights(p: usize) -> i16 {
+        ((2i16 << (2 * p)) << 8) | (1i16 << (2 * p))
+    }
+
     /// # Safety
     /// AVX2 must be available. `planes` holds `pairs * quads * 32` bytes and `tables`
     /// `quads * 32`, `sums` a multiple of 32 values, `quads = sums.len() / 32 * qpg`.
@@ -587,52 +600,65 @@ mod x86 {
     ) {
         let quads = tables.len() / 32;
         assert!(planes.len() >= pairs * quads * 32 && sums.len() * qpg <= quads * TILE);
+        // SAFETY: the caller's contract; lengths asserted above.
+        unsafe {
+            if pairs == 1 {
+                avx2_pairs::<1>(planes, tables, qpg, sums)
+            } else {
+                avx2_pairs::<2>(planes, tables, qpg, sums)
+            }
+        }
+    }
+
+    /// Both plane pairs of a group of 4 in one pass: one table load serves them.
+    #[target_feature(enable = "avx2")]
+    unsafe fn avx2_pairs<const P: usize>(
+        planes: &[u8],
+        tables: &[i8],
+        qpg: usize,
+        sums: &mut [i32],
+    ) {
+        let quads = tables.len() / 32;
         let mask = _mm256_set1_epi8(0x0f);
+        let mult = [
+            _mm256_set1_epi16(pair_weights(0)),
+            _mm256_set1_epi16(pair_weights(1)),
+        ];
         let pp = planes.as_ptr();
         let tp = tables.as_ptr();
         for (g, out) in sums.chunks_exact_mut(TILE).enumerate() {
             let mut wide = [_mm256_setzero_si256(); 4];
-            for p in 0..pairs {
-                // Byte weights of the pair's planes: 1, 2 (pair 0) or 4, 8 (pair 1).
-                let mult = _mm256_set1_epi16(((2i16 << (2 * p)) << 8) | (1i16 << (2 * p)));
-                let mut a = g * qpg;
-                let end = (g + 1) * qpg;
-                while a < end {
-                    let stop = (a + FLUSH).min(end);
-                    let mut lo = _mm256_setzero_si256();
-                    let mut hi = _mm256_setzero_si256();
-                    while a < stop {
-                        // SAFETY: a < quads, p < pairs: within the asserted lengths.
-                        let (w, t) = unsafe {
-                            (
-                                _mm256_loadu_si256(pp.add((p * quads + a) * 32) as *const __m256i),
-                                _mm256_loadu_si256(tp.add(a * 32) as *const __m256i),
-                            )
+            let mut a = g * qpg;
+            let end = (g + 1) * qpg;
+            while a < end {
+                let stop = (a + FLUSH).min(end);
+                let mut lo = _mm256_setzero_si256();
+                let mut hi = _mm256_setzero_si256();
+                while a < stop {
+                    // SAFETY: a < quads, p < P <= pairs: within the asserted lengths.
+                    let t = unsafe { _mm256_loadu_si256(tp.add(a * 32) as *const __m256i) };
+                    for (p, m) in mult.iter().enumerate().take(P) {
+                        // SAFETY: as above.
+                        let w = unsafe {
+                            _mm256_loadu_si256(pp.add((p * quads + a) * 32) as *const __m256i)
                         };
                         let il = _mm256_and_si256(w, mask);
                         let ih = _mm256_and_si256(_mm256_srli_epi16(w, 4), mask);
                         let vl = _mm256_shuffle_epi8(t, il);
                         let vh = _mm256_shuffle_epi8(t, ih);
-                        lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(mult, vl));
-                        hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(mult, vh));
-                        a += 1;
+                        lo = _mm256_add_epi16(lo, _mm256_maddubs_epi16(*m, vl));
+                        hi = _mm256_add_epi16(hi, _mm256_maddubs_epi16(*m, vh));
                     }
-                    wide[0] = _mm256_add_epi32(
-                        wide[0],
-                        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(lo)),
-                    );
-                    wide[1] = _mm256_add_epi32(
-                        wide[1],
-                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(lo, 1)),
-                    );
-                    wide[2] = _mm256_add_epi32(
-                        wide[2],
-                        _mm256_cvtepi16_epi32(_mm256_castsi256_si128(hi)),
-                    );
-                    wide[3] = _mm256_add_epi32(
-                        wide[3],
-                        _mm256_cvtepi16_epi32(_mm256_extracti128_si256(hi, 1)),
-                    );
+                    a += 1;
+                }
+                let halves = [
+                    _mm256_castsi256_si128(lo),
+                    _mm256_extracti128_si256(lo, 1),
+                    _mm256_castsi256_si128(hi),
+                    _mm256_extracti128_si256(hi, 1),
+                ];
+                for (w, h) in wide.iter_mut().zip(halves) {
+                    *w = _mm256_add_epi32(*w, _mm256_cvtepi16_epi32(h));
                 }
             }
             for (k, v) in wide.iter().enumerate() {
@@ -659,47 +685,67 @@ mod x86 {
                 && sums.len() * qpg <= quads * TILE
                 && qpg.is_multiple_of(2)
         );
+        // SAFETY: the caller's contract; lengths asserted above.
+        unsafe {
+            if pairs == 1 {
+                avx512_pairs::<1>(planes, tables, qpg, sums)
+            } else {
+                avx512_pairs::<2>(planes, tables, qpg, sums)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw")]
+    unsafe fn avx512_pairs<const P: usize>(
+        planes: &[u8],
+        tables: &[i8],
+        qpg: usize,
+        sums: &mut [i32],
+    ) {
+        let quads = tables.len() / 32;
         let mask = _mm512_set1_epi8(0x0f);
+        let mult = [
+            _mm512_set1_epi16(pair_weights(0)),
+            _mm512_set1_epi16(pair_weights(1)),
+        ];
         let pp = planes.as_ptr();
         let tp = tables.as_ptr();
         for (g, out) in sums.chunks_exact_mut(TILE).enumerate() {
             let mut wide_lo = _mm512_setzero_si512();
             let mut wide_hi = _mm512_setzero_si512();
-            for p in 0..pairs {
-                let mult = _mm512_set1_epi16(((2i16 << (2 * p)) << 8) | (1i16 << (2 * p)));
-                let mut a = g * qpg;
-                let end = (g + 1) * qpg;
-                while a < end {
-                    let stop = (a + FLUSH).min(end);
-                    let mut lo = _mm512_setzero_si512();
-                    let mut hi = _mm512_setzero_si512();
-                    while a < stop {
-                        // Groups a and a + 1: 64 contiguous bytes of planes and tables.
-                        // SAFETY: a + 1 < quads (qpg even), within the asserted lengths.
-                        let (w, t) = unsafe {
-                            (
-                                _mm512_loadu_si512(pp.add((p * quads + a) * 32) as *const __m512i),
-                                _mm512_loadu_si512(tp.add(a * 32) as *const __m512i),
-                            )
+            let mut a = g * qpg;
+            let end = (g + 1) * qpg;
+            while a < end {
+                let stop = (a + FLUSH).min(end);
+                let mut lo = _mm512_setzero_si512();
+                let mut hi = _mm512_setzero_si512();
+                while a < stop {
+                    // Groups a and a + 1: 64 contiguous bytes of planes and of tables.
+                    // SAFETY: a + 1 < quads (qpg even), within the asserted lengths.
+                    let t = unsafe { _mm512_loadu_si512(tp.add(a * 32) as *const __m512i) };
+                    for (p, m) in mult.iter().enumerate().take(P) {
+                        // SAFETY: as above.
+                        let w = unsafe {
+                            _mm512_loadu_si512(pp.add((p * quads + a) * 32) as *const __m512i)
                         };
                         let il = _mm512_and_si512(w, mask);
                         let ih = _mm512_and_si512(_mm512_srli_epi16(w, 4), mask);
                         let vl = _mm512_shuffle_epi8(t, il);
                         let vh = _mm512_shuffle_epi8(t, ih);
-                        lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(mult, vl));
-                        hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(mult, vh));
-                        a += 2;
+                        lo = _mm512_add_epi16(lo, _mm512_maddubs_epi16(*m, vl));
+                        hi = _mm512_add_epi16(hi, _mm512_maddubs_epi16(*m, vh));
                     }
-                    // Each half holds rows 0..16 (or 16..32) of one of the two groups.
-                    let widen = |v: __m512i| {
-                        _mm512_add_epi32(
-                            _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v)),
-                            _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(v, 1)),
-                        )
-                    };
-                    wide_lo = _mm512_add_epi32(wide_lo, widen(lo));
-                    wide_hi = _mm512_add_epi32(wide_hi, widen(hi));
+                    a += 2;
                 }
+                // Each half holds rows 0..16 (or 16..32) of one of the two groups.
+                let widen = |v: __m512i| {
+                    _mm512_add_epi32(
+                        _mm512_cvtepi16_epi32(_mm512_castsi512_si256(v)),
+                        _mm512_cvtepi16_epi32(_mm512_extracti64x4_epi64(v, 1)),
+                    )
+                };
+                wide_lo = _mm512_add_epi32(wide_lo, widen(lo));
+                wide_hi = _mm512_add_epi32(wide_hi, widen(hi));
             }
             // SAFETY: `out` has 32 values.
             unsafe {
