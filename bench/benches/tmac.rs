@@ -61,7 +61,10 @@ fn run(c: &mut Criterion, tokens: usize, name: &str) {
             .upload(&HostTensor::new(vec![1, tokens, cols], x.clone()).expect("shape"))
             .expect("uploads");
         group.bench_function(BenchmarkId::new("f32", shape), |b| {
-            b.iter(|| be.linear(&input, &layer, Activation::Identity).expect("runs"))
+            b.iter(|| {
+                be.linear(&input, &layer, Activation::Identity)
+                    .expect("runs")
+            })
         });
         for bits in [4, 2] {
             let m = TmacMatrix::quantize(&w, rows, cols, bits, 64).expect("quantizes");
