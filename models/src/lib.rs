@@ -15,6 +15,7 @@ pub mod backend;
 pub mod bottleneck;
 #[cfg(feature = "clap")]
 pub mod cli;
+pub mod llm;
 pub mod net;
 pub mod preprocess;
 pub mod split;

@@ -8,10 +8,12 @@
 //! rotate-half order (see [`unpermute_rows`]), and quantized matrices stay quantized
 //! ([`Matrix::Quant`]).
 
+pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod hf;
 pub mod quant;
+pub mod tokenizer;
 pub mod sample;
 
 use std::path::Path;
