@@ -15,18 +15,17 @@ pub mod backend;
 pub mod bottleneck;
 #[cfg(feature = "clap")]
 pub mod cli;
+pub mod llama;
 pub mod llm;
 pub mod net;
 pub mod preprocess;
 pub mod split;
 pub mod synthetic;
 pub mod tensor;
+pub mod vit;
+pub mod weights;
 
 pub use backend::choice::BackendChoice;
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
 pub use net::{Answer, SplitNet};
 pub use tensor::HostTensor;
-pub mod llama;
-pub mod llm;
-pub mod vit;
-pub mod weights;
