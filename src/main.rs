@@ -27,6 +27,8 @@ enum Command {
     Infer(cmd::infer::Args),
     /// Generate tokens with an LLM (GGUF file or Hugging Face folder), printed as they come.
     Generate(cmd::generate::Args),
+    /// Chat with an LLM: user lines on stdin, answers streamed (the model's chat template).
+    Chat(cmd::chat::Args),
     /// Accuracy on a labelled test set: local, split (each bottleneck and
     /// quantization, through the real codec) and JPEG offload, with bytes per frame.
     Evaluate(cmd::evaluate::Args),
@@ -53,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Infer(args) => cmd::infer::run(args),
         Command::Generate(args) => cmd::generate::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Events(command) => cmd::events::run(command),

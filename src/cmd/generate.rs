@@ -13,7 +13,8 @@ use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::cli::{BackendArgs, ThreadsArgs};
 use splitstream_models::llama::LlamaNet;
 use splitstream_models::llm::sample::Sampler;
-use splitstream_models::llm::{LlmWeights, TextCodec};
+use splitstream_models::llm::tokenizer::{StreamDecoder, Tokenizer};
+use splitstream_models::llm::LlmWeights;
 use splitstream_models::Backend;
 
 /// Longest id list read from a safetensors `input_ids` (1 Mi ids).
@@ -147,37 +148,49 @@ enum Data {
     F32(Vec<f32>),
 }
 
-/// The model's tokenizer. The tokenizer lands from its own branch: wire it here
-/// (`tokenizer::from_gguf(weights.gguf())`, or `tokenizer.json` beside a Hugging Face
-/// folder), returning it as a [`TextCodec`].
-fn tokenizer_for(_weights: &LlmWeights) -> Option<Box<dyn TextCodec>> {
-    None
+/// The model's tokenizer: a GGUF file's `tokenizer.ggml.*` metadata, or the
+/// `tokenizer.json` of a Hugging Face folder; an error saying why when there is none.
+pub(crate) fn tokenizer_for(weights: &LlmWeights) -> anyhow::Result<Tokenizer> {
+    weights
+        .tokenizer()
+        .context("reading the model's tokenizer")?
+        .context(
+            "the model has no tokenizer (no tokenizer.ggml.tokens in the GGUF file, no \
+             tokenizer.json in the folder): give the prompt as --prompt-ids, or --input",
+        )
 }
 
-/// The model and, where the build has one for it, its tokenizer.
-type Loaded<B> = (LlamaNet<B>, Option<Box<dyn TextCodec>>);
+/// The model and its tokenizer (or why there is none: only text prompts need it).
+pub(crate) type Loaded<B> = (LlamaNet<B>, anyhow::Result<Tokenizer>, LlmWeights);
 
-fn load<B: Backend>(be: B, weights: &Path, context: Option<usize>) -> anyhow::Result<Loaded<B>> {
+pub(crate) fn load<B: Backend>(
+    be: B,
+    weights: &Path,
+    context: Option<usize>,
+) -> anyhow::Result<Loaded<B>> {
     let w = LlmWeights::open(weights).with_context(|| format!("loading {}", weights.display()))?;
     let tokenizer = tokenizer_for(&w);
-    Ok((LlamaNet::load(be, &w, context)?, tokenizer))
+    Ok((LlamaNet::load(be, &w, context)?, tokenizer, w))
 }
 
 fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
-    let (net, tokenizer) = load(be, &args.weights, args.context)?;
+    let (net, tokenizer, _) = load(be, &args.weights, args.context)?;
     tracing::info!("{}", splitstream_models::SplitNet::describe(&net));
-    let (ids, batch) = match (&args.input, &args.prompt_ids, &args.prompt) {
-        (Some(input), _, _) => read_ids(input)?,
-        (None, Some(ids), _) if !ids.is_empty() => (ids.clone(), 1),
-        (None, _, Some(text)) => match &tokenizer {
-            Some(tok) => (tok.encode(text).map_err(|e| anyhow::anyhow!(e))?, 1),
-            None => bail!(
-                "--prompt needs the model's tokenizer, which this build does not have yet: \
-                 give the prompt as --prompt-ids, or --input with input_ids"
-            ),
-        },
+    // Text in, text out: the prompt encoded (bos prepended where the model asks for it),
+    // the answer decoded as it comes.
+    let text_tokenizer = match &args.prompt {
+        Some(_) => Some(tokenizer.as_ref().map_err(|e| anyhow::anyhow!("{e:#}"))?),
+        None => None,
+    };
+    let (ids, batch) = match (&args.input, &args.prompt_ids, &args.prompt, text_tokenizer) {
+        (Some(input), _, _, _) => read_ids(input)?,
+        (None, Some(ids), _, _) if !ids.is_empty() => (ids.clone(), 1),
+        (None, _, Some(text), Some(tok)) => (tok.encode_with(text, true, true), 1),
         _ => bail!("give a prompt: --prompt-ids, --input or --prompt"),
     };
+    if ids.is_empty() {
+        bail!("the prompt encodes to no tokens");
+    }
     let t = ids.len() / batch;
     let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
     let eos = net.config().eos;
@@ -187,7 +200,7 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
     // references were made; a plain run of one row stops at the end-of-sequence token.
     let stop_at_eos = args.output.is_none() && batch == 1;
     let mut printed = Ok(());
-    let mut shown = 0;
+    let mut stream = StreamDecoder::new();
     let logits = net.generate(
         &ids,
         batch,
@@ -196,15 +209,19 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         |_, next| {
             rows.iter_mut().zip(next).for_each(|(r, &n)| r.push(n));
             if args.output.is_none() {
-                printed = match (&tokenizer, &args.prompt) {
-                    // Text in, text out: print what the answer so far adds.
-                    (Some(tok), Some(_)) => {
-                        let text = tok.decode(&rows[0][t..]).unwrap_or_default();
-                        let new = text.get(shown..).unwrap_or("");
-                        shown = text.len();
+                printed = match text_tokenizer {
+                    // Text in, text out: print what the token completes (a character
+                    // split across tokens waits for its last byte); special tokens
+                    // (the end of sequence) are not printed.
+                    Some(tok) => {
+                        let new = if tok.is_added(next[0]) {
+                            String::new()
+                        } else {
+                            stream.push(tok, next[0])
+                        };
                         write!(stdout, "{new}").and_then(|()| stdout.flush())
                     }
-                    _ => {
+                    None => {
                         let line = next.iter().map(u32::to_string).collect::<Vec<_>>();
                         writeln!(stdout, "{}", line.join(" ")).and_then(|()| stdout.flush())
                     }
@@ -214,6 +231,9 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         },
     )?;
     printed.context("writing to stdout")?;
+    if text_tokenizer.is_some() {
+        writeln!(stdout, "{}", stream.finish()).context("writing to stdout")?;
+    }
     if let Some(out) = &args.output {
         let n = rows.first().map_or(0, Vec::len);
         let generated = rows.concat().into_iter().map(i64::from).collect();
@@ -237,7 +257,7 @@ pub(crate) fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn infer_on<B: Backend>(be: B, weights: &Path, input: &Path, output: &Path) -> anyhow::Result<()> {
-    let (net, _) = load(be, weights, None)?;
+    let (net, _, _) = load(be, weights, None)?;
     let (ids, batch) = read_ids(input)?;
     let logits = net.logits(&ids, batch, &mut net.state())?;
     let shape = logits.shape().to_vec();

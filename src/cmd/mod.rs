@@ -1,6 +1,7 @@
 //! One module per subcommand: its clap arguments and its `run`.
 
 pub(crate) mod calibrate;
+pub(crate) mod chat;
 pub(crate) mod demo;
 pub(crate) mod evaluate;
 pub(crate) mod events;

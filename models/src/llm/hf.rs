@@ -15,6 +15,9 @@ pub struct HfCheckpoint {
     pub config: LlmConfig,
     /// `model.safetensors`.
     pub weights: Weights,
+    /// The folder (its `tokenizer.json` and `tokenizer_config.json` hold the tokenizer
+    /// and the chat template).
+    pub dir: PathBuf,
 }
 
 /// Largest `config.json` read (1 MiB).
@@ -48,6 +51,10 @@ impl HfCheckpoint {
             )));
         }
         let weights = Weights::from_file(&model)?;
-        Ok(Self { config, weights })
+        Ok(Self {
+            config,
+            weights,
+            dir: dir.to_path_buf(),
+        })
     }
 }

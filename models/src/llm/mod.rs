@@ -13,8 +13,8 @@ pub mod config;
 pub mod gguf;
 pub mod hf;
 pub mod quant;
-pub mod tokenizer;
 pub mod sample;
+pub mod tokenizer;
 
 use std::path::Path;
 
@@ -22,6 +22,7 @@ use config::{ConfigError, LlmArch, LlmConfig};
 use gguf::{GgufError, GgufFile};
 use hf::HfCheckpoint;
 use quant::{GgmlType, QuantError, QuantMatrix};
+use tokenizer::{GgufTokenizerData, Tokenizer, TokenizerError};
 
 use crate::tensor::HostTensor;
 use crate::weights::WeightsError;
@@ -49,10 +50,16 @@ pub enum LlmLoadError {
     /// A quantized tensor.
     #[error(transparent)]
     Quant(#[from] QuantError),
+    /// The tokenizer.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
     /// Anything else about the files.
     #[error("{0}")]
     Format(String),
 }
+
+/// Largest `tokenizer_config.json` read for its chat template (4 MiB).
+const MAX_TOKENIZER_CONFIG_BYTES: u64 = 4 << 20;
 
 /// Text to token ids and back: the boundary the tokenizer (GGUF-embedded byte-level BPE,
 /// or `tokenizer.json`) implements, so that `splitstream generate --prompt` and `chat`
@@ -64,6 +71,82 @@ pub trait TextCodec: Send + Sync {
     /// The text of `ids`; a caller printing tokens as they come decodes the whole
     /// answer so far and prints what is new (a UTF-8 character may span tokens).
     fn decode(&self, ids: &[u32]) -> Result<String, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+impl TextCodec for Tokenizer {
+    fn encode(&self, text: &str) -> Result<Vec<u32>, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Tokenizer::encode(self, text))
+    }
+
+    fn decode(&self, ids: &[u32]) -> Result<String, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(Tokenizer::decode(self, ids, false))
+    }
+}
+
+/// The `tokenizer.ggml.*` metadata of a GGUF file as [`GgufTokenizerData`]; `None`
+/// when the file has no `tokenizer.ggml.tokens`.
+pub fn gguf_tokenizer_data(file: &GgufFile) -> Result<Option<GgufTokenizerData>, LlmLoadError> {
+    let Some(tokens) = file.get("tokenizer.ggml.tokens") else {
+        return Ok(None);
+    };
+    let bad = |key: &str, what: &str| LlmLoadError::Format(format!("GGUF {key}: {what}"));
+    let strings = |key: &str, v: &gguf::GgufValue| -> Result<Vec<String>, LlmLoadError> {
+        v.as_array()
+            .ok_or_else(|| bad(key, "not an array"))?
+            .iter()
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| bad(key, "an element is not a string"))
+            })
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens", tokens)?;
+    let merges = match file.get("tokenizer.ggml.merges") {
+        Some(m) => strings("tokenizer.ggml.merges", m)?,
+        None => Vec::new(),
+    };
+    let token_types = match file.get("tokenizer.ggml.token_type") {
+        Some(t) => t
+            .as_array()
+            .ok_or_else(|| bad("tokenizer.ggml.token_type", "not an array"))?
+            .iter()
+            .map(|v| match *v {
+                gguf::GgufValue::I32(x) => Ok(x),
+                _ => v
+                    .as_u64()
+                    .and_then(|x| i32::try_from(x).ok())
+                    .ok_or_else(|| bad("tokenizer.ggml.token_type", "not an integer")),
+            })
+            .collect::<Result<Vec<_>, _>>()?,
+        None => Vec::new(),
+    };
+    let id = |key: &str| -> Result<Option<u32>, LlmLoadError> {
+        file.get(key)
+            .map(|v| {
+                v.as_u64()
+                    .and_then(|x| u32::try_from(x).ok())
+                    .ok_or_else(|| bad(key, "not a token id"))
+            })
+            .transpose()
+    };
+    Ok(Some(GgufTokenizerData {
+        model: file
+            .get_str("tokenizer.ggml.model")
+            .unwrap_or("gpt2")
+            .to_owned(),
+        pre: file.get_str("tokenizer.ggml.pre").map(str::to_owned),
+        tokens,
+        token_types,
+        merges,
+        bos: id("tokenizer.ggml.bos_token_id")?,
+        eos: id("tokenizer.ggml.eos_token_id")?,
+        unk: id("tokenizer.ggml.unknown_token_id")?,
+        add_bos: matches!(
+            file.get("tokenizer.ggml.add_bos_token"),
+            Some(gguf::GgufValue::Bool(true))
+        ),
+    }))
 }
 
 /// A weight matrix `[out, in]` as the model takes it.
@@ -200,6 +283,58 @@ impl LlmWeights {
         match self {
             Self::Gguf { file, .. } => Some(file),
             Self::Hf(_) => None,
+        }
+    }
+
+    /// The model's tokenizer: a GGUF file's `tokenizer.ggml.*` metadata, or a Hugging
+    /// Face folder's `tokenizer.json` (bos/eos from `config.json`). `None` when the
+    /// source has none.
+    pub fn tokenizer(&self) -> Result<Option<Tokenizer>, LlmLoadError> {
+        match self {
+            Self::Gguf { file, .. } => match gguf_tokenizer_data(file)? {
+                Some(data) => Ok(Some(Tokenizer::from_gguf(&data)?)),
+                None => Ok(None),
+            },
+            Self::Hf(h) => {
+                let path = h.dir.join("tokenizer.json");
+                if !path.is_file() {
+                    return Ok(None);
+                }
+                let tok = Tokenizer::from_file(&path)?;
+                let bos = h.config.bos.or(tok.bos());
+                let eos = h.config.eos.or(tok.eos());
+                Ok(Some(tok.with_bos_eos(bos, eos)?))
+            }
+        }
+    }
+
+    /// The chat template's Jinja text: GGUF `tokenizer.chat_template`, or
+    /// `chat_template` of a Hugging Face folder's `tokenizer_config.json`.
+    pub fn chat_template(&self) -> Result<Option<String>, LlmLoadError> {
+        match self {
+            Self::Gguf { file, .. } => {
+                Ok(file.get_str("tokenizer.chat_template").map(str::to_owned))
+            }
+            Self::Hf(h) => {
+                let path = h.dir.join("tokenizer_config.json");
+                let Ok(meta) = std::fs::metadata(&path) else {
+                    return Ok(None);
+                };
+                if meta.len() > MAX_TOKENIZER_CONFIG_BYTES {
+                    return Err(LlmLoadError::Format(format!(
+                        "{} is {} bytes, more than {MAX_TOKENIZER_CONFIG_BYTES}",
+                        path.display(),
+                        meta.len()
+                    )));
+                }
+                let bytes = std::fs::read(&path).map_err(|source| LlmLoadError::Io {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                let v: serde_json::Value = serde_json::from_slice(&bytes)
+                    .map_err(|e| LlmLoadError::Format(format!("{}: {e}", path.display())))?;
+                Ok(v["chat_template"].as_str().map(str::to_owned))
+            }
         }
     }
 
