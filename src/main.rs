@@ -22,8 +22,13 @@ enum Command {
     /// Edge and device in one process over real QUIC on the shipped test set: a table
     /// of agreement (or accuracy), latency and bytes per frame for each mode.
     Demo(cmd::demo::Args),
-    /// Run a ViT/DeiT checkpoint on images or preprocessed tensors and print the top-k.
+    /// Run a ViT/DeiT checkpoint on images or preprocessed tensors and print the top-k
+    /// (an LLM: `input_ids` in a safetensors file to `logits`).
     Infer(cmd::infer::Args),
+    /// Generate tokens with an LLM (GGUF file or Hugging Face folder), printed as they come.
+    Generate(cmd::generate::Args),
+    /// Chat with an LLM: user lines on stdin, answers streamed (the model's chat template).
+    Chat(cmd::chat::Args),
     /// Accuracy on a labelled test set: local, split (each bottleneck and
     /// quantization, through the real codec) and JPEG offload, with bytes per frame.
     Evaluate(cmd::evaluate::Args),
@@ -54,6 +59,8 @@ fn main() -> std::process::ExitCode {
     {
         Command::Demo(args) => cmd::demo::run(args),
         Command::Infer(args) => cmd::infer::run(args),
+        Command::Generate(args) => cmd::generate::run(args),
+        Command::Chat(args) => cmd::chat::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
         Command::Prune(args) => cmd::prune::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),

@@ -18,18 +18,20 @@ pub mod cli;
 pub mod detection_map;
 pub mod femtodet;
 pub mod labels;
+pub mod llama;
+pub mod llm;
 pub mod net;
 pub mod preprocess;
 #[cfg(feature = "sparse")]
 pub mod prune;
+pub mod spikepoint;
 pub mod split;
 pub mod synthetic;
 pub mod tensor;
+pub mod vit;
+pub mod weights;
 
 pub use backend::choice::BackendChoice;
 pub use backend::{Activation, Backend, BackendError, DeviceTensor};
 pub use net::{Answer, SplitNet};
 pub use tensor::HostTensor;
-pub mod spikepoint;
-pub mod vit;
-pub mod weights;

@@ -325,6 +325,15 @@ fn report_detections(d: Detected, args: &Args) -> anyhow::Result<()> {
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {
+    if super::generate::is_llm(&args.model.weights) {
+        return super::generate::infer_llm(
+            &args.model.weights,
+            &args.input,
+            args.output.as_deref(),
+            args.backend,
+            args.threads,
+        );
+    }
     let weights = Weights::from_file(&args.model.weights)?;
     if detect_family(&weights).ok() == Some(Family::FemtoDet) {
         let detected = match args.backend.choice.open_wgpu_reporting()? {

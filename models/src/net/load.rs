@@ -114,5 +114,12 @@ pub fn load_net<B: Backend>(
                 .map_err(|e| LoadNetError::Family(Box::new(e)))?;
             Ok(Arc::new(net))
         }
+        // An LLM needs its config.json or GGUF metadata beside the tensors: it loads from
+        // its path (`llama::load_llm`), not from one safetensors file.
+        Family::Llama => Err(LoadNetError::Family(
+            "an LLM loads from its GGUF file or Hugging Face folder (llama::load_llm), not \
+             from a single safetensors file"
+                .into(),
+        )),
     }
 }

@@ -40,11 +40,13 @@ pub enum Family {
     FemtoDet,
     /// SpikePoint-style point-based spiking network on event windows (`spikepoint.rs`).
     SpikePoint,
+    /// Llama-family decoders: Llama and Qwen2 (`llama.rs`).
+    Llama,
 }
 
 impl Family {
     /// Every family, for messages and `--help`.
-    pub const ALL: [Family; 3] = [Family::Vit, Family::FemtoDet, Family::SpikePoint];
+    pub const ALL: [Family; 4] = [Family::Vit, Family::FemtoDet, Family::SpikePoint, Family::Llama];
 
     /// The name a checkpoint's `family` metadata uses.
     pub fn name(self) -> &'static str {
@@ -52,6 +54,7 @@ impl Family {
             Self::Vit => "vit",
             Self::FemtoDet => "femtodet",
             Self::SpikePoint => "spikepoint",
+            Self::Llama => "llama",
         }
     }
 

@@ -12,7 +12,7 @@
 //! activations and broadcasting, `reduce.rs` reductions and RMS norm, `spatial.rs`
 //! pooling and resizing, `layout.rs` concat/slice/write_slice/embedding,
 //! `attention_gqa.rs` grouped-query attention and rope, `matmul.rs` the GEMM wrapper
-//! and batched matmul.
+//! and batched matmul, `tmac.rs` the T-MAC low-bit lookup-table GEMV/GEMM.
 
 #[cfg(target_arch = "x86_64")]
 mod attention512;
@@ -32,6 +32,7 @@ mod reduce;
 #[cfg(feature = "sparse")]
 mod sparse;
 mod spatial;
+pub mod tmac;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
