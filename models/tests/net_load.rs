@@ -48,13 +48,19 @@ fn the_family_comes_from_metadata_or_tensor_names() {
 
 #[test]
 fn an_unknown_family_is_refused_naming_it_and_the_known_ones() {
-    let w = checkpoint(&[("backbone.0.weight", &[4])], &[("family", "nosuchfamily")]);
+    let w = checkpoint(
+        &[("backbone.0.weight", &[4])],
+        &[("family", "nosuchfamily")],
+    );
     let err = load_net(CpuBackend::new(1).unwrap(), &w, &NetOptions::default())
         .err()
         .expect("refused");
     assert!(matches!(err, LoadNetError::UnknownFamily { .. }), "{err:?}");
     let text = err.to_string();
-    assert!(text.contains("nosuchfamily") && text.contains("vit"), "{text}");
+    assert!(
+        text.contains("nosuchfamily") && text.contains("vit"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -46,7 +46,12 @@ pub enum Family {
 
 impl Family {
     /// Every family, for messages and `--help`.
-    pub const ALL: [Family; 4] = [Family::Vit, Family::FemtoDet, Family::SpikePoint, Family::Llama];
+    pub const ALL: [Family; 4] = [
+        Family::Vit,
+        Family::FemtoDet,
+        Family::SpikePoint,
+        Family::Llama,
+    ];
 
     /// The name a checkpoint's `family` metadata uses.
     pub fn name(self) -> &'static str {
