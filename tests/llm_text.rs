@@ -5,34 +5,13 @@
 //! `CI=true`.
 
 use std::io::Write;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use splitstream_testkit::skip_or_fail;
-
-const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-fn model_path(test: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os("SPLITSTREAM_CACHE") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/splitstream")
-        }
-    };
-    let path = dir.join(NAME);
-    if path.is_file() {
-        return Some(path);
-    }
-    skip_or_fail(
-        test,
-        format_args!("{} is absent: run python/fetch_smollm2.py", path.display()),
-    );
-    None
-}
+use splitstream_testkit::smollm2_gguf;
 
 #[test]
 fn generate_a_text_prompt_prints_text() {
-    let Some(model) = model_path("generate_a_text_prompt_prints_text") else {
+    let Some(model) = smollm2_gguf("generate_a_text_prompt_prints_text") else {
         return;
     };
     let o = Command::new(env!("CARGO_BIN_EXE_splitstream"))
@@ -49,7 +28,7 @@ fn generate_a_text_prompt_prints_text() {
 
 #[test]
 fn chat_answers_a_piped_question() {
-    let Some(model) = model_path("chat_answers_a_piped_question") else {
+    let Some(model) = smollm2_gguf("chat_answers_a_piped_question") else {
         return;
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_splitstream"))

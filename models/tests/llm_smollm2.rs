@@ -14,28 +14,9 @@ use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::llama::{argmax, LlamaNet};
 use splitstream_models::llm::config::LlmArch;
 use splitstream_models::llm::LlmWeights;
-use splitstream_testkit::skip_or_fail;
+use splitstream_testkit::smollm2_gguf;
 
-const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 const TOLERANCE: f32 = 1e-3;
-
-fn model_path(test: &str) -> Option<PathBuf> {
-    let dir = match std::env::var_os("SPLITSTREAM_CACHE") {
-        Some(d) => PathBuf::from(d),
-        None => {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/splitstream")
-        }
-    };
-    let path = dir.join(NAME);
-    if path.is_file() {
-        return Some(path);
-    }
-    skip_or_fail(
-        test,
-        format_args!("{} is absent: run python/fetch_smollm2.py", path.display()),
-    );
-    None
-}
 
 fn ints(st: &SafeTensors<'_>, name: &str) -> Vec<u32> {
     let v = st.tensor(name).unwrap();
@@ -58,7 +39,7 @@ fn floats(st: &SafeTensors<'_>, name: &str) -> Vec<f32> {
 #[test]
 fn smollm2_q4_1_matches_transformers() {
     let test = "smollm2_q4_1_matches_transformers";
-    let Some(path) = model_path(test) else {
+    let Some(path) = smollm2_gguf(test) else {
         return;
     };
     let fixture =

@@ -63,6 +63,27 @@ pub fn shared_file(test: &str, relative: &str) -> Option<PathBuf> {
     None
 }
 
+/// The SmolLM2-135M-Instruct Q4_1 GGUF that `python/fetch_smollm2.py` puts in
+/// `$SPLITSTREAM_CACHE` (else `~/.cache/splitstream`); `None` with a skip when it is
+/// absent (a failure under `CI=true`, where `.ci/run` fetches it).
+pub fn smollm2_gguf(test: &str) -> Option<PathBuf> {
+    let dir = match std::env::var_os("SPLITSTREAM_CACHE") {
+        Some(d) => PathBuf::from(d),
+        None => {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/splitstream")
+        }
+    };
+    let path = dir.join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    if path.is_file() {
+        return Some(path);
+    }
+    skip_or_fail(
+        test,
+        format_args!("{} is absent: run python/fetch_smollm2.py", path.display()),
+    );
+    None
+}
+
 /// The reference tensors folder (`shared/reference`, checked by its
 /// `vit_micro.safetensors`), or `None` after [`skip_or_fail`].
 pub fn reference_dir(test: &str) -> Option<PathBuf> {
