@@ -6,7 +6,8 @@
     python3 python/bench_expelliarmus.py --rss evt3:/path/long.raw
 
 Each file is read whole with `Wizard(encoding).read(path)` (expelliarmus's own
-whole-file path, its fastest), `--runs` times; the median time gives the rate. With
+whole-file path, its fastest); a run repeats that until `--min-time` has passed, and
+the median of the runs gives the rate. With
 `--rss` the file is read once and the process's peak resident memory is reported.
 Requires `pip install expelliarmus`.
 """
@@ -23,6 +24,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("files", nargs="+", help="ENCODING:PATH, encoding evt2, evt3 or dat")
     parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--min-time", type=float, default=0.2,
+                        help="seconds per run, at least: a run repeats the read (the samples decode in milliseconds)")
     parser.add_argument("--rss", action="store_true", help="read once, report peak RSS")
     parser.add_argument("--buff-size", type=int, default=65536,
                         help="expelliarmus read buffer in events (its default is 4096; 65536 was fastest here)")
@@ -44,12 +47,19 @@ def main() -> int:
             continue
         times = []
         events = 0
+        wizard.read(path)  # warm the page cache and the library
         for _ in range(max(1, args.runs)):
             start = time.perf_counter()
-            arr = wizard.read(path)
-            times.append(time.perf_counter() - start)
-            events = int(len(arr))
-            del arr
+            reps = 0
+            while True:
+                arr = wizard.read(path)
+                events = int(len(arr))
+                del arr
+                reps += 1
+                elapsed = time.perf_counter() - start
+                if elapsed >= args.min_time:
+                    break
+            times.append(elapsed / reps)
         median = statistics.median(times)
         print(json.dumps({
             "file": path,

@@ -113,23 +113,25 @@ impl<'a> Table<'a> {
 /// test files and by the DV stream test server).
 pub(crate) mod build {
     /// A size-prefixed `EventPacket` (file identifier `EVTS`) holding `events`.
+    ///
+    /// The layout is byte for byte the one dv-processing writes: it reads the file
+    /// identifier as a NUL-terminated string, so the identifier must be followed by
+    /// padding, not by the vtable.
     pub(crate) fn event_packet(events: &[crate::Event]) -> Vec<u8> {
-        // Layout (offsets from after the size prefix):
-        // 0 root offset -> 16, 4 "EVTS", 8 vtable [6, 8, 4], 14 pad,
-        // 16 table: soffset 8 (vtable at 8), 20 uoffset to vector (-> 24),
-        // 24 vector length, 28 pad to 8-byte alignment of the structs, 32.. events.
-        // Vector element data must start 8-aligned: place the length at 28.
-        let mut b = Vec::with_capacity(36 + 16 * events.len());
+        // Offsets from after the size prefix:
+        // 0 root offset -> 16, 4 "EVTS", 8 pad, 10 vtable [6, 8, 4],
+        // 16 table: soffset 6 (vtable at 10), 20 uoffset to the vector (-> 24),
+        // 24 vector length, 28.. events (8-aligned counting the size prefix).
+        let mut b = Vec::with_capacity(32 + 16 * events.len());
         b.extend_from_slice(&16u32.to_le_bytes()); // root table at 16
         b.extend_from_slice(b"EVTS");
+        b.extend_from_slice(&[0, 0]); // pad
         b.extend_from_slice(&6u16.to_le_bytes()); // vtable length
         b.extend_from_slice(&8u16.to_le_bytes()); // table length
         b.extend_from_slice(&4u16.to_le_bytes()); // field 0 at table+4
-        b.extend_from_slice(&[0, 0]); // pad to 16
-        b.extend_from_slice(&8i32.to_le_bytes()); // table at 16: vtable at 16-8
-        b.extend_from_slice(&8u32.to_le_bytes()); // field 0 at 20: vector at 28
-        b.extend_from_slice(&[0; 4]); // 24: pad
-        b.extend_from_slice(&(events.len() as u32).to_le_bytes()); // 28: length
+        b.extend_from_slice(&6i32.to_le_bytes()); // table at 16: vtable at 16-6
+        b.extend_from_slice(&4u32.to_le_bytes()); // field 0 at 20: vector at 24
+        b.extend_from_slice(&(events.len() as u32).to_le_bytes()); // 24: length
         for e in events {
             b.extend_from_slice(&e.t.to_le_bytes());
             b.extend_from_slice(&(e.x as i16).to_le_bytes());
@@ -144,23 +146,25 @@ pub(crate) mod build {
     }
 
     /// An `IOHeader` (file identifier `IOHE`): compression, data table position and the
-    /// XML stream description.
+    /// XML stream description, laid out as dv-processing lays it out.
     pub(crate) fn io_header(compression: i32, data_table: i64, description: &str) -> Vec<u8> {
-        // 0 root offset -> 20, 4 "IOHE", 8 vtable [10, 24, 4, 12, 8], 18 pad,
-        // 20 table: soffset 12, 24 compression, 28 uoffset string, 32 data table (i64),
-        // 40 string length, 44 bytes, NUL.
+        // 0 root offset -> 24, 4 "IOHE", 8 pad, 14 vtable [10, 24, 4, 12, 8],
+        // 24 table: soffset 10, 28 compression, 32 uoffset string (-> 48),
+        // 36 data table (i64, 8-aligned counting the size prefix), 44 pad,
+        // 48 string length, 52 bytes, NUL.
         let mut b = Vec::new();
-        b.extend_from_slice(&20u32.to_le_bytes());
+        b.extend_from_slice(&24u32.to_le_bytes());
         b.extend_from_slice(b"IOHE");
-        for v in [10u16, 20, 4, 12, 8] {
+        b.extend_from_slice(&[0; 6]);
+        for v in [10u16, 24, 4, 12, 8] {
             b.extend_from_slice(&v.to_le_bytes());
         }
-        b.extend_from_slice(&[0, 0]);
-        b.extend_from_slice(&12i32.to_le_bytes()); // 20: vtable at 8
-        b.extend_from_slice(&compression.to_le_bytes()); // 24
-        b.extend_from_slice(&12u32.to_le_bytes()); // 28: string at 40
-        b.extend_from_slice(&data_table.to_le_bytes()); // 32
-        b.extend_from_slice(&(description.len() as u32).to_le_bytes()); // 40
+        b.extend_from_slice(&10i32.to_le_bytes()); // 24: vtable at 14
+        b.extend_from_slice(&compression.to_le_bytes()); // 28
+        b.extend_from_slice(&16u32.to_le_bytes()); // 32: string at 48
+        b.extend_from_slice(&data_table.to_le_bytes()); // 36
+        b.extend_from_slice(&[0; 4]); // 44
+        b.extend_from_slice(&(description.len() as u32).to_le_bytes()); // 48
         b.extend_from_slice(description.as_bytes());
         b.push(0);
         while b.len() % 4 != 0 {

@@ -237,15 +237,38 @@ pub(crate) fn truncated(
 
 impl<R: Read> ByteWindow<R> {
     /// Moves exactly `n` bytes of the stream into `out` (replacing its contents).
-    /// Returns `false` if the stream ended first.
+    /// Returns `false` if the stream ended first. What the window holds is copied;
+    /// the rest is read from the source straight into `out`, so a large packet is
+    /// not copied twice.
     pub(crate) fn read_exact_into(&mut self, out: &mut Vec<u8>, n: usize) -> io::Result<bool> {
         out.clear();
-        while out.len() < n {
-            let take = (n - out.len()).min(self.data().len());
-            out.extend_from_slice(&self.data()[..take]);
-            self.consume(take);
-            if out.len() < n && self.fill()? == 0 && self.eof {
-                return Ok(false);
+        let take = n.min(self.data().len());
+        out.extend_from_slice(&self.data()[..take]);
+        self.consume(take);
+        if out.len() == n {
+            return Ok(true);
+        }
+        if self.eof {
+            return Ok(false);
+        }
+        let mut filled = out.len();
+        out.resize(n, 0);
+        while filled < n {
+            match self.src.read(&mut out[filled..]) {
+                Ok(0) => {
+                    self.eof = true;
+                    out.truncate(filled);
+                    return Ok(false);
+                }
+                Ok(k) => {
+                    filled += k;
+                    self.consumed += k as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    out.truncate(filled);
+                    return Err(e);
+                }
             }
         }
         Ok(true)

@@ -101,3 +101,51 @@ fn evt2_sample_has_its_resolution_monotonic_time_and_a_plausible_count() {
     );
     assert!(events.iter().any(|e| e.p) && events.iter().any(|e| !e.p));
 }
+
+/// The first event packet of the real AEDAT 4 recording (iniVation's MonoCameraWriter),
+/// decompressed: its size-prefixed flatbuffer.
+fn first_real_aedat4_packet(dir: &std::path::Path) -> (Vec<u8>, Vec<u8>) {
+    let file = std::fs::read(dir.join("gen41_zstd.aedat4")).expect("reads");
+    let magic = splitstream_events::formats::aedat4::MAGIC.len();
+    let header_len =
+        u32::from_le_bytes(file[magic..magic + 4].try_into().expect("4 bytes")) as usize;
+    let header = file[magic + 4..magic + 4 + header_len].to_vec();
+    let at = magic + 4 + header_len;
+    let size = u32::from_le_bytes(file[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+    let packet = zstd::decode_all(&file[at + 8..at + 8 + size]).expect("zstd frame");
+    (header, packet)
+}
+
+#[test]
+fn spec_made_aedat4_is_laid_out_byte_for_byte_as_inivations_writer_lays_it_out() {
+    // dv-processing refuses packets whose identifier is not followed by padding, so
+    // the encoder (and every spec-made file the benches hand to dv-processing) must
+    // match the real writer's layout, not merely be a valid flatbuffer.
+    let Some(dir) = splitstream_testkit::events_dir(
+        "spec_made_aedat4_is_laid_out_byte_for_byte_as_inivations_writer_lays_it_out",
+    ) else {
+        return;
+    };
+    let (real_header, real_packet) = first_real_aedat4_packet(&dir);
+    let n = u32::from_le_bytes(real_packet[28..32].try_into().expect("4 bytes")) as usize;
+    let events = truth(&dir.join("gen41_zstd.npy"));
+    let ours = splitstream_events::encode::aedat4_packet(
+        &events[..n],
+        splitstream_events::formats::aedat4::Compression::None,
+    );
+    // 8 bytes of packet header (stream id, size), then the flatbuffer.
+    assert_eq!(ours.len(), 8 + real_packet.len());
+    let first_difference = (0..real_packet.len()).find(|&i| ours[8 + i] != real_packet[i]);
+    assert_eq!(first_difference, None, "packet bytes differ");
+    // The IOHeader: root offset, identifier, padding and vtable (the fields differ).
+    let ours = splitstream_events::encode::aedat4(
+        &[],
+        1280,
+        720,
+        splitstream_events::formats::aedat4::Compression::Zstd,
+        1,
+        true,
+    );
+    let magic = splitstream_events::formats::aedat4::MAGIC.len();
+    assert_eq!(&ours[magic + 4..magic + 4 + 24], &real_header[..24]);
+}

@@ -1,6 +1,12 @@
 //! `splitstream-bench events`: decode rate per format, side by side in the same run
-//! with expelliarmus (C core, through `python/bench_expelliarmus.py`) on the same
-//! files, and peak memory on a long file (ours streams; the peer loads it whole).
+//! with the peers on the same files: expelliarmus (C core, through
+//! `python/bench_expelliarmus.py`) for EVT 2.0/3.0, and iniVation's dv-processing (C++
+//! core, through `python/bench_dv_processing.py`) for AEDAT 4; and peak memory on a
+//! long file (ours streams; expelliarmus loads it whole).
+//!
+//! Every side times a run the same way: the whole decode (open included) repeated until
+//! `--min-time` has passed, since the samples decode in milliseconds; the median of the
+//! runs is reported.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -32,7 +38,10 @@ pub(crate) struct Args {
     /// Size of the long EVT 3.0 file (the sample's body repeated) for the memory check.
     #[arg(long, default_value_t = 128)]
     long_mb: usize,
-    /// Python interpreter with expelliarmus installed.
+    /// Seconds each timed run lasts at least (the decode is repeated within a run).
+    #[arg(long, default_value_t = 0.2)]
+    min_time: f64,
+    /// Python interpreter with expelliarmus and dv-processing installed.
     #[arg(long, default_value = "python3")]
     python: String,
     /// Internal: decode FILE, print peak RSS (used in a child process).
@@ -48,7 +57,9 @@ struct Row {
     bytes: u64,
     events: u64,
     ours_mev_s: f64,
-    expelliarmus_mev_s: Option<f64>,
+    /// Which peer read the file: "expelliarmus" or "dv-processing".
+    peer: Option<&'static str>,
+    peer_mev_s: Option<f64>,
     ratio: Option<f64>,
 }
 
@@ -67,7 +78,7 @@ struct Report {
     note: &'static str,
     rows: Vec<Row>,
     memory: Option<Memory>,
-    peer_error: Option<String>,
+    peer_errors: Vec<String>,
 }
 
 fn recordings_dir(arg: Option<PathBuf>) -> PathBuf {
@@ -75,6 +86,21 @@ fn recordings_dir(arg: Option<PathBuf>) -> PathBuf {
         Some(dir) => PathBuf::from(dir).join("events"),
         None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/events"),
     })
+}
+
+/// Decodes a file completely, again and again until `min_time` has passed; returns
+/// (events per decode, seconds per decode).
+fn timed_decode(path: &Path, min_time: f64) -> Result<(u64, f64)> {
+    let start = Instant::now();
+    let mut reps = 0u32;
+    loop {
+        let (n, _) = decode(path)?;
+        reps += 1;
+        let secs = start.elapsed().as_secs_f64();
+        if secs >= min_time {
+            return Ok((n, secs / f64::from(reps)));
+        }
+    }
 }
 
 /// Decodes a file completely; returns (events, seconds).
@@ -134,7 +160,14 @@ pub(crate) fn run(args: Args) -> Result<()> {
     }
     let tmp = std::env::temp_dir().join(format!("splitstream-bench-events-{}", std::process::id()));
     std::fs::create_dir_all(&tmp)?;
-    let result = measure(&args.python, args.runs.max(1), args.long_mb, &dir, &tmp);
+    let result = measure(
+        &args.python,
+        args.runs.max(1),
+        args.min_time.max(0.0),
+        args.long_mb,
+        &dir,
+        &tmp,
+    );
     std::fs::remove_dir_all(&tmp).ok();
     let report = result?;
     if args.json {
@@ -142,21 +175,22 @@ pub(crate) fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     println!(
-        "{:<26} {:>10} {:>12} {:>14} {:>8}",
-        "format (file)", "events", "ours Mev/s", "expelliarmus", "ratio"
+        "{:<26} {:>10} {:>12} {:>20} {:>8}",
+        "format (file)", "events", "ours Mev/s", "peer Mev/s", "ratio"
     );
     for r in &report.rows {
-        let peer = r
-            .expelliarmus_mev_s
-            .map_or("-".to_string(), |v| format!("{v:.1}"));
-        let ratio = r.ratio.map_or("-".to_string(), |v| format!("{v:.1}x"));
+        let peer = match (r.peer, r.peer_mev_s) {
+            (Some(name), Some(v)) => format!("{v:.1} {name}"),
+            _ => "-".to_string(),
+        };
+        let ratio = r.ratio.map_or("-".to_string(), |v| format!("{v:.2}x"));
         let name = format!(
             "{}{}",
             r.format,
             if r.spec_made { " (spec-made)" } else { "" }
         );
         println!(
-            "{name:<26} {:>10} {:>12.1} {peer:>14} {ratio:>8}",
+            "{name:<26} {:>10} {:>12.1} {peer:>20} {ratio:>8}",
             r.events, r.ours_mev_s
         );
     }
@@ -171,13 +205,74 @@ pub(crate) fn run(args: Args) -> Result<()> {
             m.ours_peak_rss_mib
         );
     }
-    if let Some(e) = &report.peer_error {
+    for e in &report.peer_errors {
         println!("peer: {e}");
     }
     Ok(())
 }
 
-fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) -> Result<Report> {
+/// The program that reads a file beside ours.
+#[derive(Clone, Copy)]
+enum Peer {
+    /// expelliarmus with this encoding name (`evt2`, `evt3`).
+    Expelliarmus(&'static str),
+    /// dv-processing's `MonoCameraRecording` (AEDAT 4).
+    DvProcessing,
+}
+
+impl Peer {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Expelliarmus(_) => "expelliarmus",
+            Self::DvProcessing => "dv-processing",
+        }
+    }
+}
+
+/// Runs a peer script on its files; returns its JSON lines and the errors it reported.
+fn run_peer(
+    python: &str,
+    script: &Path,
+    flags: &[String],
+    files: &[String],
+) -> (Vec<serde_json::Value>, Vec<String>) {
+    let mut errors = Vec::new();
+    let mut lines = Vec::new();
+    if files.is_empty() {
+        return (lines, errors);
+    }
+    match Command::new(python)
+        .arg(script)
+        .args(flags)
+        .args(files)
+        .output()
+    {
+        Ok(out) => {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
+                    match v.get("error") {
+                        Some(e) => errors.push(e.as_str().unwrap_or_default().to_string()),
+                        None => lines.push(v),
+                    }
+                }
+            }
+            if !out.status.success() && errors.is_empty() {
+                errors.push(String::from_utf8_lossy(&out.stderr).trim().to_string());
+            }
+        }
+        Err(e) => errors.push(format!("cannot run {python}: {e}")),
+    }
+    (lines, errors)
+}
+
+fn measure(
+    python: &str,
+    runs: usize,
+    min_time: f64,
+    long_mb: usize,
+    dir: &Path,
+    tmp: &Path,
+) -> Result<Report> {
     let events = sample_events(dir)?;
     let small: Vec<Event> = events
         .iter()
@@ -195,11 +290,26 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
             ..*e
         })
         .collect();
-    // (format, path, spec-made, expelliarmus encoding)
-    let files: Vec<(&str, PathBuf, bool, Option<&str>)> = vec![
-        ("EVT 3.0", dir.join("evt3_sample.raw"), false, Some("evt3")),
-        ("EVT 2.0", dir.join("evt2_sample.raw"), false, Some("evt2")),
-        ("AEDAT 4.0 zstd", dir.join("gen41_zstd.aedat4"), false, None),
+    // (format, path, spec-made, the peer that reads it)
+    let files: Vec<(&str, PathBuf, bool, Option<Peer>)> = vec![
+        (
+            "EVT 3.0",
+            dir.join("evt3_sample.raw"),
+            false,
+            Some(Peer::Expelliarmus("evt3")),
+        ),
+        (
+            "EVT 2.0",
+            dir.join("evt2_sample.raw"),
+            false,
+            Some(Peer::Expelliarmus("evt2")),
+        ),
+        (
+            "AEDAT 4.0 zstd",
+            dir.join("gen41_zstd.aedat4"),
+            false,
+            Some(Peer::DvProcessing),
+        ),
         (
             "EVT 2.1",
             write(
@@ -218,7 +328,7 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
                 &with_header("3.0", 1280, 720, &encode::evt3_bytes(&events)),
             )?,
             true,
-            Some("evt3"),
+            Some(Peer::Expelliarmus("evt3")),
         ),
         (
             "EVT 2.0",
@@ -228,7 +338,7 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
                 &with_header("2.0", 1280, 720, &encode::evt2(&events)),
             )?,
             true,
-            Some("evt2"),
+            Some(Peer::Expelliarmus("evt2")),
         ),
         (
             "AEDAT 4.0 lz4",
@@ -238,7 +348,7 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
                 &encode::aedat4(&events, 1280, 720, Compression::Lz4, 10_000, true),
             )?,
             true,
-            None,
+            Some(Peer::DvProcessing),
         ),
         (
             "AEDAT 4.0 none",
@@ -248,7 +358,7 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
                 &encode::aedat4(&events, 1280, 720, Compression::None, 10_000, true),
             )?,
             true,
-            None,
+            Some(Peer::DvProcessing),
         ),
         (
             "AEDAT 3.1",
@@ -273,50 +383,49 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
             None,
         ),
     ];
-    // The peer first (one python process for all its files), then ours, alternating
-    // would need many processes; both read warm files from the page cache.
-    let peer_args: Vec<String> = files
+    // The peers first (one python process each for all their files), then ours; all
+    // read warm files from the page cache.
+    let python_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python");
+    let script = python_dir.join("bench_expelliarmus.py");
+    let flags = vec![
+        "--runs".to_string(),
+        runs.to_string(),
+        "--min-time".to_string(),
+        min_time.to_string(),
+    ];
+    let expelliarmus_files: Vec<String> = files
         .iter()
-        .filter_map(|(_, p, _, enc)| enc.map(|e| format!("{e}:{}", p.display())))
+        .filter_map(|(_, p, _, peer)| match peer {
+            Some(Peer::Expelliarmus(enc)) => Some(format!("{enc}:{}", p.display())),
+            _ => None,
+        })
         .collect();
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../python/bench_expelliarmus.py");
-    let mut peer_error = None;
-    let mut peer: Vec<serde_json::Value> = Vec::new();
-    match Command::new(python)
-        .arg(&script)
-        .arg("--runs")
-        .arg(runs.to_string())
-        .args(&peer_args)
-        .output()
-    {
-        Ok(out) => {
-            for line in String::from_utf8_lossy(&out.stdout).lines() {
-                if let Ok(v) = serde_json::from_str::<serde_json::Value>(line) {
-                    if let Some(e) = v.get("error") {
-                        peer_error = Some(e.to_string());
-                    } else {
-                        peer.push(v);
-                    }
-                }
-            }
-            if !out.status.success() && peer_error.is_none() {
-                peer_error = Some(String::from_utf8_lossy(&out.stderr).trim().to_string());
-            }
-        }
-        Err(e) => peer_error = Some(format!("cannot run {python}: {e}")),
-    }
+    let dv_files: Vec<String> = files
+        .iter()
+        .filter(|(_, _, _, peer)| matches!(peer, Some(Peer::DvProcessing)))
+        .map(|(_, p, _, _)| p.display().to_string())
+        .collect();
+    let (mut peer, mut peer_errors) = run_peer(python, &script, &flags, &expelliarmus_files);
+    let (dv, dv_errors) = run_peer(
+        python,
+        &python_dir.join("bench_dv_processing.py"),
+        &flags,
+        &dv_files,
+    );
+    peer.extend(dv);
+    peer_errors.extend(dv_errors);
     let mut rows = Vec::new();
-    for (format, path, spec_made, enc) in &files {
+    for (format, path, spec_made, which) in &files {
         let _ = decode(path)?; // warm the page cache
         let mut times = Vec::new();
         let mut n = 0;
         for _ in 0..runs {
-            let (events, secs) = decode(path)?;
+            let (events, secs) = timed_decode(path, min_time)?;
             n = events;
             times.push(secs);
         }
         let ours = n as f64 / stats::median(&times).unwrap_or(f64::NAN) / 1e6;
-        let theirs = enc.and_then(|_| {
+        let theirs = which.and_then(|_| {
             let name = path.display().to_string();
             peer.iter()
                 .find(|v| v.get("file").and_then(|f| f.as_str()) == Some(name.as_str()))
@@ -332,7 +441,8 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
             bytes: std::fs::metadata(path)?.len(),
             events: n,
             ours_mev_s: ours,
-            expelliarmus_mev_s: theirs,
+            peer: which.map(Peer::name),
+            peer_mev_s: theirs,
             ratio: theirs.map(|t| ours / t),
         });
     }
@@ -343,10 +453,10 @@ fn measure(python: &str, runs: usize, long_mb: usize, dir: &Path, tmp: &Path) ->
     };
     Ok(Report {
         runs,
-        note: "rates are events decoded per second of wall time, median of the runs, files warm in the page cache; ours streams batches from the file, expelliarmus reads the file into one numpy array",
+        note: "rates are events decoded per second of wall time (open included), median of the runs, files warm in the page cache; ours streams batches from the file, expelliarmus reads the file into one numpy array, dv-processing pulls its event batches",
         rows,
         memory,
-        peer_error,
+        peer_errors,
     })
 }
 

@@ -10,7 +10,7 @@
 //!
 //! Memory: one compressed and one decompressed packet at a time, both capped.
 
-use std::io::Read;
+use std::io::{Cursor, Read};
 
 use crate::flatbuf::{u32_at, Table};
 use crate::window::ByteWindow;
@@ -72,6 +72,7 @@ pub struct Aedat4Reader<R> {
     packet: Vec<u8>,
     plain: Vec<u8>,
     zstd: Option<zstd::bulk::Decompressor<'static>>,
+    lz4: Option<lz4_flex::frame::FrameDecoder<Cursor<Vec<u8>>>>,
     /// Byte range of the current packet's event structs in `plain`, and the next one.
     events: std::ops::Range<usize>,
     batch: usize,
@@ -153,6 +154,7 @@ impl<R: Read + Send> Aedat4Reader<R> {
             packet: Vec::new(),
             plain: Vec::new(),
             zstd: None,
+            lz4: None,
             events: 0..0,
             batch: crate::window::DEFAULT_BATCH,
             done: false,
@@ -218,7 +220,7 @@ impl<R: Read + Send> Aedat4Reader<R> {
                     bytes: n,
                 });
             }
-            let result = self.decompress(&packet);
+            let result = self.decompress(&mut packet);
             self.packet = packet;
             result?;
             self.locate_events()?;
@@ -227,20 +229,37 @@ impl<R: Read + Send> Aedat4Reader<R> {
         }
     }
 
-    fn decompress(&mut self, packet: &[u8]) -> Result<(), ReadError> {
+    /// Makes `self.plain` the packet's plain bytes. `packet` keeps a buffer to reuse.
+    fn decompress(&mut self, packet: &mut Vec<u8>) -> Result<(), ReadError> {
+        if self.compression == Compression::None {
+            // A stored packet is its own plain form: swap the buffers, don't copy.
+            std::mem::swap(&mut self.plain, packet);
+            return Ok(());
+        }
         let mut plain = std::mem::take(&mut self.plain);
         plain.clear();
+        let packet_buf = packet;
         let result = match self.compression {
-            Compression::None => {
-                plain.extend_from_slice(packet);
-                Ok(())
-            }
+            Compression::None => Ok(()), // swapped above
             Compression::Lz4 => {
-                let decoder = lz4_flex::frame::FrameDecoder::new(packet);
-                match decoder
+                // One decoder for the whole stream keeps its block buffers (a fresh
+                // one per packet allocated and faulted them in every time). The
+                // packet's buffer is lent to it and taken back.
+                let mut decoder = self
+                    .lz4
+                    .take()
+                    .unwrap_or_else(|| lz4_flex::frame::FrameDecoder::new(Cursor::new(Vec::new())));
+                std::mem::swap(decoder.get_mut().get_mut(), packet_buf);
+                decoder.get_mut().set_position(0);
+                let read = (&mut decoder)
                     .take(MAX_DECOMPRESSED as u64 + 1)
-                    .read_to_end(&mut plain)
-                {
+                    .read_to_end(&mut plain);
+                std::mem::swap(decoder.get_mut().get_mut(), packet_buf);
+                if read.is_ok() {
+                    // After an error its state is unknown: the next packet gets a new one.
+                    self.lz4 = Some(decoder);
+                }
+                match read {
                     Ok(_) if plain.len() > MAX_DECOMPRESSED => Err(ReadError::TooLarge {
                         format: FORMAT,
                         what: "decompressed packet",
@@ -251,7 +270,7 @@ impl<R: Read + Send> Aedat4Reader<R> {
                     Err(e) => Err(self.corrupt(format!("LZ4 frame does not decode: {e}"))),
                 }
             }
-            Compression::Zstd => self.unzstd(packet, &mut plain),
+            Compression::Zstd => self.unzstd(packet_buf, &mut plain),
         };
         self.plain = plain;
         result
@@ -357,6 +376,7 @@ impl<R: Read + Send> EventReader for Aedat4Reader<R> {
                 let y = i16::from_le_bytes([s[10], s[11]]);
                 if x < 0 || y < 0 {
                     let offset = self.position;
+                    out.clear();
                     return Err(ReadError::Corrupt {
                         format: FORMAT,
                         offset,
@@ -454,7 +474,8 @@ fn attribute(tag: &str, name: &str) -> Option<String> {
     Some(tag[start..start + len].to_string())
 }
 
-/// The XML description iniVation's software writes for one event stream.
+/// The XML description iniVation's software writes for one event stream (dv-processing
+/// needs every attribute of the stream node to accept the file).
 pub fn description_for(width: u16, height: u16, compression: Compression, source: &str) -> String {
     let c = match compression {
         Compression::None => "NONE",
@@ -462,6 +483,6 @@ pub fn description_for(width: u16, height: u16, compression: Compression, source
         Compression::Zstd => "ZSTD",
     };
     format!(
-        "<dv version=\"2.0\">\n    <node name=\"outInfo\" path=\"/outInfo/\">\n        <node name=\"0\" path=\"/outInfo/0/\">\n            <attr key=\"compression\" type=\"string\">{c}</attr>\n            <attr key=\"typeIdentifier\" type=\"string\">EVTS</attr>\n            <node name=\"info\" path=\"/outInfo/0/info/\">\n                <attr key=\"sizeX\" type=\"int\">{width}</attr>\n                <attr key=\"sizeY\" type=\"int\">{height}</attr>\n                <attr key=\"source\" type=\"string\">{source}</attr>\n            </node>\n        </node>\n    </node>\n</dv>\n"
+        "<dv version=\"2.0\">\n    <node name=\"outInfo\" path=\"/outInfo/\">\n        <node name=\"0\" path=\"/outInfo/0/\">\n            <attr key=\"compression\" type=\"string\">{c}</attr>\n            <attr key=\"originalModuleName\" type=\"string\">MonoCameraWriter</attr>\n            <attr key=\"originalOutputName\" type=\"string\">events</attr>\n            <attr key=\"typeDescription\" type=\"string\">Custom data type output.</attr>\n            <attr key=\"typeIdentifier\" type=\"string\">EVTS</attr>\n            <node name=\"info\" path=\"/outInfo/0/info/\">\n                <attr key=\"sizeX\" type=\"int\">{width}</attr>\n                <attr key=\"sizeY\" type=\"int\">{height}</attr>\n                <attr key=\"source\" type=\"string\">{source}</attr>\n            </node>\n        </node>\n    </node>\n</dv>\n"
     )
 }
