@@ -207,6 +207,9 @@ impl ChunkDecoder for Evt3Decoder {
         let (mut high, mut low, mut base) = (self.high, self.low, self.base);
         let stage = &mut *self.stage;
         let words = input.len() / 2;
+        // One allocation for the batch, not a doubling per block (an EVT 3.0 word
+        // makes 0.7-1 events in real recordings; vectors may need one more growth).
+        out.reserve(limit.saturating_sub(out.len()).min(words));
         let mut done = 0;
         loop {
             let block = block_words(out, limit, MAX_PER_EVT3_WORD, words - done);
@@ -289,19 +292,15 @@ impl ChunkDecoder for Evt3Decoder {
 }
 
 /// EVT 2.0 decoder state: the 28 high bits of the time and the wrap count.
+#[derive(Default)]
 pub(crate) struct Evt2Decoder {
     high: u64,
     wraps: i64,
-    stage: Stage,
 }
 
 impl Evt2Decoder {
     pub(crate) fn new() -> Self {
-        Self {
-            high: 0,
-            wraps: 0,
-            stage: new_stage(),
-        }
+        Self::default()
     }
 }
 
@@ -315,28 +314,39 @@ impl ChunkDecoder for Evt2Decoder {
     ) -> Result<usize, ReadError> {
         let (mut high, mut wraps) = (self.high, self.wraps);
         let mut base = wraps + ((high << 6) as i64);
-        let stage = &mut *self.stage;
         let words = input.len() / 4;
+        out.reserve(limit.saturating_sub(out.len()).min(words));
         let mut done = 0;
         loop {
             let block = block_words(out, limit, 1, words - done);
             if block == 0 {
                 break;
             }
-            let mut n = 0;
-            for w in input[4 * done..4 * (done + block)].chunks_exact(4) {
-                let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                let kind = word >> 28;
-                // CD_OFF (0) and CD_ON (1): staged always, kept if it is one.
-                stage[n & (STAGE - 1)] = Event {
-                    t: base + i64::from((word >> 22) & 0x3F),
-                    x: ((word >> 11) & 0x7FF) as u16,
-                    y: (word & 0x7FF) as u16,
-                    p: kind == 0x1,
+            // Runs of CD words between the rare other words (EVT_TIME_HIGH every
+            // 64 us): each run is an exact-size map, which `extend` writes straight
+            // into `out` with no per-event capacity check or branch.
+            let mut rest = &input[4 * done..4 * (done + block)];
+            while !rest.is_empty() {
+                let run = rest
+                    .chunks_exact(4)
+                    .position(|w| w[3] >> 4 > 0x1)
+                    .unwrap_or(rest.len() / 4);
+                let (cd, other) = rest.split_at(4 * run);
+                out.extend(cd.chunks_exact(4).map(|w| {
+                    let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                    Event {
+                        t: base + i64::from((word >> 22) & 0x3F),
+                        x: ((word >> 11) & 0x7FF) as u16,
+                        y: (word & 0x7FF) as u16,
+                        p: word >> 28 == 0x1,
+                    }
+                }));
+                let Some(w) = other.get(..4) else {
+                    break;
                 };
-                n += usize::from(kind <= 0x1);
-                // EVT_TIME_HIGH, every 64 us of the stream: rare, so a branch.
-                if kind == 0x8 {
+                let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                // EVT_TIME_HIGH; EXT_TRIGGER and OTHERS carry no CD events.
+                if word >> 28 == 0x8 {
                     let h = u64::from(word & 0x0FFF_FFFF);
                     if h < high {
                         wraps += 1 << 34;
@@ -344,8 +354,8 @@ impl ChunkDecoder for Evt2Decoder {
                     high = h;
                     base = wraps + ((high << 6) as i64);
                 }
+                rest = &other[4..];
             }
-            out.extend_from_slice(&stage[..n]);
             done += block;
         }
         (self.high, self.wraps) = (high, wraps);
@@ -389,6 +399,7 @@ impl ChunkDecoder for Evt21Decoder {
         let mut base = wraps + ((high << 6) as i64);
         let stage = &mut *self.stage;
         let words = input.len() / 8;
+        out.reserve(limit.saturating_sub(out.len()).min(words));
         let mut done = 0;
         loop {
             let block = block_words(out, limit, MAX_PER_EVT21_WORD, words - done);
