@@ -12,11 +12,10 @@ use anyhow::{bail, Context};
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::cli::{BackendArgs, ThreadsArgs};
 use splitstream_models::llm::chat::{ChatMessage, ChatTemplate};
-use splitstream_models::llm::sample::Sampler;
 use splitstream_models::llm::tokenizer::StreamDecoder;
 use splitstream_models::Backend;
 
-use super::generate::load;
+use super::generate::{load, SamplingArgs};
 
 /// Longest user line read (64 KiB).
 const MAX_LINE: usize = 64 << 10;
@@ -37,15 +36,8 @@ pub(crate) struct Args {
     /// Most tokens per answer.
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_tokens: usize,
-    /// Sampling temperature; 0 (the default) is greedy.
-    #[arg(long, default_value_t = 0.0, value_name = "T")]
-    temperature: f32,
-    /// Nucleus sampling: keep the most likely tokens up to this probability mass.
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
-    top_p: f32,
-    /// Seed of the sampler.
-    #[arg(long, default_value_t = 0, value_name = "S")]
-    seed: u64,
+    #[command(flatten)]
+    sampling: SamplingArgs,
     /// Positions of KV cache (the whole conversation must fit).
     #[arg(long, value_name = "N")]
     context: Option<usize>,
@@ -67,7 +59,7 @@ fn chat_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
-    let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+    let mut sampler = args.sampling.sampler();
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new("system", system.clone()));

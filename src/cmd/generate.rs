@@ -58,6 +58,20 @@ pub(crate) struct Args {
     /// New tokens to generate.
     #[arg(long, default_value_t = 32, value_name = "N")]
     max_tokens: usize,
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    /// Positions of KV cache per session (at most the model's context).
+    #[arg(long, value_name = "N")]
+    context: Option<usize>,
+    #[command(flatten)]
+    backend: BackendArgs,
+    #[command(flatten)]
+    threads: ThreadsArgs,
+}
+
+/// How the next token is drawn: the flags `generate` and `chat` share.
+#[derive(clap::Args)]
+pub(crate) struct SamplingArgs {
     /// Sampling temperature; 0 (the default) is greedy.
     #[arg(long, default_value_t = 0.0, value_name = "T")]
     temperature: f32,
@@ -67,13 +81,12 @@ pub(crate) struct Args {
     /// Seed of the sampler.
     #[arg(long, default_value_t = 0, value_name = "S")]
     seed: u64,
-    /// Positions of KV cache per session (at most the model's context).
-    #[arg(long, value_name = "N")]
-    context: Option<usize>,
-    #[command(flatten)]
-    backend: BackendArgs,
-    #[command(flatten)]
-    threads: ThreadsArgs,
+}
+
+impl SamplingArgs {
+    pub(crate) fn sampler(&self) -> Sampler {
+        Sampler::new(self.temperature, self.top_p, self.seed)
+    }
 }
 
 /// Whether `path` is an LLM checkpoint: a GGUF file or a folder with `config.json`.
@@ -192,7 +205,7 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         bail!("the prompt encodes to no tokens");
     }
     let t = ids.len() / batch;
-    let mut sampler = Sampler::new(args.temperature, args.top_p, args.seed);
+    let mut sampler = args.sampling.sampler();
     let eos = net.config().eos;
     let mut rows: Vec<Vec<u32>> = ids.chunks(t).map(<[u32]>::to_vec).collect();
     let mut stdout = std::io::stdout().lock();
