@@ -284,8 +284,8 @@ fn report(rows: &[Row], args: &Args, power: &PowerModel) {
             power.compute_w
         );
         println!(
-            "{:<14} {:>9} {:>10} {:>11} {:>10} {:>10} {:>10}  {}",
-            "mode", "accuracy", "host ms", "device ms", "mJ/frame", "vs net", "clf us", "detail"
+            "{:<14} {:>9} {:>10} {:>11} {:>10} {:>10} {:>10}  detail",
+            "mode", "accuracy", "host ms", "device ms", "mJ/frame", "vs net", "clf us"
         );
     }
     for r in rows {

@@ -153,7 +153,7 @@ impl Reader<'_> {
     }
 
     fn has(&self, name: &str) -> bool {
-        self.tensors.names().iter().any(|n| *n == name)
+        self.tensors.names().contains(&name)
     }
 
     /// A tensor's shape and raw bytes, with its dtype checked.

@@ -86,15 +86,11 @@ fn heap_push(values: &mut [f64], indices: &mut [usize], val: f64, val_idx: usize
     loop {
         let left = 2 * current + 1;
         let right = left + 1;
+        // scikit-learn's two branches for "no right child" and "left child the larger"
+        // both take the left child when it exceeds `val`: one branch here.
         let swap = if left >= size {
             break;
-        } else if right >= size {
-            if values[left] > val {
-                left
-            } else {
-                break;
-            }
-        } else if values[left] >= values[right] {
+        } else if right >= size || values[left] >= values[right] {
             if val < values[left] {
                 left
             } else {

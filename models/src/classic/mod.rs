@@ -189,7 +189,7 @@ impl ClassicModel {
     /// Predicts rows of `n_features` values each, rows in parallel.
     pub fn predict_batch(&self, rows: &[f32]) -> Result<Vec<ClassicPrediction>, ClassicError> {
         let d = self.n_features;
-        if d == 0 || rows.len() % d != 0 {
+        if d == 0 || !rows.len().is_multiple_of(d) {
             return Err(ClassicError::FeatureCount {
                 expected: d,
                 got: rows.len(),
