@@ -32,6 +32,9 @@ enum Command {
     /// Accuracy on a labelled test set: local, split (each bottleneck and
     /// quantization, through the real codec) and JPEG offload, with bytes per frame.
     Evaluate(cmd::evaluate::Args),
+    /// The pooled head output of a folder of images as .npy, to train the non-neural
+    /// fallback (python/train_fallback.py) on.
+    Features(cmd::features::Args),
     /// Fit a PCA token bottleneck at a split point and report agreement and bytes per frame.
     Calibrate(cmd::calibrate::Args),
     /// LPViT block pruning to FLOPs targets without fine-tuning: a block-sparse
@@ -62,6 +65,7 @@ fn main() -> std::process::ExitCode {
         Command::Generate(args) => cmd::generate::run(args),
         Command::Chat(args) => cmd::chat::run(args),
         Command::Calibrate(args) => cmd::calibrate::run(args),
+        Command::Features(args) => cmd::features::run(args),
         Command::Prune(args) => cmd::prune::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Events(command) => cmd::events::run(command),

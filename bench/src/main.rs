@@ -33,6 +33,9 @@ enum Command {
     /// One edge (the real binary) and N devices over QUIC on loopback at a set frame
     /// rate: frames/s, latency, bytes per frame, edge batches and peak memory per mode.
     E2e(cmd::e2e::Args),
+    /// The non-neural fallback (kNN, linear SVM, random forest on the head's features)
+    /// beside the network: accuracy, time and modelled energy per frame.
+    Fallback(cmd::fallback::Args),
     /// The device's policy (auto) against always-local, always-offload and a fixed
     /// split on battery, bandwidth and edge-power-cap scenarios.
     Policy(cmd::policy::Args),
@@ -50,6 +53,7 @@ fn main() -> std::process::ExitCode {
         Command::Matmul(args) => cmd::matmul::run(args),
         Command::E2e(args) => cmd::e2e::run(args),
         Command::Policy(args) => cmd::policy::run(args),
+        Command::Fallback(args) => cmd::fallback::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

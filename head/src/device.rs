@@ -18,6 +18,7 @@ use splitstream_transport::{Client, CodecSpec, FrameOutcome, OutgoingFrame};
 pub use crate::model::{load_model, DeviceModel, LoadModelError, ModelRunError};
 pub use splitstream_transport::CodecChoice;
 
+use crate::classic::ClassicHead;
 use crate::offload::{encode_jpeg, JpegSettings};
 use crate::source::{Frame, Payload};
 use crate::stats::{FrameRecord, Mode, Outcome};
@@ -83,6 +84,9 @@ pub enum RunMode {
         /// JPEG settings.
         jpeg: JpegSettings,
     },
+    /// The head to the classifier's feature point, then a non-neural classifier
+    /// (kNN, linear SVM, random forest), all on the device.
+    Classic(ClassicHead),
 }
 
 impl RunMode {
@@ -92,13 +96,14 @@ impl RunMode {
             Self::Local => Mode::Local,
             Self::Split { .. } => Mode::Split,
             Self::Offload { .. } => Mode::Offload,
+            Self::Classic(_) => Mode::Classic,
         }
     }
 
     /// The split and codec names the session announces (`None` for local).
     pub fn wire(&self) -> Option<(String, CodecSpec)> {
         match self {
-            Self::Local => None,
+            Self::Local | Self::Classic(_) => None,
             Self::Split { at, codec } => Some((at.name.clone(), codec.spec())),
             Self::Offload { .. } => Some((OFFLOAD_SPLIT.to_owned(), jpeg_spec())),
         }
@@ -314,6 +319,20 @@ impl Device {
                     }
                 }
             }
+            RunMode::Classic(classic) => {
+                let answer = tokio::task::spawn_blocking(move || {
+                    let p = classic.predict(&input)?;
+                    let c = classic.classic();
+                    Ok::<_, crate::classic::ClassicHeadError>(Answer::Logits(
+                        c.logits(&p, c.class_names().len()),
+                    ))
+                })
+                .await
+                .map_err(|e| ComputeError::Model(format!("worker thread: {e}")))?
+                .map_err(|e| ComputeError::Model(e.to_string()))?;
+                rec.head_ms = ms(t0.elapsed());
+                Ok(answer)
+            }
             RunMode::Offload { jpeg } => {
                 let remote = match &frame.payload {
                     Payload::Image(img) => match encode_jpeg(img, &jpeg) {
@@ -413,7 +432,13 @@ pub fn outcome(answer: &Answer) -> Outcome {
 
 /// Top-1 class and its softmax probability.
 pub fn classify(logits: &[f32]) -> Outcome {
-    let Some((class, &best)) = logits.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)) else {
+    // The first of equal maxima, as numpy's argmax (and the fallback classifiers') take.
+    let Some((class, &best)) =
+        logits
+            .iter()
+            .enumerate()
+            .reduce(|a, b| if b.1.total_cmp(a.1).is_gt() { b } else { a })
+    else {
         return Outcome::Failed {
             error: "the model returned no logits".into(),
         };

@@ -4,6 +4,8 @@
 //! - [`source`]: where frames come from (image files, folders and globs, videos,
 //!   cameras and streams through `ffmpeg`, preprocessed tensors in safetensors files),
 //!   chosen from one spec string by [`source::open_source`];
+//! - [`classic`]: the non-neural fallback (kNN, linear SVM, random forest on the
+//!   head's features) for a critical battery with no edge;
 //! - [`device`]: running frames locally, split or offloaded, with local fallback;
 //! - [`draw`]: a detector's boxes drawn on frames (`--draw`);
 //! - [`model`]: the network the device runs (a ViT, or one with a learned bottleneck);
@@ -13,6 +15,7 @@
 #![warn(missing_docs, unreachable_pub)]
 #![forbid(unsafe_code)]
 
+pub mod classic;
 pub mod device;
 pub mod draw;
 pub mod model;

@@ -30,6 +30,9 @@ pub enum ModelRunError {
         /// What the model offers instead.
         why: String,
     },
+    /// The non-neural fallback was planned without its classifier.
+    #[error("the classic fallback mode needs its classifier (splitstream-device --fallback FILE)")]
+    NoFallback,
 }
 
 /// The device's model (cheap to clone: shared).

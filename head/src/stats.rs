@@ -27,6 +27,9 @@ pub enum Mode {
     Split,
     /// The frame sent as JPEG; the whole model on the edge.
     Offload,
+    /// The head's features into a non-neural classifier, on the device (the fallback
+    /// for a critical battery with no edge).
+    Classic,
 }
 
 impl Mode {
@@ -36,6 +39,7 @@ impl Mode {
             Mode::Local => "local",
             Mode::Split => "split",
             Mode::Offload => "offload",
+            Mode::Classic => "classic",
         }
     }
 }

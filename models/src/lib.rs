@@ -13,6 +13,7 @@
 #[allow(unsafe_op_in_unsafe_fn)]
 pub mod backend;
 pub mod bottleneck;
+pub mod classic;
 #[cfg(feature = "clap")]
 pub mod cli;
 pub mod detection_map;

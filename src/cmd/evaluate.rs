@@ -112,13 +112,13 @@ fn parse_code(text: &str) -> anyhow::Result<Code> {
 }
 
 /// A labelled (or unlabelled) test image.
-struct Item {
-    path: PathBuf,
-    label: Option<usize>,
+pub(super) struct Item {
+    pub(super) path: PathBuf,
+    pub(super) label: Option<usize>,
 }
 
 /// Reads `dir/labels.csv` (file,label[,...]) or, without it, every image in `dir`.
-fn test_items(dir: &Path) -> anyhow::Result<Vec<Item>> {
+pub(super) fn test_items(dir: &Path) -> anyhow::Result<Vec<Item>> {
     let csv = dir.join("labels.csv");
     if csv.is_file() {
         let text =

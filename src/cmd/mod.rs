@@ -6,6 +6,7 @@ pub(crate) mod demo;
 pub(crate) mod evaluate;
 mod evaluate_det;
 pub(crate) mod events;
+pub(crate) mod features;
 pub(crate) mod generate;
 pub(crate) mod infer;
 pub(crate) mod measure;

@@ -369,7 +369,7 @@ fn summarise(
         mode: mode_name.to_owned(),
         split,
         codec: match mode {
-            RunMode::Local => "-".to_owned(),
+            RunMode::Local | RunMode::Classic(_) => "-".to_owned(),
             RunMode::Split { .. } => codec.name().to_owned(),
             RunMode::Offload { .. } => "jpeg".to_owned(),
         },

@@ -554,7 +554,8 @@ async fn run_async(args: Args) -> anyhow::Result<()> {
         codec,
     };
     let mode_of = |p: Plan| match p {
-        Plan::Local => RunMode::Local,
+        // No fallback classifier is planned here (auto_plans has none).
+        Plan::Local | Plan::Classic => RunMode::Local,
         Plan::Split { .. } => split_mode.clone(),
         Plan::Offload => RunMode::Offload {
             jpeg: JpegSettings::default(),

@@ -14,7 +14,7 @@ use splitstream_head::device::{load_model, CodecChoice};
 use splitstream_head::draw::{draw_detections, save_drawn, DrawFormat};
 use splitstream_head::offload::JpegSettings;
 use splitstream_head::policy::{
-    auto_plans, devices_for, Plan, Policy, PolicyConfig, PolicyRunner, PowerModel,
+    auto_plans, devices_with_fallback, Plan, Policy, PolicyConfig, PolicyRunner, PowerModel,
 };
 use splitstream_head::source::Payload;
 use splitstream_head::source::{
@@ -50,6 +50,12 @@ use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
   splitstream-device --weights vit.safetensors --edge 10.0.0.5:4433 --fingerprint ... \\
       --token-file token --input /dev/video0 --policy auto --power-source battery \\
       --latency-target-ms 80
+
+  # auto, with a random forest on the head's features for a critical battery and no edge
+  splitstream-device --weights assets/demo/demo_vit_bottlefit.safetensors \\
+      --edge 10.0.0.5:4433 --fingerprint ... --token-file token --input /dev/video0 \\
+      --policy auto --power-source battery \\
+      --fallback assets/demo/fallback/random_forest.safetensors
 
   # all on the device (no edge needed)
   splitstream-device --weights vit.safetensors --input photo.jpg --mode local
@@ -113,6 +119,11 @@ struct Args {
     /// the least-energy mode among those predicted to meet it.
     #[arg(long, value_name = "MS")]
     latency_target_ms: Option<f64>,
+    /// --policy auto: a non-neural fallback classifier (kNN, linear SVM or random forest
+    /// from python/train_fallback.py) on the head's features, run when the battery is
+    /// critical and the edge cannot answer (docs/fallback.md).
+    #[arg(long, value_name = "FILE")]
+    fallback: Option<PathBuf>,
     /// --policy auto: the device's power model in watts (default
     /// compute=6,radio=3.7,wait=2.5,per_byte=0: a Raspberry-Pi-4-class board on Wi-Fi).
     #[arg(long, value_name = "SPEC")]
@@ -243,6 +254,32 @@ fn token(args: &Args) -> anyhow::Result<String> {
     }
 }
 
+/// `--fallback FILE`: the classifier, checked against the model's head (its split
+/// point exists and gives as many features as it takes).
+fn load_fallback(
+    model: &splitstream_head::device::DeviceModel,
+    path: &std::path::Path,
+) -> anyhow::Result<splitstream_head::classic::ClassicHead> {
+    let classic = splitstream_models::classic::ClassicModel::from_file(path)
+        .with_context(|| format!("--fallback {}", path.display()))?;
+    let shape: Vec<usize> = std::iter::once(1)
+        .chain(model.input().item_shape().iter().copied())
+        .collect();
+    let probe =
+        splitstream_models::HostTensor::new(shape.clone(), vec![0.0; shape.iter().product()])
+            .context("--fallback: the model's input shape")?;
+    eprintln!(
+        "fallback: {} ({}), {} features from point {} ({} pooling)",
+        classic.kind(),
+        classic.hyperparameters(),
+        classic.n_features(),
+        classic.features().split,
+        classic.features().pool
+    );
+    splitstream_head::classic::ClassicHead::new(model.clone(), classic, &probe)
+        .with_context(|| format!("--fallback {}", path.display()))
+}
+
 fn main() -> std::process::ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -349,13 +386,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     .split_at(k)
                     .map_err(|e| anyhow::anyhow!("--split-points {k}: {e}"))?;
             }
-            Policy::new(auto_plans(&points, codec), cfg)?
+            let mut plans = auto_plans(&points, codec);
+            if args.fallback.is_some() {
+                plans.push(Plan::Classic);
+            }
+            Policy::new(plans, cfg)?
         }
+    };
+    let classic = match &args.fallback {
+        Some(_) if args.mode != PolicyArg::Auto => {
+            bail!("--fallback runs when the policy chooses it: use it with --policy auto")
+        }
+        Some(path) => Some(load_fallback(&model, path)?),
+        None => None,
     };
     let budget = Duration::from_millis(args.budget_ms);
     // The session opens in the first remote mode; the runner reconfigures it (no
     // reconnect) when the policy moves to another.
-    let wire = devices_for(&model, policy.plans(), None, budget, jpeg)?
+    let wire = devices_with_fallback(&model, policy.plans(), None, budget, jpeg, classic.as_ref())?
         .iter()
         .find_map(|d| d.mode().wire());
 
@@ -468,7 +516,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let (mut feed, reader) =
         spawn_feed(source, args.prefetch).context("cannot start the frame reader thread")?;
 
-    let devices = devices_for(&model, policy.plans(), client.as_ref(), budget, jpeg)?;
+    let devices = devices_with_fallback(
+        &model,
+        policy.plans(),
+        client.as_ref(),
+        budget,
+        jpeg,
+        classic.as_ref(),
+    )?;
     let mut runner = PolicyRunner::new(policy, devices, client.clone())?;
     let mut out = std::io::stdout().lock();
     let mut stats = RunStats::new();

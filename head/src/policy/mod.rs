@@ -26,14 +26,25 @@
 //! lost connection act at once. Every `probe_every` frames a two-frame probe runs in
 //! the mode measured least recently (a far worse mode waits longer). Each decision
 //! carries a [`Reason`] for the frame's JSON line.
+//!
+//! A device may also carry a non-neural fallback ([`Plan::Classic`]: the head's
+//! features into a kNN, linear SVM or random forest, `--fallback FILE`). It is far
+//! cheaper than the network and less accurate, so no objective weighs it against the
+//! others: it runs exactly when the battery is critical and the edge cannot answer
+//! (disconnected, advising local or draining, or every remote mode failing), at once
+//! and without dwell, with the reason `battery_critical:classic:<why the edge cannot>`.
 
+#[cfg(test)]
+mod classic_tests;
 mod config;
 mod estimate;
 mod runner;
 
 pub use config::{BatteryThresholds, ParsePowerModelError, PolicyConfig, PowerModel};
 pub use estimate::Ewma;
-pub use runner::{auto_plans, devices_for, NewRunnerError, PolicyRunner, PolicyTally};
+pub use runner::{
+    auto_plans, devices_for, devices_with_fallback, NewRunnerError, PolicyRunner, PolicyTally,
+};
 
 use std::fmt;
 use std::time::Duration;
@@ -58,12 +69,15 @@ pub enum Plan {
     },
     /// The frame as JPEG; the whole model on the edge.
     Offload,
+    /// The head to the classifier's feature point, then a non-neural classifier, all on
+    /// the device (the fallback for a critical battery with no edge).
+    Classic,
 }
 
 impl Plan {
     /// Whether the frame goes to the edge.
     pub fn is_remote(&self) -> bool {
-        !matches!(self, Plan::Local)
+        matches!(self, Plan::Split { .. } | Plan::Offload)
     }
 
     /// The stats mode.
@@ -72,6 +86,7 @@ impl Plan {
             Plan::Local => Mode::Local,
             Plan::Split { .. } => Mode::Split,
             Plan::Offload => Mode::Offload,
+            Plan::Classic => Mode::Classic,
         }
     }
 }
@@ -82,6 +97,7 @@ impl fmt::Display for Plan {
             Plan::Local => f.write_str("local"),
             Plan::Split { point, codec } => write!(f, "split@{point}/{}", codec.name()),
             Plan::Offload => f.write_str("offload"),
+            Plan::Classic => f.write_str("classic"),
         }
     }
 }
@@ -173,6 +189,33 @@ pub enum Reason {
     Objective(BatteryLevel),
     /// No mode meets the latency target (low battery) or bound (critical): fastest.
     OverLatency(BatteryLevel),
+    /// The battery is critical and the edge cannot answer: the non-neural fallback.
+    Classic(EdgeDown),
+}
+
+/// Why the edge cannot answer, as [`Reason::Classic`] names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EdgeDown {
+    /// No connection.
+    Disconnected,
+    /// The edge advised running locally.
+    AdviceLocal,
+    /// The edge is draining.
+    AdviceDraining,
+    /// Every remote mode fell back recently (or there is none).
+    Failing,
+}
+
+impl EdgeDown {
+    /// Name in reasons.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disconnected => "disconnected",
+            Self::AdviceLocal => "advice_local",
+            Self::AdviceDraining => "advice_draining",
+            Self::Failing => "edge_failing",
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -193,6 +236,7 @@ impl fmt::Display for Reason {
                 f.write_str("battery_critical:over_bound")
             }
             Reason::OverLatency(level) => write!(f, "{}:over_target", level.as_str()),
+            Reason::Classic(why) => write!(f, "battery_critical:classic:{}", why.as_str()),
         }
     }
 }
@@ -539,11 +583,40 @@ impl Policy {
     }
 
     fn feasible(&self, c: usize) -> bool {
-        let plan = self.plans[c];
-        !plan.is_remote()
-            || (self.connected
-                && !matches!(self.advice, Advice::PreferLocal | Advice::Draining)
-                && self.est[c].blocked_until <= self.frame)
+        match self.plans[c] {
+            Plan::Local => true,
+            Plan::Classic => self.classic_now().is_some(),
+            _ => self.remote_feasible(c),
+        }
+    }
+
+    fn remote_feasible(&self, c: usize) -> bool {
+        self.connected
+            && !matches!(self.advice, Advice::PreferLocal | Advice::Draining)
+            && self.est[c].blocked_until <= self.frame
+    }
+
+    /// The non-neural fallback's candidate and why, when it should run now: the
+    /// battery is critical and the edge cannot answer.
+    fn classic_now(&self) -> Option<(usize, EdgeDown)> {
+        let c = self.plans.iter().position(|p| *p == Plan::Classic)?;
+        if self.level != BatteryLevel::Critical {
+            return None;
+        }
+        let why = if !self.connected {
+            EdgeDown::Disconnected
+        } else if self.advice == Advice::PreferLocal {
+            EdgeDown::AdviceLocal
+        } else if self.advice == Advice::Draining {
+            EdgeDown::AdviceDraining
+        } else if !(0..self.plans.len())
+            .any(|r| self.plans[r].is_remote() && self.remote_feasible(r))
+        {
+            EdgeDown::Failing
+        } else {
+            return None;
+        };
+        Some((c, why))
     }
 
     /// Chooses the next frame's mode.
@@ -552,6 +625,12 @@ impl Policy {
         self.frame += 1;
         if self.fixed {
             return self.answer(0, Reason::Fixed);
+        }
+        // A critical battery and no edge: the cheapest answer there is, at once.
+        if let Some((c, why)) = self.classic_now() {
+            self.probe_next = None;
+            self.switch_to(c, frame);
+            return self.answer(c, Reason::Classic(why));
         }
         // The edge's word and the link come first, and do not wait for the dwell.
         let forced = match self.advice {
@@ -585,9 +664,16 @@ impl Policy {
             return self.answer(best, reason);
         }
         if !current_ok {
-            // The current remote mode fell back recently: leave it now.
+            // The fallback classifier is no longer needed (the battery or the edge
+            // came back): the objective's choice at once. Or the current remote mode
+            // fell back recently: leave it now.
+            let why = if self.plans[self.current] == Plan::Classic {
+                reason
+            } else {
+                Reason::Fallback
+            };
             self.switch_to(best, frame);
-            return self.answer(best, Reason::Fallback);
+            return self.answer(best, why);
         }
         let held = self.switched_at.map_or(u64::MAX, |s| frame - s);
         if held < self.cfg.min_dwell_frames {

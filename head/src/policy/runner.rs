@@ -11,6 +11,7 @@ use serde::Serialize;
 use splitstream_transport::Client;
 
 use super::{Decision, EdgeAccount, FrameObservation, ObservedOutcome, Plan, Policy};
+use crate::classic::ClassicHead;
 use crate::device::{Device, DeviceModel, FrameResult, ModelRunError, RunMode};
 use crate::offload::JpegSettings;
 use crate::source::Frame;
@@ -27,13 +28,26 @@ pub fn auto_plans(points: &[usize], codec: crate::device::CodecChoice) -> Vec<Pl
 
 /// One device per plan, in order: splits cut where `model.split_at` says (the learned
 /// bottleneck at its point), offload as JPEG with `jpeg`; the remote ones share
-/// `client`. `budget` is each frame's latency budget at the edge.
+/// `client`. `budget` is each frame's latency budget at the edge. [`Plan::Classic`]
+/// needs its classifier: [`devices_with_fallback`].
 pub fn devices_for(
     model: &DeviceModel,
     plans: &[Plan],
     client: Option<&Arc<Client>>,
     budget: Duration,
     jpeg: JpegSettings,
+) -> Result<Vec<Device>, ModelRunError> {
+    devices_with_fallback(model, plans, client, budget, jpeg, None)
+}
+
+/// [`devices_for`], with the non-neural fallback's classifier for [`Plan::Classic`].
+pub fn devices_with_fallback(
+    model: &DeviceModel,
+    plans: &[Plan],
+    client: Option<&Arc<Client>>,
+    budget: Duration,
+    jpeg: JpegSettings,
+    classic: Option<&ClassicHead>,
 ) -> Result<Vec<Device>, ModelRunError> {
     plans
         .iter()
@@ -45,6 +59,9 @@ pub fn devices_for(
                     codec,
                 },
                 Plan::Offload => RunMode::Offload { jpeg },
+                Plan::Classic => {
+                    RunMode::Classic(classic.cloned().ok_or(ModelRunError::NoFallback)?)
+                }
             };
             let client = if p.is_remote() { client.cloned() } else { None };
             Ok(Device::new(model.clone(), mode, client, budget))
@@ -199,7 +216,7 @@ impl PolicyRunner {
                     .policy
                     .plans()
                     .iter()
-                    .position(|p| !p.is_remote())
+                    .position(|p| *p == Plan::Local)
                     .unwrap_or(0);
                 let mut r = self.devices[local].process(frame).await;
                 r.record.fallback = Some(why);
