@@ -9,8 +9,9 @@
 # See docs/deploy.md for running a fleet on Kubernetes (deploy/k8s/).
 
 # Base images as arguments, for a mirror or an air-gapped registry:
-#   --build-arg BUILD_IMAGE=registry.local/rust:1.89-slim-bookworm
-ARG BUILD_IMAGE=docker.io/library/rust:1.89-slim-bookworm
+#   --build-arg BUILD_IMAGE=registry.local/rust:1.90-slim-bookworm
+# Rust 1.90: the oldest that builds Cargo.lock as it stands (ordered-float 5.5 needs it).
+ARG BUILD_IMAGE=docker.io/library/rust:1.90-slim-bookworm
 ARG RUNTIME_IMAGE=docker.io/library/debian:bookworm-slim
 
 FROM ${BUILD_IMAGE} AS build
