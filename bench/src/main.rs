@@ -5,6 +5,7 @@
 
 mod cmd;
 mod link;
+mod netem;
 mod plot;
 mod stats;
 
@@ -39,6 +40,9 @@ enum Command {
     /// The device's policy (auto) against always-local, always-offload and a fixed
     /// split on battery, bandwidth and edge-power-cap scenarios.
     Policy(cmd::policy::Args),
+    /// QUIC against TCP+TLS over an emulated impaired link (loss, RTT, rate limit):
+    /// frame latency, frames on time, bytes on the wire. Needs root.
+    Link(cmd::link::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -54,6 +58,7 @@ fn main() -> std::process::ExitCode {
         Command::E2e(args) => cmd::e2e::run(args),
         Command::Policy(args) => cmd::policy::run(args),
         Command::Fallback(args) => cmd::fallback::run(args),
+        Command::Link(args) => cmd::link::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
