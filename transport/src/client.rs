@@ -1185,6 +1185,7 @@ async fn establish(inner: &Inner) -> Result<(Arc<Link>, quinn::RecvStream), Conn
                 }
             }
             Err(connecting) => {
+                tracing::debug!(edge = %cfg.server_addr, "no session ticket for 0-RTT; full handshake");
                 let conn = connecting
                     .await
                     .map_err(|e| map_connection_error(&e, &slot))?;
@@ -1415,5 +1416,67 @@ async fn supervise(weak: Weak<Inner>, mut unreachable: Option<String>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ModelId, ModelRegistry, Server, ServerConfig, ServerIdentity, ServerTrust, TokenStore,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconnect_to_the_same_edge_resumes_with_0rtt() {
+        let model = ModelId::from_weights_bytes("vit", b"weights");
+        let mut registry = ModelRegistry::new();
+        registry.insert("vit", model.weights_sha256, ["blocks.3"], ["f16"]);
+        let mut tokens = TokenStore::new();
+        tokens.insert("dev-0", "0123456789abcdef-token");
+        let identity = ServerIdentity::self_signed(&["localhost"]).unwrap();
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity, tokens);
+        let mut server = Server::bind(cfg, registry).unwrap();
+        let addr = server.local_addr();
+        let fp = server.fingerprint();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(s) = server.accept().await {
+                held.push(s);
+            }
+        });
+        let stream = StreamConfig {
+            model,
+            split: "blocks.3".into(),
+            codec: CodecSpec::new("f16", vec![]),
+        };
+        let client = Client::connect(ClientConfig::new(
+            addr,
+            ServerTrust::Pinned(fp),
+            "dev-0",
+            "0123456789abcdef-token",
+            stream,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            client.zero_rtt_accepted(),
+            0,
+            "a first connect has no ticket"
+        );
+        // Let the session tickets arrive (sent after the handshake).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.reconnect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.zero_rtt_accepted() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(client.zero_rtt_accepted(), 1);
+        let mut state = client.state();
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.is_connected()))
+                .await
+                .is_ok();
+        assert!(connected, "connected again: {:?}", *client.state().borrow());
+        client.close().await;
     }
 }
