@@ -513,8 +513,7 @@ impl Client {
             let m = m.clone();
             tasks.spawn(async move { (i, establish(&m).await) });
         }
-        let mut results: Vec<Option<Result<(Arc<Link>, quinn::RecvStream), ConnectError>>> =
-            (0..members.len()).map(|_| None).collect();
+        let mut results: Vec<Option<Established>> = (0..members.len()).map(|_| None).collect();
         while let Some(done) = tasks.join_next().await {
             if let Ok((i, r)) = done {
                 results[i] = Some(r);
@@ -1217,6 +1216,9 @@ async fn establish(inner: &Inner) -> Result<(Arc<Link>, quinn::RecvStream), Conn
     };
     Ok((Arc::new(link), recv))
 }
+
+/// A first connect's result: the session's link and its control stream's receiving half.
+type Established = Result<(Arc<Link>, quinn::RecvStream), ConnectError>;
 
 /// Opens the control stream, sends the `Hello` and reads the `Welcome`.
 async fn hello_exchange(
