@@ -4,6 +4,7 @@
 //! overtaken, past its deadline, connection lost, never connected) is computed locally,
 //! from the head's activation when there is one.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -117,6 +118,19 @@ pub struct FrameResult {
     pub record: FrameRecord,
     /// The model's answer (`None` when the frame failed).
     pub answer: Option<Answer>,
+    /// The edge that answered (`None` when the frame ran on the device).
+    pub edge: Option<SocketAddr>,
+    /// When the frame failed on an edge of a fleet and was re-sent to another (or ran
+    /// locally): which edges failed it and why.
+    pub failover: Option<String>,
+}
+
+/// Which edge answered a frame and what failed on the way; filled in by
+/// `Device::send` from the transport's report.
+#[derive(Clone, Debug, Default)]
+struct LinkNote {
+    edge: Option<SocketAddr>,
+    failover: Option<String>,
 }
 
 impl FrameResult {
@@ -257,7 +271,8 @@ impl Device {
             fallback: None,
             why: None,
         };
-        let answer = match self.run(frame, &mut rec).await {
+        let mut link = LinkNote::default();
+        let answer = match self.run(frame, &mut rec, &mut link).await {
             Ok(a) => {
                 let a = self.in_image_pixels(frame, a);
                 rec.result = outcome(&a);
@@ -274,10 +289,17 @@ impl Device {
         FrameResult {
             record: rec,
             answer,
+            edge: link.edge,
+            failover: link.failover,
         }
     }
 
-    async fn run(&self, frame: &Frame, rec: &mut FrameRecord) -> Result<Answer, ComputeError> {
+    async fn run(
+        &self,
+        frame: &Frame,
+        rec: &mut FrameRecord,
+        link: &mut LinkNote,
+    ) -> Result<Answer, ComputeError> {
         let t0 = Instant::now();
         let input = match &frame.payload {
             Payload::Image(img) => self.preprocess(img)?,
@@ -303,7 +325,7 @@ impl Device {
                     });
                 rec.head_ms = ms(t0.elapsed());
                 let remote = match encoded {
-                    Ok(bytes) => self.send(Bytes::from(bytes), rec).await,
+                    Ok(bytes) => self.send(Bytes::from(bytes), rec, link).await,
                     Err(e) => Err(format!("encoding the bottleneck failed: {e}")),
                 };
                 match remote {
@@ -338,7 +360,7 @@ impl Device {
                     Payload::Image(img) => match encode_jpeg(img, &jpeg) {
                         Ok(bytes) => {
                             rec.head_ms = ms(t0.elapsed());
-                            self.send(Bytes::from(bytes), rec).await
+                            self.send(Bytes::from(bytes), rec, link).await
                         }
                         Err(e) => Err(format!("JPEG encoding failed: {e}")),
                     },
@@ -359,8 +381,14 @@ impl Device {
         }
     }
 
-    /// Sends a payload; the edge's answer, or why there is none.
-    async fn send(&self, payload: Bytes, rec: &mut FrameRecord) -> Result<Answer, String> {
+    /// Sends a payload; the edge's answer, or why there is none. `link` learns which
+    /// edge answered and the fail-overs on the way.
+    async fn send(
+        &self,
+        payload: Bytes,
+        rec: &mut FrameRecord,
+        link: &mut LinkNote,
+    ) -> Result<Answer, String> {
         let Some(client) = &self.client else {
             return Err("no connection to the edge".into());
         };
@@ -369,8 +397,10 @@ impl Device {
             .send_frame(OutgoingFrame::new(payload, self.budget))
             .await
             .map_err(|e| e.to_string())?;
+        link.failover = report.failover.clone();
         match report.outcome {
             FrameOutcome::Answered(bytes) => {
+                link.edge = report.edge_addr;
                 rec.bytes_sent = len;
                 // The edge's account splits the round trip into its time and the
                 // link's (an edge that gives none leaves it all to the link).

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use quinn::VarInt;
 use tokio::sync::{oneshot, watch, Notify};
 
 use crate::config::ClientConfig;
+use crate::fleet::{AttemptEnd, EdgeIndex, FleetConfig, FleetCore, FleetCounters, SwitchReason};
 use crate::session::{Backoff, DeviceSession, FrameCounters, OutcomeKind};
 use crate::tls::{self, Fingerprint, TlsConfigError, VerifyFailure};
 use crate::wire::{
@@ -205,7 +206,8 @@ impl FrameOutcome {
 /// A frame's outcome with its sequence number and round-trip time.
 #[derive(Clone, Debug)]
 pub struct FrameReport {
-    /// Sequence number (`None` when never sent).
+    /// Sequence number on the edge's session that answered (or was tried last); `None`
+    /// when never sent.
     pub seq: Option<u64>,
     /// How it ended.
     pub outcome: FrameOutcome,
@@ -213,6 +215,11 @@ pub struct FrameReport {
     pub elapsed: Duration,
     /// The edge's account of its time on the frame, when it answered with a result.
     pub edge: Option<EdgeTiming>,
+    /// The edge that answered (or was tried last); `None` when no edge was tried.
+    pub edge_addr: Option<SocketAddr>,
+    /// When the frame failed on one or more edges of a fleet first and was re-sent:
+    /// which ones and why (e.g. `127.0.0.1:4433: connection lost`).
+    pub failover: Option<String>,
 }
 
 struct Link {
@@ -225,6 +232,7 @@ struct Link {
     cancels: Mutex<HashMap<u64, oneshot::Sender<()>>>,
 }
 
+/// The connection to one edge, with its own reconnect loop.
 struct Inner {
     config: Mutex<ClientConfig>,
     endpoint: quinn::Endpoint,
@@ -236,24 +244,63 @@ struct Inner {
     closing: AtomicBool,
     wake: Notify,
     next_request: AtomicU32,
+    /// The QUIC/TLS client configuration, built once and reused for every reconnect:
+    /// its rustls session store keeps the edge's tickets, so a reconnect resumes (and
+    /// sends its `Hello` as 0-RTT early data).
+    quic: Mutex<Option<(quinn::ClientConfig, tls::FailureSlot)>>,
+    /// Reconnects whose 0-RTT early data the edge accepted.
+    zero_rtt_accepted: AtomicU64,
 }
 
-/// The device's connection to the edge. Dropping it closes the connection.
+/// The device's connection to its edge, or to a fleet of edges. Dropping it closes the
+/// connections.
+///
+/// With a fleet ([`Client::connect_fleet`]) the client holds a session to every edge
+/// (each reconnecting with its own backoff), sends each frame to the edge the
+/// [`FleetCore`] picks, re-sends it to the next edge when its edge fails it, and
+/// reports through the same API as for one edge: [`state`](Self::state) is connected
+/// while any edge is, [`status`](Self::status) and [`rtt`](Self::rtt) are the active
+/// edge's.
 pub struct Client {
-    inner: Arc<Inner>,
+    members: Vec<Arc<Inner>>,
+    fleet: Option<Arc<Fleet>>,
+}
+
+/// The fleet's shared state: the deterministic core and the aggregated watches.
+struct Fleet {
+    addrs: Vec<SocketAddr>,
+    core: Mutex<FleetCore>,
+    member_states: Vec<watch::Receiver<ConnectionState>>,
+    member_status: Vec<watch::Receiver<Option<Status>>>,
+    state: watch::Sender<ConnectionState>,
+    status: watch::Sender<Option<Status>>,
+    /// Frames no edge could take (counted here, since no member saw them).
+    not_connected: AtomicU64,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Client({:?})", *self.inner.state.borrow())
+        write!(f, "Client({:?})", *self.state().borrow())
     }
 }
 
-impl Client {
-    /// Connects, authenticates and opens a session. Must be called inside a tokio
-    /// runtime. After this first success the client reconnects by itself (per
-    /// [`ClientConfig::reconnect`]) whenever the connection is lost.
-    pub async fn connect(config: ClientConfig) -> Result<Self, ConnectError> {
+/// Whether an error at the first connect means the edge will never take this device
+/// (so it is not reprobed).
+fn fatal(e: &ConnectError) -> bool {
+    matches!(
+        e,
+        ConnectError::Rejected(_)
+            | ConnectError::FingerprintMismatch { .. }
+            | ConnectError::CertificateUntrusted(_)
+            | ConnectError::AlpnMismatch
+            | ConnectError::Config(_)
+            | ConnectError::Bind { .. }
+            | ConnectError::Protocol(_)
+    )
+}
+
+impl Inner {
+    fn new(config: ClientConfig) -> Result<Self, ConnectError> {
         let endpoint =
             quinn::Endpoint::client(config.bind).map_err(|source| ConnectError::Bind {
                 addr: config.bind,
@@ -261,7 +308,7 @@ impl Client {
             })?;
         let (state, _) = watch::channel(ConnectionState::Connecting { attempt: 0 });
         let (status, _) = watch::channel(None);
-        let inner = Arc::new(Inner {
+        Ok(Self {
             config: Mutex::new(config),
             endpoint,
             origin: Instant::now(),
@@ -272,56 +319,39 @@ impl Client {
             closing: AtomicBool::new(false),
             wake: Notify::new(),
             next_request: AtomicU32::new(1),
-        });
-        let (link, recv) = establish(&inner).await?;
-        install(&inner, link, recv);
-        tokio::spawn(supervise(Arc::downgrade(&inner)));
-        Ok(Self { inner })
+            quic: Mutex::new(None),
+            zero_rtt_accepted: AtomicU64::new(0),
+        })
     }
 
-    /// Watch the connection state (changes the moment the connection is lost).
-    pub fn state(&self) -> watch::Receiver<ConnectionState> {
-        self.inner.state.subscribe()
+    fn addr(&self) -> SocketAddr {
+        lock(&self.config).server_addr
     }
 
-    /// Watch the edge's latest status (`None` until the first one, and after a loss).
-    pub fn status(&self) -> watch::Receiver<Option<Status>> {
-        self.inner.status.subscribe()
-    }
-
-    /// Frame counters since the client was created.
-    pub fn counters(&self) -> FrameCounters {
-        *lock(&self.inner.counters)
-    }
-
-    /// Limits of the current session.
-    pub fn limits(&self) -> Option<SessionLimits> {
-        lock(&self.inner.link).as_ref().map(|l| l.limits)
-    }
-
-    /// Round-trip time estimate of the current connection.
-    pub fn rtt(&self) -> Option<Duration> {
-        lock(&self.inner.link).as_ref().map(|l| l.conn.rtt())
-    }
-
-    /// The stream configuration in effect (updated by [`reconfigure`](Self::reconfigure)).
-    pub fn stream_config(&self) -> StreamConfig {
-        lock(&self.inner.config).stream.clone()
-    }
-
-    /// Sends a frame and waits for its outcome. Never waits past the frame's deadline;
-    /// returns at once with `NotConnected` when there is no connection.
-    pub async fn send_frame(&self, frame: OutgoingFrame) -> Result<FrameReport, SendFrameError> {
+    /// Sends a frame on this edge's session. With `stall`, an attempt still unanswered
+    /// after it is abandoned (its stream reset, so no answer can follow) and reported as
+    /// stalled (`true`); the outcome then says `DeadlineMissed`.
+    async fn send_once(
+        &self,
+        frame: &OutgoingFrame,
+        stall: Option<Duration>,
+    ) -> Result<(FrameReport, bool), SendFrameError> {
         let started = Instant::now();
-        let link = lock(&self.inner.link).clone();
+        let addr = self.addr();
+        let link = lock(&self.link).clone();
         let Some(link) = link else {
-            lock(&self.inner.counters).count(OutcomeKind::NotConnected);
-            return Ok(FrameReport {
-                seq: None,
-                outcome: FrameOutcome::NotConnected,
-                elapsed: started.elapsed(),
-                edge: None,
-            });
+            lock(&self.counters).count(OutcomeKind::NotConnected);
+            return Ok((
+                FrameReport {
+                    seq: None,
+                    outcome: FrameOutcome::NotConnected,
+                    elapsed: started.elapsed(),
+                    edge: None,
+                    edge_addr: Some(addr),
+                    failover: None,
+                },
+                false,
+            ));
         };
         let len = frame.payload.len();
         let max = link.limits.max_frame_payload;
@@ -330,7 +360,7 @@ impl Client {
         };
         let start =
             lock(&link.session).begin_frame(frame.captured_at, frame.deadline, len32, started);
-        lock(&self.inner.counters).sent += 1;
+        lock(&self.counters).sent += 1;
         let seq = start.header.seq;
         let (cancel_tx, cancel_rx) = oneshot::channel();
         {
@@ -340,24 +370,28 @@ impl Client {
             }
             cancels.insert(seq, cancel_tx);
         }
-        let max_result = lock(&self.inner.config)
+        let max_result = lock(&self.config)
             .max_result_payload
             .min(link.limits.max_result_payload);
         let max_control = link.limits.max_control_message;
+        let give_up = stall
+            .and_then(|s| started.checked_add(s))
+            .filter(|t| *t < frame.deadline);
         let (reported, edge) = exchange(
             &link,
             start.header,
             start.priority,
-            frame.payload,
+            frame.payload.clone(),
             cancel_rx,
-            frame.deadline,
+            give_up.unwrap_or(frame.deadline),
             max_result,
             max_control,
         )
         .await;
+        let stalled = give_up.is_some() && reported == FrameOutcome::DeadlineMissed;
         lock(&link.cancels).remove(&seq);
         let kind = lock(&link.session).end_frame(seq, reported.kind());
-        lock(&self.inner.counters).count(kind);
+        lock(&self.counters).count(kind);
         let outcome = if kind == reported.kind() {
             reported
         } else {
@@ -368,26 +402,26 @@ impl Client {
                 _ => reported,
             }
         };
+        let stalled = stalled && outcome == FrameOutcome::DeadlineMissed;
         let edge = edge.filter(|_| matches!(outcome, FrameOutcome::Answered(_)));
-        Ok(FrameReport {
-            seq: Some(seq),
-            outcome,
-            elapsed: started.elapsed(),
-            edge,
-        })
+        Ok((
+            FrameReport {
+                seq: Some(seq),
+                outcome,
+                elapsed: started.elapsed(),
+                edge,
+                edge_addr: Some(addr),
+                failover: None,
+            },
+            stalled,
+        ))
     }
 
-    /// Changes split and codec without reconnecting. On success, frames sent from now
-    /// on carry the new configuration epoch (and a later reconnect uses it too).
-    pub async fn reconfigure(
-        &self,
-        split: String,
-        codec: CodecSpec,
-    ) -> Result<u32, ReconfigureError> {
-        let link = lock(&self.inner.link)
+    async fn reconfigure(&self, split: String, codec: CodecSpec) -> Result<u32, ReconfigureError> {
+        let link = lock(&self.link)
             .clone()
             .ok_or(ReconfigureError::NotConnected)?;
-        let request_id = self.inner.next_request.fetch_add(1, Ordering::Relaxed);
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         lock(&link.pending).insert(request_id, tx);
         let msg = ToEdge::Reconfigure {
@@ -402,11 +436,11 @@ impl Client {
             lock(&link.pending).remove(&request_id);
             return Err(ReconfigureError::ConnectionLost);
         }
-        let timeout = lock(&self.inner.config).connect_timeout;
+        let timeout = lock(&self.config).connect_timeout;
         match tokio::time::timeout(timeout, rx).await {
             Ok(Ok(Ok(epoch))) => {
                 lock(&link.session).set_epoch(epoch);
-                let mut cfg = lock(&self.inner.config);
+                let mut cfg = lock(&self.config);
                 cfg.stream.split = split;
                 cfg.stream.codec = codec;
                 Ok(epoch)
@@ -420,20 +454,497 @@ impl Client {
         }
     }
 
-    /// Drops the current connection (if any) and reconnects now, skipping the backoff.
-    pub fn reconnect(&self) {
-        if let Some(link) = lock(&self.inner.link).clone() {
+    fn reconnect(&self) {
+        if let Some(link) = lock(&self.link).clone() {
             link.conn
                 .close(varint(code::CLIENT_CLOSED), b"device reconnecting");
         }
-        self.inner.wake.notify_one();
+        self.wake.notify_one();
+    }
+}
+
+impl Client {
+    /// Connects, authenticates and opens a session. Must be called inside a tokio
+    /// runtime. After this first success the client reconnects by itself (per
+    /// [`ClientConfig::reconnect`]) whenever the connection is lost.
+    pub async fn connect(config: ClientConfig) -> Result<Self, ConnectError> {
+        let inner = Arc::new(Inner::new(config)?);
+        let (link, recv) = establish(&inner).await?;
+        install(&inner, link, recv);
+        tokio::spawn(supervise(Arc::downgrade(&inner), None));
+        Ok(Self {
+            members: vec![inner],
+            fleet: None,
+        })
+    }
+
+    /// Connects to a fleet of edges: `config` for everything but the address, which
+    /// comes from `fleet.edges` (most preferred first). Connects to all of them at once
+    /// and succeeds when at least one admits the device; an edge that is down is
+    /// reprobed with backoff (per [`ClientConfig::reconnect`]), one that rejects the
+    /// device or fails its certificate check is left out. Fails with the first edge's
+    /// error when none connects.
+    pub async fn connect_fleet(
+        config: ClientConfig,
+        fleet: FleetConfig,
+    ) -> Result<Self, ConnectError> {
+        let addrs = if fleet.edges.is_empty() {
+            vec![config.server_addr]
+        } else {
+            FleetConfig::new(fleet.edges.iter().copied()).edges
+        };
+        let mut members = Vec::with_capacity(addrs.len());
+        for addr in &addrs {
+            let mut cfg = config.clone();
+            cfg.server_addr = *addr;
+            // A name may resolve to both families: the default wildcard bind follows
+            // each edge's (an explicit bind address is kept as given).
+            if cfg.bind.ip().is_unspecified() && cfg.bind.is_ipv4() != addr.is_ipv4() {
+                cfg.bind = if addr.is_ipv6() {
+                    SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, cfg.bind.port()))
+                } else {
+                    SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, cfg.bind.port()))
+                };
+            }
+            members.push(Arc::new(Inner::new(cfg)?));
+        }
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, m) in members.iter().enumerate() {
+            let m = m.clone();
+            tasks.spawn(async move { (i, establish(&m).await) });
+        }
+        let mut results: Vec<Option<Established>> = (0..members.len()).map(|_| None).collect();
+        while let Some(done) = tasks.join_next().await {
+            if let Ok((i, r)) = done {
+                results[i] = Some(r);
+            }
+        }
+        let mut first_error = None;
+        let mut any = false;
+        for (m, r) in members.iter().zip(results) {
+            let addr = m.addr();
+            match r {
+                Some(Ok((link, recv))) => {
+                    any = true;
+                    install(m, link, recv);
+                    tokio::spawn(supervise(Arc::downgrade(m), None));
+                }
+                Some(Err(e)) if fatal(&e) => {
+                    tracing::warn!(edge = %addr, "edge left out of the fleet: {e}");
+                    m.state.send_replace(match &e {
+                        ConnectError::Rejected(r) => ConnectionState::Rejected(r.clone()),
+                        other => ConnectionState::Disconnected {
+                            reason: other.to_string(),
+                            retry_in: None,
+                        },
+                    });
+                    first_error.get_or_insert(e);
+                }
+                Some(Err(e)) => {
+                    tracing::info!(edge = %addr, "edge not reachable yet, reprobing: {e}");
+                    let reason = e.to_string();
+                    first_error.get_or_insert(e);
+                    tokio::spawn(supervise(Arc::downgrade(m), Some(reason)));
+                }
+                None => {
+                    let reason = "the connect task failed".to_owned();
+                    tokio::spawn(supervise(Arc::downgrade(m), Some(reason)));
+                }
+            }
+        }
+        if !any {
+            for m in &members {
+                shut(m);
+            }
+            return Err(first_error.unwrap_or_else(|| {
+                ConnectError::Connection("no edge in the fleet connected".into())
+            }));
+        }
+        let now = Instant::now();
+        let mut core = FleetCore::new(members.len(), fleet.tuning);
+        for (i, m) in members.iter().enumerate() {
+            match &*m.state.borrow() {
+                ConnectionState::Connected { .. } => core.connected(i, now),
+                ConnectionState::Rejected(_) => core.rejected(i),
+                ConnectionState::Disconnected { retry_in: None, .. } => core.rejected(i),
+                _ => {}
+            }
+        }
+        let shared = Arc::new(Fleet {
+            addrs,
+            core: Mutex::new(core),
+            member_states: members.iter().map(|m| m.state.subscribe()).collect(),
+            member_status: members.iter().map(|m| m.status.subscribe()).collect(),
+            state: watch::channel(ConnectionState::Connecting { attempt: 0 }).0,
+            status: watch::channel(None).0,
+            not_connected: AtomicU64::new(0),
+        });
+        shared.refresh();
+        for (i, m) in members.iter().enumerate() {
+            tokio::spawn(watch_member(
+                Arc::downgrade(&shared),
+                i,
+                m.state.subscribe(),
+                m.status.subscribe(),
+            ));
+        }
+        Ok(Self {
+            members,
+            fleet: Some(shared),
+        })
+    }
+
+    /// Watch the connection state (changes the moment the connection is lost; with a
+    /// fleet, connected while any edge is).
+    pub fn state(&self) -> watch::Receiver<ConnectionState> {
+        match &self.fleet {
+            Some(f) => f.state.subscribe(),
+            None => self.members[0].state.subscribe(),
+        }
+    }
+
+    /// Watch the edge's latest status (`None` until the first one, and after a loss;
+    /// with a fleet, the active edge's).
+    pub fn status(&self) -> watch::Receiver<Option<Status>> {
+        match &self.fleet {
+            Some(f) => f.status.subscribe(),
+            None => self.members[0].status.subscribe(),
+        }
+    }
+
+    /// Frame counters since the client was created (with a fleet, summed over the
+    /// edges: a frame re-sent to a second edge counts once on each).
+    pub fn counters(&self) -> FrameCounters {
+        let mut sum = FrameCounters::default();
+        for m in &self.members {
+            let c = *lock(&m.counters);
+            sum.sent += c.sent;
+            sum.answered += c.answered;
+            sum.dropped += c.dropped;
+            sum.overtaken += c.overtaken;
+            sum.deadline_missed += c.deadline_missed;
+            sum.connection_lost += c.connection_lost;
+            sum.not_connected += c.not_connected;
+        }
+        if let Some(f) = &self.fleet {
+            sum.not_connected += f.not_connected.load(Ordering::Relaxed);
+        }
+        sum
+    }
+
+    /// The fleet's decision counts (`None` for a single edge).
+    pub fn fleet_counters(&self) -> Option<FleetCounters> {
+        self.fleet.as_ref().map(|f| lock(&f.core).counters())
+    }
+
+    /// The edges' addresses, in the order given.
+    pub fn edges(&self) -> Vec<SocketAddr> {
+        self.members.iter().map(|m| m.addr()).collect()
+    }
+
+    /// The edge new frames go to now.
+    pub fn active_edge(&self) -> Option<SocketAddr> {
+        self.active().map(|m| m.addr())
+    }
+
+    /// Reconnects (to any edge) whose 0-RTT early data the edge accepted: each one
+    /// resumed a TLS session from a ticket of an earlier connection.
+    pub fn zero_rtt_accepted(&self) -> u64 {
+        self.members
+            .iter()
+            .map(|m| m.zero_rtt_accepted.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The member frames go to now: the fleet's active edge if connected, else the
+    /// first connected one.
+    fn active(&self) -> Option<&Arc<Inner>> {
+        let connected = |m: &&Arc<Inner>| lock(&m.link).is_some();
+        let chosen = self
+            .fleet
+            .as_ref()
+            .and_then(|f| lock(&f.core).active())
+            .and_then(|i| self.members.get(i))
+            .filter(connected);
+        chosen.or_else(|| self.members.iter().find(connected))
+    }
+
+    /// Limits of the current session (the active edge's).
+    pub fn limits(&self) -> Option<SessionLimits> {
+        self.active()
+            .and_then(|m| lock(&m.link).as_ref().map(|l| l.limits))
+    }
+
+    /// Round-trip time estimate of the current connection (the active edge's).
+    pub fn rtt(&self) -> Option<Duration> {
+        self.active()
+            .and_then(|m| lock(&m.link).as_ref().map(|l| l.conn.rtt()))
+    }
+
+    /// The stream configuration in effect (updated by [`reconfigure`](Self::reconfigure)).
+    pub fn stream_config(&self) -> StreamConfig {
+        lock(&self.members[0].config).stream.clone()
+    }
+
+    /// Sends a frame and waits for its outcome. Never waits past the frame's deadline;
+    /// returns at once with `NotConnected` when there is no connection.
+    ///
+    /// With a fleet, a frame its edge fails (connection lost, refused, or unanswered
+    /// past the edge's stall timeout while another edge is usable) is re-sent to the
+    /// next edge while its deadline allows; the report names the edge that answered
+    /// and the fail-overs on the way. It still ends exactly once.
+    pub async fn send_frame(&self, frame: OutgoingFrame) -> Result<FrameReport, SendFrameError> {
+        let Some(fleet) = &self.fleet else {
+            return Ok(self.members[0].send_once(&frame, None).await?.0);
+        };
+        let started = Instant::now();
+        let id = lock(&fleet.core).begin_frame();
+        let mut tried = Vec::new();
+        let mut notes: Vec<String> = Vec::new();
+        let mut last: Option<FrameReport> = None;
+        loop {
+            let now = Instant::now();
+            if now >= frame.deadline && last.is_some() {
+                break;
+            }
+            let pick = {
+                let mut core = lock(&fleet.core);
+                for (i, m) in self.members.iter().enumerate() {
+                    if let Some(l) = lock(&m.link).as_ref() {
+                        core.rtt(i, l.conn.rtt());
+                    }
+                }
+                core.pick(now, &tried)
+            };
+            let Some(pick) = pick else { break };
+            if let Some((from, why)) = pick.switched {
+                let (from, to) = (fleet.addrs[from], fleet.addrs[pick.edge]);
+                match why {
+                    SwitchReason::Failover => {
+                        tracing::warn!("failing over from edge {from} to {to}")
+                    }
+                    SwitchReason::Better => {
+                        tracing::info!("moving to edge {to} (better than {from})")
+                    }
+                }
+                fleet.publish_status(pick.edge);
+            }
+            let member = &self.members[pick.edge];
+            let stall = pick
+                .alternative
+                .then(|| lock(&fleet.core).stall_timeout(pick.edge));
+            let (mut report, stalled) = member.send_once(&frame, stall).await?;
+            let end = attempt_end(&report.outcome, stalled);
+            lock(&fleet.core).attempt_ended(pick.edge, end, report.elapsed, Instant::now());
+            if !end.retry_elsewhere() {
+                if !lock(&fleet.core).resolve(id) {
+                    // Cannot happen with sequential attempts; guards the invariant.
+                    tracing::error!("frame answered twice; the second answer is dropped");
+                    report.outcome = FrameOutcome::Dropped(DropReason::DuplicateSeq);
+                }
+                report.elapsed = started.elapsed();
+                report.failover = (!notes.is_empty()).then(|| notes.join("; "));
+                return Ok(report);
+            }
+            let why = if stalled {
+                format!("no answer within {:?}", stall.unwrap_or_default())
+            } else {
+                describe(&report.outcome)
+            };
+            notes.push(format!("{}: {why}", fleet.addrs[pick.edge]));
+            tried.push(pick.edge);
+            last = Some(report);
+        }
+        lock(&fleet.core).resolve(id);
+        let mut report = last.unwrap_or_else(|| {
+            fleet.not_connected.fetch_add(1, Ordering::Relaxed);
+            FrameReport {
+                seq: None,
+                outcome: FrameOutcome::NotConnected,
+                elapsed: Duration::ZERO,
+                edge: None,
+                edge_addr: None,
+                failover: None,
+            }
+        });
+        report.elapsed = started.elapsed();
+        report.failover = (!notes.is_empty()).then(|| notes.join("; "));
+        Ok(report)
+    }
+
+    /// Changes split and codec without reconnecting. On success, frames sent from now
+    /// on carry the new configuration epoch (and a later reconnect uses it too). With a
+    /// fleet every connected edge is reconfigured and the others reconnect with the new
+    /// configuration; the result is the active edge's, and an edge that refuses is
+    /// reconnected (and so rejected and left out, if it cannot serve the new mode).
+    pub async fn reconfigure(
+        &self,
+        split: String,
+        codec: CodecSpec,
+    ) -> Result<u32, ReconfigureError> {
+        if self.fleet.is_none() {
+            return self.members[0].reconfigure(split, codec).await;
+        }
+        let active = self.active().cloned();
+        let mut result = Err(ReconfigureError::NotConnected);
+        for m in &self.members {
+            if lock(&m.link).is_none() {
+                let mut cfg = lock(&m.config);
+                cfg.stream.split = split.clone();
+                cfg.stream.codec = codec.clone();
+                continue;
+            }
+            let r = m.reconfigure(split.clone(), codec.clone()).await;
+            if r.is_err() {
+                {
+                    let mut cfg = lock(&m.config);
+                    cfg.stream.split = split.clone();
+                    cfg.stream.codec = codec.clone();
+                }
+                m.reconnect();
+            }
+            if active.as_ref().is_some_and(|a| Arc::ptr_eq(a, m)) {
+                result = r;
+            }
+        }
+        result
+    }
+
+    /// Drops the current connection (if any; with a fleet, every edge's) and reconnects
+    /// now, skipping the backoff.
+    pub fn reconnect(&self) {
+        for m in &self.members {
+            m.reconnect();
+        }
     }
 
     /// Closes the session and stops reconnecting.
     pub async fn close(self) {
-        shut(&self.inner);
-        let _ =
-            tokio::time::timeout(Duration::from_millis(500), self.inner.endpoint.wait_idle()).await;
+        for m in &self.members {
+            shut(m);
+        }
+        for m in &self.members {
+            let _ = tokio::time::timeout(Duration::from_millis(500), m.endpoint.wait_idle()).await;
+        }
+    }
+}
+
+/// What an attempt's outcome means for the fleet.
+fn attempt_end(outcome: &FrameOutcome, stalled: bool) -> AttemptEnd {
+    match outcome {
+        _ if stalled => AttemptEnd::Stalled,
+        FrameOutcome::Answered(_) => AttemptEnd::Answered,
+        FrameOutcome::ConnectionLost | FrameOutcome::NotConnected => AttemptEnd::Lost,
+        // Another edge would take it: the refusal is this edge's state, not the frame's.
+        FrameOutcome::Dropped(
+            DropReason::Overloaded
+            | DropReason::ShuttingDown
+            | DropReason::Abandoned
+            | DropReason::Other(_),
+        ) => AttemptEnd::Refused,
+        FrameOutcome::Dropped(_) | FrameOutcome::Overtaken | FrameOutcome::DeadlineMissed => {
+            AttemptEnd::Final
+        }
+    }
+}
+
+fn describe(outcome: &FrameOutcome) -> String {
+    match outcome {
+        FrameOutcome::Dropped(reason) => format!("dropped ({reason})"),
+        FrameOutcome::ConnectionLost => "connection lost".into(),
+        FrameOutcome::NotConnected => "not connected".into(),
+        other => format!("{:?}", other.kind()).to_lowercase(),
+    }
+}
+
+impl Fleet {
+    /// Recomputes the aggregated state and status from the members'.
+    fn refresh(&self) {
+        let states: Vec<ConnectionState> = self
+            .member_states
+            .iter()
+            .map(|r| r.borrow().clone())
+            .collect();
+        let active = lock(&self.core).active();
+        let connected = active
+            .filter(|&i| states.get(i).is_some_and(ConnectionState::is_connected))
+            .or_else(|| states.iter().position(ConnectionState::is_connected));
+        let state = match connected {
+            Some(i) => states[i].clone(),
+            None if states.iter().all(|s| *s == ConnectionState::Closed) => ConnectionState::Closed,
+            None => states
+                .iter()
+                .find(|s| {
+                    matches!(
+                        s,
+                        ConnectionState::Connecting { .. }
+                            | ConnectionState::Disconnected {
+                                retry_in: Some(_),
+                                ..
+                            }
+                    )
+                })
+                .or_else(|| states.first())
+                .cloned()
+                .unwrap_or(ConnectionState::Closed),
+        };
+        self.state.send_if_modified(|s| {
+            let changed = *s != state;
+            *s = state;
+            changed
+        });
+        if let Some(i) = connected {
+            self.publish_status(i);
+        } else {
+            self.status.send_replace(None);
+        }
+    }
+
+    /// The aggregated status is the active edge's.
+    fn publish_status(&self, i: EdgeIndex) {
+        if let Some(r) = self.member_status.get(i) {
+            let s = *r.borrow();
+            self.status.send_replace(s);
+        }
+    }
+}
+
+/// Feeds one member's state and status changes to the fleet's core.
+async fn watch_member(
+    fleet: Weak<Fleet>,
+    i: EdgeIndex,
+    mut state: watch::Receiver<ConnectionState>,
+    mut status: watch::Receiver<Option<Status>>,
+) {
+    loop {
+        tokio::select! {
+            r = state.changed() => {
+                if r.is_err() { return }
+                let s = state.borrow_and_update().clone();
+                let Some(f) = fleet.upgrade() else { return };
+                {
+                    let mut core = lock(&f.core);
+                    match &s {
+                        ConnectionState::Connected { .. } => core.connected(i, Instant::now()),
+                        ConnectionState::Rejected(_) => core.rejected(i),
+                        _ => core.disconnected(i),
+                    }
+                }
+                tracing::debug!(edge = %f.addrs[i], "edge state: {s:?}");
+                f.refresh();
+            }
+            r = status.changed() => {
+                if r.is_err() { return }
+                let s = *status.borrow_and_update();
+                let Some(f) = fleet.upgrade() else { return };
+                if let Some(s) = s {
+                    lock(&f.core).status(i, s);
+                }
+                if lock(&f.core).active() == Some(i) {
+                    f.status.send_replace(s);
+                }
+            }
+        }
     }
 }
 
@@ -449,7 +960,9 @@ fn shut(inner: &Inner) {
 
 impl Drop for Client {
     fn drop(&mut self) {
-        shut(&self.inner);
+        for m in &self.members {
+            shut(m);
+        }
     }
 }
 
@@ -573,8 +1086,11 @@ async fn frame_io(
 fn quic_client_config(
     cfg: &ClientConfig,
 ) -> Result<(quinn::ClientConfig, tls::FailureSlot), ConnectError> {
-    let (crypto, slot) =
+    let (mut crypto, slot) =
         tls::client_crypto_with_slot(&cfg.trust, cfg.client_identity.as_ref(), ALPN)?;
+    // Reconnects resume from the edge's session ticket and send the Hello as 0-RTT
+    // early data (safe to replay; see `establish` and docs/transport.md).
+    crypto.enable_early_data = true;
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(crypto)
         .map_err(|e| ConnectError::Tls(e.to_string()))?;
     let mut client = quinn::ClientConfig::new(Arc::new(quic));
@@ -628,49 +1144,56 @@ fn map_connection_error(e: &quinn::ConnectionError, slot: &tls::FailureSlot) -> 
 
 async fn establish(inner: &Inner) -> Result<(Arc<Link>, quinn::RecvStream), ConnectError> {
     let cfg = lock(&inner.config).clone();
-    let (client_config, slot) = quic_client_config(&cfg)?;
+    let (client_config, slot) = {
+        let mut cached = lock(&inner.quic);
+        match cached.as_ref() {
+            Some(c) => c.clone(),
+            None => {
+                let built = quic_client_config(&cfg)?;
+                *cached = Some(built.clone());
+                built
+            }
+        }
+    };
+    // A verifier failure of an earlier attempt must not be blamed on this one.
+    lock(&slot).take();
     let connecting = inner
         .endpoint
         .connect_with(client_config, cfg.server_addr, &cfg.server_name)
         .map_err(|e| ConnectError::Connection(e.to_string()))?;
     let handshake = async {
-        let conn = connecting
-            .await
-            .map_err(|e| map_connection_error(&e, &slot))?;
-        let lost = |conn: &quinn::Connection, what: String| match conn.close_reason() {
-            Some(e) => map_connection_error(&e, &slot),
-            None => ConnectError::Protocol(what),
+        // With a ticket from an earlier connection to this edge, the Hello goes out
+        // as 0-RTT early data with the TLS ClientHello. It is safe to replay (see
+        // docs/transport.md, "0-RTT"): the edge reads it only once the handshake has
+        // completed, and frames never ride in 0-RTT (they need the Welcome's limits).
+        let (conn, hello) = match connecting.into_0rtt() {
+            Ok((conn, accepted)) => {
+                let early = hello_exchange(&conn, &cfg, &slot);
+                // The edge answers only after the handshake, so waiting for the
+                // verdict on the early data costs nothing.
+                let (early, accepted) = tokio::join!(early, accepted);
+                if accepted {
+                    inner.zero_rtt_accepted.fetch_add(1, Ordering::Relaxed);
+                    (conn, early)
+                } else {
+                    // Rejected (the edge restarted, or its ticket store forgot us): the
+                    // early streams are void; say Hello again over 1-RTT.
+                    tracing::debug!("edge rejected 0-RTT; sending the Hello again");
+                    let again = hello_exchange(&conn, &cfg, &slot).await;
+                    (conn, again)
+                }
+            }
+            Err(connecting) => {
+                tracing::debug!(edge = %cfg.server_addr, "no session ticket for 0-RTT; full handshake");
+                let conn = connecting
+                    .await
+                    .map_err(|e| map_connection_error(&e, &slot))?;
+                let hello = hello_exchange(&conn, &cfg, &slot).await;
+                (conn, hello)
+            }
         };
-        let (mut send, mut recv) = conn
-            .open_bi()
-            .await
-            .map_err(|e| map_connection_error(&e, &slot))?;
-        let hello = ToEdge::Hello(Hello {
-            version: cfg.protocol_version,
-            device_id: cfg.device_id.clone(),
-            token: cfg.token.clone(),
-            config: cfg.stream.clone(),
-            capabilities: cfg.capabilities.clone(),
-        });
-        wire::write_message(&mut send, &hello)
-            .await
-            .map_err(|e| lost(&conn, format!("sending Hello: {e}")))?;
-        let reply = wire::read_message::<ToDevice, _>(&mut recv, cfg.max_control_message)
-            .await
-            .map_err(|e| lost(&conn, format!("reading Welcome: {e}")))?;
-        match reply {
-            ToDevice::Welcome(w) => Ok((conn, send, recv, w)),
-            ToDevice::Reject(reason) => {
-                conn.close(varint(code::REJECTED), b"rejected");
-                Err(ConnectError::Rejected(reason))
-            }
-            other => {
-                conn.close(varint(code::MALFORMED), b"expected Welcome or Reject");
-                Err(ConnectError::Protocol(format!(
-                    "expected Welcome or Reject, got {other:?}"
-                )))
-            }
-        }
+        let (send, recv, welcome) = hello?;
+        Ok::<_, ConnectError>((conn, send, recv, welcome))
     };
     let (conn, send, recv, welcome) = tokio::time::timeout(cfg.connect_timeout, handshake)
         .await
@@ -692,6 +1215,51 @@ async fn establish(inner: &Inner) -> Result<(Arc<Link>, quinn::RecvStream), Conn
         conn,
     };
     Ok((Arc::new(link), recv))
+}
+
+/// A first connect's result: the session's link and its control stream's receiving half.
+type Established = Result<(Arc<Link>, quinn::RecvStream), ConnectError>;
+
+/// Opens the control stream, sends the `Hello` and reads the `Welcome`.
+async fn hello_exchange(
+    conn: &quinn::Connection,
+    cfg: &ClientConfig,
+    slot: &tls::FailureSlot,
+) -> Result<(quinn::SendStream, quinn::RecvStream, wire::Welcome), ConnectError> {
+    let lost = |what: String| match conn.close_reason() {
+        Some(e) => map_connection_error(&e, slot),
+        None => ConnectError::Protocol(what),
+    };
+    let (mut send, mut recv) = conn
+        .open_bi()
+        .await
+        .map_err(|e| map_connection_error(&e, slot))?;
+    let hello = ToEdge::Hello(Hello {
+        version: cfg.protocol_version,
+        device_id: cfg.device_id.clone(),
+        token: cfg.token.clone(),
+        config: cfg.stream.clone(),
+        capabilities: cfg.capabilities.clone(),
+    });
+    wire::write_message(&mut send, &hello)
+        .await
+        .map_err(|e| lost(format!("sending Hello: {e}")))?;
+    let reply = wire::read_message::<ToDevice, _>(&mut recv, cfg.max_control_message)
+        .await
+        .map_err(|e| lost(format!("reading Welcome: {e}")))?;
+    match reply {
+        ToDevice::Welcome(w) => Ok((send, recv, w)),
+        ToDevice::Reject(reason) => {
+            conn.close(varint(code::REJECTED), b"rejected");
+            Err(ConnectError::Rejected(reason))
+        }
+        other => {
+            conn.close(varint(code::MALFORMED), b"expected Welcome or Reject");
+            Err(ConnectError::Protocol(format!(
+                "expected Welcome or Reject, got {other:?}"
+            )))
+        }
+    }
 }
 
 fn install(inner: &Arc<Inner>, link: Arc<Link>, recv: quinn::RecvStream) {
@@ -740,42 +1308,62 @@ fn random_u64() -> u64 {
     u64::from_le_bytes(b)
 }
 
+/// Waits until the current connection is lost; tells the runtime at once and ends the
+/// frames in flight. The reason, or `None` when the client is gone or closing (or
+/// there is no connection to watch).
+async fn lost(weak: &Weak<Inner>) -> Option<String> {
+    let link = weak.upgrade().and_then(|i| lock(&i.link).clone())?;
+    let err = link.conn.closed().await;
+    let inner = weak.upgrade()?;
+    // Only the link we watched; `reconnect()` may already have replaced nothing else.
+    {
+        let mut current = lock(&inner.link);
+        if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
+            *current = None;
+        }
+    }
+    for seq in lock(&link.session).connection_lost() {
+        if let Some(tx) = lock(&link.cancels).remove(&seq) {
+            let _ = tx.send(());
+        }
+    }
+    lock(&link.pending).clear();
+    inner.status.send_replace(None);
+    if inner.closing.load(Ordering::Acquire) {
+        inner.state.send_replace(ConnectionState::Closed);
+        return None;
+    }
+    let reason = match &err {
+        quinn::ConnectionError::ApplicationClosed(a) => format!(
+            "closed: {} ({})",
+            code::name(a.error_code.into_inner()),
+            String::from_utf8_lossy(&a.reason)
+        ),
+        other => other.to_string(),
+    };
+    let addr = lock(&inner.config).server_addr;
+    tracing::info!(edge = %addr, "connection to the edge lost: {reason}");
+    Some(reason)
+}
+
 /// Watches the current connection; on loss, tells the runtime at once, ends the frames
 /// in flight, and reconnects with backoff and jitter.
-async fn supervise(weak: Weak<Inner>) {
+///
+/// `unreachable`: the first connect failed for this reason; start reconnecting at once
+/// (a fleet's edge that was down when the device started).
+async fn supervise(weak: Weak<Inner>, mut unreachable: Option<String>) {
     loop {
-        let Some(link) = weak.upgrade().and_then(|i| lock(&i.link).clone()) else {
-            return;
+        let mut reason = match unreachable.take() {
+            Some(reason) => reason,
+            None => match lost(&weak).await {
+                Some(reason) => reason,
+                None => return,
+            },
         };
-        let err = link.conn.closed().await;
         let Some(inner) = weak.upgrade() else { return };
-        // Only the link we watched; `reconnect()` may already have replaced nothing else.
-        {
-            let mut current = lock(&inner.link);
-            if current.as_ref().is_some_and(|l| Arc::ptr_eq(l, &link)) {
-                *current = None;
-            }
-        }
-        for seq in lock(&link.session).connection_lost() {
-            if let Some(tx) = lock(&link.cancels).remove(&seq) {
-                let _ = tx.send(());
-            }
-        }
-        lock(&link.pending).clear();
-        inner.status.send_replace(None);
         if inner.closing.load(Ordering::Acquire) {
-            inner.state.send_replace(ConnectionState::Closed);
             return;
         }
-        let mut reason = match &err {
-            quinn::ConnectionError::ApplicationClosed(a) => format!(
-                "closed: {} ({})",
-                code::name(a.error_code.into_inner()),
-                String::from_utf8_lossy(&a.reason)
-            ),
-            other => other.to_string(),
-        };
-        tracing::info!("connection to the edge lost: {reason}");
         let policy = lock(&inner.config).reconnect.clone();
         if !policy.enabled {
             inner.state.send_replace(ConnectionState::Disconnected {
@@ -830,5 +1418,67 @@ async fn supervise(weak: Weak<Inner>) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        ModelId, ModelRegistry, Server, ServerConfig, ServerIdentity, ServerTrust, TokenStore,
+    };
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reconnect_to_the_same_edge_resumes_with_0rtt() {
+        let model = ModelId::from_weights_bytes("vit", b"weights");
+        let mut registry = ModelRegistry::new();
+        registry.insert("vit", model.weights_sha256, ["blocks.3"], ["f16"]);
+        let mut tokens = TokenStore::new();
+        tokens.insert("dev-0", "0123456789abcdef-token");
+        let identity = ServerIdentity::self_signed(&["localhost"]).unwrap();
+        let cfg = ServerConfig::new("127.0.0.1:0".parse().unwrap(), identity, tokens);
+        let mut server = Server::bind(cfg, registry).unwrap();
+        let addr = server.local_addr();
+        let fp = server.fingerprint();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Some(s) = server.accept().await {
+                held.push(s);
+            }
+        });
+        let stream = StreamConfig {
+            model,
+            split: "blocks.3".into(),
+            codec: CodecSpec::new("f16", vec![]),
+        };
+        let client = Client::connect(ClientConfig::new(
+            addr,
+            ServerTrust::Pinned(fp),
+            "dev-0",
+            "0123456789abcdef-token",
+            stream,
+        ))
+        .await
+        .unwrap();
+        assert_eq!(
+            client.zero_rtt_accepted(),
+            0,
+            "a first connect has no ticket"
+        );
+        // Let the session tickets arrive (sent after the handshake).
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.reconnect();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while client.zero_rtt_accepted() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(client.zero_rtt_accepted(), 1);
+        let mut state = client.state();
+        let connected =
+            tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.is_connected()))
+                .await
+                .is_ok();
+        assert!(connected, "connected again: {:?}", *client.state().borrow());
+        client.close().await;
     }
 }

@@ -13,6 +13,7 @@ pub mod acceptor;
 pub mod auth;
 pub mod client;
 pub mod config;
+pub mod fleet;
 pub mod names;
 pub mod server;
 pub mod session;
@@ -26,6 +27,7 @@ pub use client::{
     ReconfigureError, SendFrameError,
 };
 pub use config::{ClientAuth, ClientConfig, Limits, ReconnectPolicy, ServerConfig};
+pub use fleet::{FleetConfig, FleetTuning};
 pub use names::CodecChoice;
 pub use server::{
     AnswerError, BindError, FrameMeta, IncomingFrame, Responder, Server, Session, SessionInfo,

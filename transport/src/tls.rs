@@ -435,6 +435,10 @@ pub fn server_crypto(
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
         .map_err(rustls_err)?;
     config.alpn_protocols = vec![ALPN.to_vec()];
+    // Accept 0-RTT from devices resuming a session (QUIC allows only 0 or u32::MAX).
+    // Safe to replay: the edge reads nothing before the handshake completes, and
+    // rustls' default ticket store is single-use (docs/transport.md, "0-RTT").
+    config.max_early_data_size = u32::MAX;
     Ok(config)
 }
 

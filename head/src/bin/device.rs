@@ -24,7 +24,7 @@ use splitstream_head::stats::{FrameRecord, Outcome, RunStats};
 use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::labels::ClassNames;
 use splitstream_models::net::{Answer, OutputKind};
-use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
+use splitstream_transport::{Client, ClientConfig, FleetConfig, ServerTrust, StreamConfig};
 
 /// Classify frames with a ViT/DeiT, or find objects with a FemtoDet detector, running
 /// it locally, split with an edge, or offloaded to it. One JSON line per frame on stdout
@@ -56,6 +56,11 @@ use splitstream_transport::{Client, ClientConfig, ServerTrust, StreamConfig};
       --edge 10.0.0.5:4433 --fingerprint ... --token-file token --input /dev/video0 \\
       --policy auto --power-source battery \\
       --fallback assets/demo/fallback/random_forest.safetensors
+  # a fleet of three edges (or one DNS name with several records), fail-over included;
+  # each JSON line says which edge answered (\"edge\") and any \"failover\" on the way
+  splitstream-device --weights vit.safetensors --edge 10.0.0.5:4433 --edge 10.0.0.6:4433 \\
+      --edge edges.local:4433 --ca ca.pem --server-name edge.local --token-file token \\
+      --input /dev/video0 --fps 10 --mode split --at 2
 
   # all on the device (no edge needed)
   splitstream-device --weights vit.safetensors --input photo.jpg --mode local
@@ -138,9 +143,14 @@ struct Args {
     /// JPEG quality for --mode offload, 1-100.
     #[arg(long, value_name = "Q", default_value_t = 90, value_parser = clap::value_parser!(u8).range(1..=100))]
     jpeg_quality: u8,
-    /// The edge's address (host:port).
+    /// The edge's address (host:port). Repeat it for a fleet of edges (most preferred
+    /// first); a name with several DNS records counts as all of them. Each frame goes
+    /// to the edge with the least round trip, queue delay and load; a frame an edge
+    /// fails is re-sent to the next one (or run locally) by its deadline, and traffic
+    /// returns to a preferred edge once it is back. The edges share a certificate
+    /// (--fingerprint) or a CA (--ca). See docs/transport.md.
     #[arg(long, value_name = "ADDR")]
-    edge: Option<String>,
+    edge: Vec<String>,
     /// Pin the edge's certificate SHA-256 fingerprint (as it prints at start).
     #[arg(long, value_name = "HEX", conflicts_with = "ca")]
     fingerprint: Option<String>,
@@ -407,11 +417,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .iter()
         .find_map(|d| d.mode().wire());
 
-    let client = match (wire, &args.edge) {
+    let client = match (wire, args.edge.is_empty()) {
         (None, _) => None,
-        (Some(_), None) => bail!("--policy {} needs --edge ADDR", args.mode.name()),
-        (Some((split, codec)), Some(edge)) => {
-            let addr = resolve(edge)?;
+        (Some(_), true) => bail!("--policy {} needs --edge ADDR", args.mode.name()),
+        (Some((split, codec)), false) => {
+            let addrs = resolve_all(&args.edge)?;
+            let addr = addrs[0];
             let trust = match (&args.fingerprint, &args.ca) {
                 (Some(fp), _) => ServerTrust::Pinned(fp.parse().map_err(|_| {
                     anyhow::anyhow!("--fingerprint {fp}: expected 64 hex digits (colons allowed), as the edge prints")
@@ -427,7 +438,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let mut cfg = ClientConfig::new(addr, trust, args.device_id.clone(), token, stream);
             cfg.server_name = args.server_name.clone();
-            match Client::connect(cfg).await {
+            let connected = if addrs.len() == 1 {
+                Client::connect(cfg).await
+            } else {
+                eprintln!(
+                    "fleet of {} edges: {}",
+                    addrs.len(),
+                    addrs
+                        .iter()
+                        .map(|a| a.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                Client::connect_fleet(cfg, FleetConfig::new(addrs)).await
+            };
+            match connected {
                 Ok(c) => Some(Arc::new(c)),
                 Err(e) => {
                     eprintln!("warning: {e}; every frame runs locally");
@@ -566,7 +591,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 eprintln!("warning: --draw {}: {e}", dir.display());
             }
         }
-        write_line(&mut out, &frame_line(&result.record, names.as_ref()))?;
+        let mut line = frame_line(&result.record, names.as_ref());
+        with_link(&mut line, result.edge, result.failover.as_deref());
+        write_line(&mut out, &line)?;
         if let Some(bar) = &bar {
             bar.inc(1);
         }
@@ -621,6 +648,19 @@ fn frame_line(record: &FrameRecord, names: Option<&ClassNames>) -> serde_json::V
     v
 }
 
+/// Adds which edge answered (`edge`) and the fail-overs on the way (`failover`) to a
+/// frame's JSON line, when there are any.
+fn with_link(line: &mut serde_json::Value, edge: Option<SocketAddr>, failover: Option<&str>) {
+    if let Some(obj) = line.as_object_mut() {
+        if let Some(edge) = edge {
+            obj.insert("edge".to_owned(), edge.to_string().into());
+        }
+        if let Some(failover) = failover {
+            obj.insert("failover".to_owned(), failover.into());
+        }
+    }
+}
+
 fn write_line(out: &mut impl std::io::Write, v: &serde_json::Value) -> anyhow::Result<()> {
     serde_json::to_writer(&mut *out, v).context("writing to stdout")?;
     out.write_all(b"\n").context("writing to stdout")?;
@@ -635,12 +675,26 @@ fn event_window(ms: f64) -> anyhow::Result<Duration> {
     Ok(Duration::from_secs_f64(ms / 1e3))
 }
 
-fn resolve(edge: &str) -> anyhow::Result<SocketAddr> {
+/// Every address of every `--edge`, in the order given (a name's records in the
+/// resolver's order), without duplicates.
+fn resolve_all(edges: &[String]) -> anyhow::Result<Vec<SocketAddr>> {
     use std::net::ToSocketAddrs;
-    edge.to_socket_addrs()
-        .with_context(|| format!("--edge {edge}: not host:port"))?
-        .next()
-        .with_context(|| format!("--edge {edge}: the name resolves to no address"))
+    let mut all = Vec::new();
+    for edge in edges {
+        let addrs: Vec<SocketAddr> = edge
+            .to_socket_addrs()
+            .with_context(|| format!("--edge {edge}: not host:port, or the name does not resolve"))?
+            .collect();
+        if addrs.is_empty() {
+            bail!("--edge {edge}: the name resolves to no address");
+        }
+        for a in addrs {
+            if !all.contains(&a) {
+                all.push(a);
+            }
+        }
+    }
+    Ok(all)
 }
 
 #[cfg(test)]
@@ -723,6 +777,43 @@ mod tests {
         assert!(frame_line(&record(1), None)["result"]
             .get("label")
             .is_none());
+    }
+
+    #[test]
+    fn edges_repeat_and_every_address_of_a_name_is_kept_once() {
+        let a = parse(&["--edge", "127.0.0.1:4433", "--edge", "127.0.0.1:4434"]).unwrap();
+        assert_eq!(a.edge.len(), 2);
+        let addrs = resolve_all(&[
+            "127.0.0.1:4433".into(),
+            "127.0.0.1:4434".into(),
+            "127.0.0.1:4433".into(),
+        ])
+        .unwrap();
+        let want: Vec<SocketAddr> = vec![
+            "127.0.0.1:4433".parse().unwrap(),
+            "127.0.0.1:4434".parse().unwrap(),
+        ];
+        assert_eq!(addrs, want);
+        // `localhost` may resolve to both 127.0.0.1 and ::1: all of them are edges.
+        let local = resolve_all(&["localhost:4433".into()]).unwrap();
+        assert!(!local.is_empty() && local.iter().all(|a| a.port() == 4433));
+        assert!(resolve_all(&["no-port".into()]).is_err());
+        let help = Args::command().render_long_help().to_string();
+        assert!(
+            help.contains("--edge 10.0.0.6:4433"),
+            "--help shows a fleet"
+        );
+    }
+
+    #[test]
+    fn the_line_says_which_edge_answered_and_any_failover() {
+        let mut v = serde_json::json!({"seq": 1});
+        with_link(&mut v, None, None);
+        assert!(v.get("edge").is_none() && v.get("failover").is_none());
+        let edge: SocketAddr = "10.0.0.6:4433".parse().unwrap();
+        with_link(&mut v, Some(edge), Some("10.0.0.5:4433: connection lost"));
+        assert_eq!(v["edge"], "10.0.0.6:4433");
+        assert_eq!(v["failover"], "10.0.0.5:4433: connection lost");
     }
 
     #[test]
