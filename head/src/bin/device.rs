@@ -56,6 +56,7 @@ use splitstream_transport::{Client, ClientConfig, FleetConfig, ServerTrust, Stre
       --edge 10.0.0.5:4433 --fingerprint ... --token-file token --input /dev/video0 \\
       --policy auto --power-source battery \\
       --fallback assets/demo/fallback/random_forest.safetensors
+
   # a fleet of three edges (or one DNS name with several records), fail-over included;
   # each JSON line says which edge answered (\"edge\") and any \"failover\" on the way
   splitstream-device --weights vit.safetensors --edge 10.0.0.5:4433 --edge 10.0.0.6:4433 \\
