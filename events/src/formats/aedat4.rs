@@ -369,11 +369,12 @@ impl<R: Read + Send> EventReader for Aedat4Reader<R> {
             let end = self.events.start + 16 * n;
             let bytes = self.plain.get(self.events.start..end).unwrap_or(&[]);
             out.reserve(n);
-            for s in bytes.chunks_exact(16) {
-                let mut tb = [0; 8];
-                tb.copy_from_slice(&s[..8]);
-                let x = i16::from_le_bytes([s[8], s[9]]);
-                let y = i16::from_le_bytes([s[10], s[11]]);
+            let (structs, _) = bytes.as_chunks::<16>();
+            for s in structs {
+                let [t0, t1, t2, t3, t4, t5, t6, t7, x0, x1, y0, y1, ..] = *s;
+                let tb = [t0, t1, t2, t3, t4, t5, t6, t7];
+                let x = i16::from_le_bytes([x0, x1]);
+                let y = i16::from_le_bytes([y0, y1]);
                 if x < 0 || y < 0 {
                     let offset = self.position;
                     out.clear();

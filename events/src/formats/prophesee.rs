@@ -217,8 +217,9 @@ impl ChunkDecoder for Evt3Decoder {
                 break;
             }
             let mut n = 0;
-            for w in input[2 * done..2 * (done + block)].chunks_exact(2) {
-                let word = u16::from_le_bytes([w[0], w[1]]);
+            let (words_here, _) = input[2 * done..2 * (done + block)].as_chunks::<2>();
+            for w in words_here {
+                let word = u16::from_le_bytes(*w);
                 let payload = word & 0x0FFF;
                 let kind = word >> 12;
                 // EVT_ADDR_X, most words of a busy scene: staged always, kept if it is one.
@@ -291,6 +292,20 @@ impl ChunkDecoder for Evt3Decoder {
     }
 }
 
+/// EVT 2.0 words checked at once for being all CD events.
+const CD_GROUP: usize = 16;
+
+/// An EVT 2.0 `CD_OFF`/`CD_ON` word's event, `base` being the time of its 64 us slot.
+#[inline(always)]
+fn cd_event(base: i64, word: u32) -> Event {
+    Event {
+        t: base + i64::from((word >> 22) & 0x3F),
+        x: ((word >> 11) & 0x7FF) as u16,
+        y: (word & 0x7FF) as u16,
+        p: word >> 28 == 0x1,
+    }
+}
+
 /// EVT 2.0 decoder state: the 28 high bits of the time and the wrap count.
 #[derive(Default)]
 pub(crate) struct Evt2Decoder {
@@ -322,39 +337,38 @@ impl ChunkDecoder for Evt2Decoder {
             if block == 0 {
                 break;
             }
-            // Runs of CD words between the rare other words (EVT_TIME_HIGH every
-            // 64 us): each run is an exact-size map, which `extend` writes straight
-            // into `out` with no per-event capacity check or branch.
-            let mut rest = &input[4 * done..4 * (done + block)];
+            // Groups of 16 words that are all CD events (most of a busy recording:
+            // EVT_TIME_HIGH comes once per 64 us) go in one exact-size `extend`, with
+            // no per-event type check; a group holding another word goes word by word.
+            let (mut rest, _) = input[4 * done..4 * (done + block)].as_chunks::<4>();
             while !rest.is_empty() {
-                let run = rest
-                    .chunks_exact(4)
-                    .position(|w| w[3] >> 4 > 0x1)
-                    .unwrap_or(rest.len() / 4);
-                let (cd, other) = rest.split_at(4 * run);
-                out.extend(cd.chunks_exact(4).map(|w| {
-                    let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                    Event {
-                        t: base + i64::from((word >> 22) & 0x3F),
-                        x: ((word >> 11) & 0x7FF) as u16,
-                        y: (word & 0x7FF) as u16,
-                        p: word >> 28 == 0x1,
+                if let Some((group, after)) = rest.split_first_chunk::<CD_GROUP>() {
+                    // Whole words ORed (SIMD-friendly); CD types are 0x0 and 0x1.
+                    let any = group.iter().fold(0, |acc, w| acc | u32::from_le_bytes(*w));
+                    if any >> 29 == 0 {
+                        out.extend(group.iter().map(|w| cd_event(base, u32::from_le_bytes(*w))));
+                        rest = after;
+                        continue;
                     }
-                }));
-                let Some(w) = other.get(..4) else {
+                }
+                let Some((w, after)) = rest.split_first() else {
                     break;
                 };
-                let word = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                // EVT_TIME_HIGH; EXT_TRIGGER and OTHERS carry no CD events.
-                if word >> 28 == 0x8 {
-                    let h = u64::from(word & 0x0FFF_FFFF);
-                    if h < high {
-                        wraps += 1 << 34;
+                rest = after;
+                let word = u32::from_le_bytes(*w);
+                match word >> 28 {
+                    0x0 | 0x1 => out.push(cd_event(base, word)),
+                    0x8 => {
+                        let h = u64::from(word & 0x0FFF_FFFF);
+                        if h < high {
+                            wraps += 1 << 34;
+                        }
+                        high = h;
+                        base = wraps + ((high << 6) as i64);
                     }
-                    high = h;
-                    base = wraps + ((high << 6) as i64);
+                    // EXT_TRIGGER and OTHERS carry no CD events.
+                    _ => {}
                 }
-                rest = &other[4..];
             }
             done += block;
         }
@@ -407,10 +421,12 @@ impl ChunkDecoder for Evt21Decoder {
                 break;
             }
             let mut n = 0;
-            for w in input[8 * done..8 * (done + block)].chunks_exact(8) {
+            let (words_here, _) = input[8 * done..8 * (done + block)].as_chunks::<8>();
+            for w in words_here {
                 // The high half of the 64-bit word comes first (as the IMX636 sends it).
-                let hi = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
-                let lo = u32::from_le_bytes([w[4], w[5], w[6], w[7]]);
+                let [h0, h1, h2, h3, l0, l1, l2, l3] = *w;
+                let hi = u32::from_le_bytes([h0, h1, h2, h3]);
+                let lo = u32::from_le_bytes([l0, l1, l2, l3]);
                 match hi >> 28 {
                     kind @ (0x0 | 0x1) => {
                         let t = base + i64::from((hi >> 22) & 0x3F);
