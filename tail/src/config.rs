@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use splitstream_transport::CongestionControl;
 
 use crate::batcher::{BatcherConfig, Overflow};
 use crate::governor::PowerConfig;
@@ -208,6 +209,10 @@ pub struct LimitsConfig {
     /// is 605 KB and an offloaded JPEG well under 1 MB.
     #[serde(default = "default_max_frame_payload")]
     pub max_frame_payload: u32,
+    /// Congestion controller for the answers the edge sends: `bbr` (default) or
+    /// `cubic` (see `splitstream_transport::CongestionControl`).
+    #[serde(default)]
+    pub congestion: CongestionControl,
 }
 
 fn default_max_sessions() -> u32 {
@@ -234,6 +239,7 @@ impl Default for LimitsConfig {
             max_queued_per_session: default_max_queued_per_session(),
             max_queued: default_max_queued(),
             max_frame_payload: default_max_frame_payload(),
+            congestion: CongestionControl::default(),
         }
     }
 }
@@ -468,6 +474,16 @@ mod tests {
             BatcherConfig::default(),
             "config and batcher defaults agree"
         );
+    }
+
+    #[test]
+    fn congestion_controller_is_chosen_by_name_and_unknown_names_are_refused() {
+        let cubic = parse(&format!("{MINIMAL}[limits]\ncongestion = \"cubic\"\n")).unwrap();
+        assert_eq!(cubic.limits.congestion, CongestionControl::Cubic);
+        assert_eq!(parse(MINIMAL).unwrap().limits.congestion, CongestionControl::Bbr);
+        let err = parse(&format!("{MINIMAL}[limits]\ncongestion = \"reno\"\n")).unwrap_err();
+        assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
+        assert!(err.to_string().contains("reno"), "{err}");
     }
 
     #[test]

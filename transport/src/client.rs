@@ -1104,6 +1104,7 @@ fn quic_client_config(
             .map_err(|e| ConnectError::Connection(format!("idle timeout: {e}")))?,
     ));
     t.keep_alive_interval(Some(cfg.keep_alive_interval));
+    t.congestion_controller_factory(cfg.congestion.factory());
     client.transport_config(Arc::new(t));
     Ok((client, slot))
 }

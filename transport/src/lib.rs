@@ -26,7 +26,9 @@ pub use client::{
     Client, ConnectError, ConnectionState, FrameOutcome, FrameReport, OutgoingFrame,
     ReconfigureError, SendFrameError,
 };
-pub use config::{ClientAuth, ClientConfig, Limits, ReconnectPolicy, ServerConfig};
+pub use config::{
+    ClientAuth, ClientConfig, CongestionControl, Limits, ReconnectPolicy, ServerConfig,
+};
 pub use fleet::{FleetConfig, FleetTuning};
 pub use names::CodecChoice;
 pub use server::{

@@ -201,6 +201,7 @@ pub(crate) fn transport_config(limits: &Limits) -> Result<quinn::TransportConfig
             .map_err(|e| BindError::Quic(format!("idle timeout: {e}")))?,
     ));
     t.keep_alive_interval(Some(limits.keep_alive_interval));
+    t.congestion_controller_factory(limits.congestion.factory());
     Ok(t)
 }
 

@@ -26,8 +26,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use splitstream_transport::wire::{self, AnswerHeader, FrameHeader};
 use splitstream_transport::{
-    tls, Client, ClientConfig, CodecSpec, FrameOutcome, ModelId, ModelRegistry, OutgoingFrame,
-    Server, ServerConfig, ServerIdentity, ServerTrust, StreamConfig, TokenStore,
+    tls, Client, ClientConfig, CodecSpec, CongestionControl, FrameOutcome, ModelId, ModelRegistry,
+    OutgoingFrame, Server, ServerConfig, ServerIdentity, ServerTrust, StreamConfig, TokenStore,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -91,6 +91,14 @@ pub(crate) struct Args {
     /// Seed of the link's random draws (loss, jitter, reordering).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// QUIC's congestion controller, both ends (bbr, the default, or cubic).
+    #[arg(long, value_name = "CC", default_value_t = CongestionControl::Bbr)]
+    congestion: CongestionControl,
+    /// QUIC frames in flight before the oldest is overtaken (the edge's limit and the
+    /// device's ask). 8 is the product's default; a long lossy path needs more (see
+    /// docs/transport.md).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_in_flight: u32,
 }
 
 /// A transport under test.
@@ -177,6 +185,8 @@ struct Report {
     reorder_pct: f64,
     queue_kib: usize,
     seed: u64,
+    congestion: CongestionControl,
+    max_in_flight: u32,
     statistic: &'static str,
     cells: Vec<Cell>,
 }
@@ -266,7 +276,7 @@ fn bench(args: &Args, link: &EmulatedLink) -> anyhow::Result<Report> {
             netem::enter_namespace(&edge_ns)?;
             let rt = runtime()?;
             rt.block_on(async move {
-                let quic = start_quic_edge(edge_identity.clone(), cells, result.clone())?;
+                let quic = start_quic_edge(edge_identity.clone(), cells, result.clone(), args)?;
                 let tcp = start_tcp_edge(&edge_identity, result).await?;
                 let _ = ready_tx.send(());
                 let _ = stop_rx.await;
@@ -310,6 +320,8 @@ fn bench(args: &Args, link: &EmulatedLink) -> anyhow::Result<Report> {
             reorder_pct: args.reorder,
             queue_kib: args.queue_kib,
             seed: args.seed,
+            congestion: args.congestion,
+            max_in_flight: args.max_in_flight,
             statistic: "latency from a frame's scheduled send to its answer, over the measured frames of one run (nearest rank); never answered counts as infinitely late",
             cells,
         })
@@ -384,6 +396,7 @@ async fn run_cell(
     let (latencies, before, after, unanswered) = match protocol {
         Protocol::Quic => {
             quic_cell(
+                args,
                 end,
                 index,
                 payload,
@@ -460,6 +473,7 @@ fn start_quic_edge(
     identity: ServerIdentity,
     cells: usize,
     result: Bytes,
+    args: &Args,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let mut tokens = TokenStore::new();
     for i in 0..cells {
@@ -474,8 +488,10 @@ fn start_quic_edge(
         ["raw"],
     );
     let bind = SocketAddrV4::new(netem::EDGE_ADDR, QUIC_PORT).into();
-    let mut server = Server::bind(ServerConfig::new(bind, identity, tokens), registry)
-        .context("binding the QUIC edge")?;
+    let mut config = ServerConfig::new(bind, identity, tokens);
+    config.limits.max_in_flight = args.max_in_flight;
+    config.limits.congestion = args.congestion;
+    let mut server = Server::bind(config, registry).context("binding the QUIC edge")?;
     Ok(tokio::spawn(async move {
         while let Some(mut session) = server.accept().await {
             let result = result.clone();
@@ -490,6 +506,7 @@ fn start_quic_edge(
 
 #[allow(clippy::too_many_arguments)]
 async fn quic_cell(
+    args: &Args,
     end: &EdgeEnd,
     index: usize,
     payload: &Bytes,
@@ -506,6 +523,8 @@ async fn quic_cell(
         TOKEN,
         stream_config(),
     );
+    cfg.congestion = args.congestion;
+    cfg.capabilities.max_in_flight = args.max_in_flight;
     // A handshake at 5% loss and 100 ms RTT can need several retries.
     cfg.connect_timeout = Duration::from_secs(15);
     cfg.idle_timeout = Duration::from_secs(15);
@@ -726,8 +745,8 @@ async fn tcp_phase(
 
 fn print_table(r: &Report) {
     println!(
-        "link: {} fps of {} B frames, {} B answers; deadline {} ms, give-up {} ms; jitter {} ms, reorder {}%, queue {} KiB, seed {}",
-        r.fps, r.payload_bytes, r.result_bytes, r.deadline_ms, r.give_up_ms, r.jitter_ms, r.reorder_pct, r.queue_kib, r.seed
+        "link: {} fps of {} B frames, {} B answers; deadline {} ms, give-up {} ms; jitter {} ms, reorder {}%, queue {} KiB, seed {}; QUIC: {}, {} frames in flight",
+        r.fps, r.payload_bytes, r.result_bytes, r.deadline_ms, r.give_up_ms, r.jitter_ms, r.reorder_pct, r.queue_kib, r.seed, r.congestion, r.max_in_flight
     );
     println!(
         "{:>5} {:>5} {:>5} {:>8} | {:>9} {:>9} {:>8} {:>8} | {:>9} {:>9} {:>8}",

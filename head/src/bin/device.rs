@@ -24,7 +24,9 @@ use splitstream_head::stats::{FrameRecord, Outcome, RunStats};
 use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::labels::ClassNames;
 use splitstream_models::net::{Answer, OutputKind};
-use splitstream_transport::{Client, ClientConfig, FleetConfig, ServerTrust, StreamConfig};
+use splitstream_transport::{
+    Client, ClientConfig, CongestionControl, FleetConfig, ServerTrust, StreamConfig,
+};
 
 /// Classify frames with a ViT/DeiT, or find objects with a FemtoDet detector, running
 /// it locally, split with an edge, or offloaded to it. One JSON line per frame on stdout
@@ -175,6 +177,16 @@ struct Args {
     /// Latency budget per frame at the edge, ms; past it the frame runs locally.
     #[arg(long, value_name = "MS", default_value_t = 1000)]
     budget_ms: u64,
+    /// QUIC congestion controller for the frames sent: bbr (default; paces to the
+    /// measured rate and does not take random radio loss for congestion) or cubic.
+    #[arg(long, value_name = "CC", default_value_t = CongestionControl::Bbr)]
+    congestion: CongestionControl,
+    /// Frames in flight before the oldest is overtaken (latest-frame-wins); default:
+    /// what the edge allows (8 unless its `[limits] max_in_flight` says more). On a long
+    /// lossy path a frame may need RTT x 3 to be answered: at 30 fps and 100 ms RTT ask
+    /// for about 32, and raise the edge's limit to match.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    max_in_flight: Option<u32>,
     /// Frame rate to pace the input at (default: as fast as possible for files).
     #[arg(long, value_name = "FPS")]
     fps: Option<f64>,
@@ -439,6 +451,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
             };
             let mut cfg = ClientConfig::new(addr, trust, args.device_id.clone(), token, stream);
             cfg.server_name = args.server_name.clone();
+            cfg.congestion = args.congestion;
+            cfg.capabilities.max_in_flight = args.max_in_flight.unwrap_or(0);
             let connected = if addrs.len() == 1 {
                 Client::connect(cfg).await
             } else {

@@ -275,6 +275,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut server = ServerConfig::new(cfg.listen, identity, tokens);
     server.limits.max_in_flight = cfg.limits.max_in_flight;
     server.limits.max_frame_payload = cfg.limits.max_frame_payload;
+    server.limits.congestion = cfg.limits.congestion;
     server.max_connections = cfg.limits.max_sessions as usize;
     let metrics = Arc::new(EdgeMetrics::new());
     if let Some(p) = &cfg.power {
