@@ -480,7 +480,10 @@ mod tests {
     fn congestion_controller_is_chosen_by_name_and_unknown_names_are_refused() {
         let cubic = parse(&format!("{MINIMAL}[limits]\ncongestion = \"cubic\"\n")).unwrap();
         assert_eq!(cubic.limits.congestion, CongestionControl::Cubic);
-        assert_eq!(parse(MINIMAL).unwrap().limits.congestion, CongestionControl::Bbr);
+        assert_eq!(
+            parse(MINIMAL).unwrap().limits.congestion,
+            CongestionControl::Bbr
+        );
         let err = parse(&format!("{MINIMAL}[limits]\ncongestion = \"reno\"\n")).unwrap_err();
         assert!(matches!(err, ConfigError::Parse { .. }), "{err}");
         assert!(err.to_string().contains("reno"), "{err}");

@@ -13,8 +13,8 @@ use bytes::Bytes;
 use serde::Serialize;
 use splitstream_transport::wire::{self, AnswerHeader, FrameHeader};
 use splitstream_transport::{
-    tls, Client, ClientConfig, CodecSpec, FrameOutcome, ModelId, ModelRegistry, OutgoingFrame,
-    Server, ServerConfig, ServerIdentity, ServerTrust, StreamConfig, TokenStore,
+    tls, Client, ClientConfig, CodecSpec, CongestionControl, FrameOutcome, ModelId, ModelRegistry,
+    OutgoingFrame, Server, ServerConfig, ServerIdentity, ServerTrust, StreamConfig, TokenStore,
 };
 use tokio::io::AsyncWriteExt;
 
@@ -39,6 +39,9 @@ pub(crate) struct Args {
     /// Size of the edge's result in bytes (1 KiB: e.g. 256 f32 logits).
     #[arg(long, default_value_t = 1024)]
     result_bytes: usize,
+    /// Our QUIC's congestion controller, both ends (bbr, the default, or cubic).
+    #[arg(long, value_name = "CC", default_value_t = CongestionControl::Bbr)]
+    congestion: CongestionControl,
 }
 
 const TOKEN: &str = "bench-token-0123456789";
@@ -80,6 +83,7 @@ struct Report {
     address: String,
     runs: usize,
     result_bytes: usize,
+    congestion: CongestionControl,
     statistic: &'static str,
     cells: Vec<Cell>,
 }
@@ -177,7 +181,13 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     let identity =
         ServerIdentity::self_signed(&["localhost"]).context("generating a certificate")?;
     let result = Bytes::from(vec![0x5a; args.result_bytes]);
-    let quic = QuicSide::start(identity.clone(), max_devices, result.clone()).await?;
+    let quic = QuicSide::start(
+        identity.clone(),
+        max_devices,
+        result.clone(),
+        args.congestion,
+    )
+    .await?;
     let tcp = TcpSide::start(&identity, max_devices, result.clone()).await?;
     let raw = RawQuicSide::start(&identity, max_devices, result).await?;
 
@@ -238,6 +248,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         address: "127.0.0.1".into(),
         runs: args.runs,
         result_bytes: args.result_bytes,
+        congestion: args.congestion,
         statistic: "p50/p99 of per-frame round trips in each run (after warm-up), frames/s over the whole cell; medians over runs",
         cells,
     })
@@ -261,6 +272,7 @@ impl QuicSide {
         identity: ServerIdentity,
         devices: usize,
         result: Bytes,
+        congestion: CongestionControl,
     ) -> anyhow::Result<Self> {
         let fp = identity.fingerprint();
         let mut tokens = TokenStore::new();
@@ -275,11 +287,9 @@ impl QuicSide {
             ["blocks.0"],
             ["raw"],
         );
-        let mut server = Server::bind(
-            ServerConfig::new("127.0.0.1:0".parse()?, identity, tokens),
-            registry,
-        )
-        .context("binding the QUIC edge")?;
+        let mut config = ServerConfig::new("127.0.0.1:0".parse()?, identity, tokens);
+        config.limits.congestion = congestion;
+        let mut server = Server::bind(config, registry).context("binding the QUIC edge")?;
         let addr = server.local_addr();
         let server_task = tokio::spawn(async move {
             while let Some(mut session) = server.accept().await {
@@ -293,13 +303,14 @@ impl QuicSide {
         });
         let mut clients = Vec::with_capacity(devices);
         for i in 0..devices {
-            let cfg = ClientConfig::new(
+            let mut cfg = ClientConfig::new(
                 addr,
                 ServerTrust::Pinned(fp),
                 format!("dev-{i}"),
                 TOKEN,
                 stream_config(),
             );
+            cfg.congestion = congestion;
             let client = Client::connect(cfg)
                 .await
                 .with_context(|| format!("QUIC device {i}"))?;
