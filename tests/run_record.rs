@@ -304,3 +304,53 @@ fn device_and_edge_records_join_stages_with_power_and_report_draws_them() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn generate_records_prefill_and_decode_with_energy_per_token() {
+    let Some(weights) = splitstream_testkit::shared_file(
+        "run_record_generate",
+        "reference/llm/llama_micro/model.safetensors",
+    )
+    .and_then(|f| f.parent().map(Path::to_path_buf)) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("splitstream-record-gen-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("scratch folder");
+    let rec = dir.join("gen.jsonl");
+    let o = Command::new(env!("CARGO_BIN_EXE_splitstream"))
+        .arg("generate")
+        .arg("--weights")
+        .arg(&weights)
+        .args(["--prompt-ids", "630,206,45,60,674,691", "--max-tokens", "5"])
+        .args(["--backend", "cpu", "--record"])
+        .arg(&rec)
+        .output()
+        .expect("runs splitstream generate");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let run = record::read(&rec).expect("generate's record");
+    let prefill: Vec<_> = run.stages.iter().filter(|s| s.name == "prefill").collect();
+    assert_eq!(prefill.len(), 1);
+    assert_eq!(prefill[0].tokens, Some(6), "the prompt's tokens");
+    let decode: Vec<_> = run.stages.iter().filter(|s| s.name == "decode").collect();
+    assert_eq!(decode.len(), 4);
+    assert!(decode.iter().all(|s| s.tokens == Some(1)));
+    // Steps follow each other: each decode starts where the previous span ended.
+    for w in run.stages.windows(2) {
+        let gap = w[1].t_s - (w[0].t_s + w[0].ms / 1e3);
+        assert!(gap.abs() < 1e-6, "gap {gap}");
+    }
+    let end = run.end.clone().expect("end line");
+    assert_eq!(end.tokens, 5);
+    let s = Summary::of(&run);
+    let energy = s.energy_j.expect("energy (a meter or the model)");
+    assert!((energy - integral(&run)).abs() < 1e-9);
+    assert!((s.energy_per_token_j.expect("per token") - energy / 5.0).abs() < 1e-12);
+    let d = s
+        .stages
+        .iter()
+        .find(|x| x.name == "decode")
+        .expect("decode");
+    let total_s: f64 = decode.iter().map(|x| x.ms).sum::<f64>() / 1e3;
+    assert!((d.tokens_per_s.expect("tokens/s") - 4.0 / total_s).abs() < 1e-6);
+    let _ = std::fs::remove_dir_all(&dir);
+}
