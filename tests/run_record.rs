@@ -185,10 +185,10 @@ fn device_and_edge_records_join_stages_with_power_and_report_draws_them() {
     assert_eq!(run.header.power.source, "const");
     assert_eq!(
         names(&run),
-        ["encode", "head", "preprocess", "send", "tail"],
+        ["edge", "encode", "head", "preprocess", "send"],
         "device stages"
     );
-    for name in ["preprocess", "head", "encode", "send", "tail"] {
+    for name in ["preprocess", "head", "encode", "send", "edge"] {
         let frames: Vec<u64> = run
             .stages
             .iter()

@@ -5,15 +5,17 @@
 //! figures rather than timing twice. The device's spans are laid end to end from the
 //! frame's start: `preprocess`, `head` (the head's own time, or the whole model when
 //! local), `encode` (bottleneck codec or JPEG), `send` (the link's share of the round
-//! trip) and `tail` (the edge's time as it reports it, or the local tail of a frame
-//! that fell back). On the wire the edge's time lies inside the round trip; drawing it
-//! after `send` keeps each frame one row of adjacent spans that sum to its total.
+//! trip), then `edge` (the edge's own time for the frame as it reports it: its queue,
+//! decode and tail; the edge's record splits it into `decode` and `tail`) or `tail`
+//! (the local tail of a frame that fell back). On the wire the edge's time lies inside
+//! the round trip; drawing it after `send` keeps each frame one row of adjacent spans
+//! that sum to its total.
 
 use std::time::Instant;
 
 use splitstream_power::record::{Recorder, Stage};
 
-use crate::stats::FrameRecord;
+use crate::stats::{FrameRecord, Mode};
 
 /// Writes one frame's stages to `rec`; `started` is when the frame's processing began.
 /// Zero-length spans (no encode for a local frame, no link when nothing was sent) are
@@ -21,12 +23,23 @@ use crate::stats::FrameRecord;
 pub fn mark_frame(rec: &Recorder, started: Instant, frame: &FrameRecord) {
     let pre = frame.preprocess_ms.unwrap_or(0.0);
     let enc = frame.encode_ms.unwrap_or(0.0);
+    // A frame the edge answered is remote; one that fell back (or ran locally) has
+    // its tail here.
+    let remote = frame.mode != Mode::Local;
     let spans = [
         ("preprocess", pre),
-        ("head", (frame.head_ms - pre - enc).max(0.0)),
+        // An offloaded frame runs no head: its head_ms is preprocessing and the JPEG.
+        (
+            "head",
+            if frame.mode == Mode::Offload {
+                0.0
+            } else {
+                (frame.head_ms - pre - enc).max(0.0)
+            },
+        ),
         ("encode", enc),
         ("send", frame.transfer_ms),
-        ("tail", frame.tail_ms),
+        (if remote { "edge" } else { "tail" }, frame.tail_ms),
     ];
     let mut t = rec.seconds(started);
     for (name, ms) in spans {

@@ -105,6 +105,7 @@ fn stage_colour(name: &str) -> RGBColor {
         "head" => 0,
         "encode" => 1,
         "send" => 2,
+        "edge" => 9,
         "decode" => 4,
         "tail" => 3,
         "prefill" => 5,
@@ -112,6 +113,11 @@ fn stage_colour(name: &str) -> RGBColor {
         other => 6 + other.len() % 4,
     };
     COLOURS[i % COLOURS.len()]
+}
+
+/// Whether a stage marks a part of the run (drawn as a boundary, not shaded).
+fn is_phase(name: &str) -> bool {
+    name.starts_with(record::PHASE)
 }
 
 /// Registers a TrueType font for text: `SPLITSTREAM_FONT`, else a common system sans.
@@ -258,6 +264,7 @@ fn draw_timeline(path: &Path, run: &Run, text: bool) -> anyhow::Result<()> {
     let stage_names: Vec<String> = Summary::of(run)
         .stages
         .iter()
+        .filter(|s| !s.name.starts_with(record::PHASE))
         .map(|s| s.name.clone())
         .collect();
     draw_png(path, TIMELINE, |root| {
@@ -355,7 +362,7 @@ fn draw_panel(
         }
     }
     chart
-        .draw_series(run.stages.iter().map(|s| {
+        .draw_series(run.stages.iter().filter(|s| !is_phase(&s.name)).map(|s| {
             let t1 = s.t_s + s.ms / 1e3;
             Rectangle::new(
                 [(s.t_s, y0), (t1.max(s.t_s + t_max * 1e-4), y1)],
@@ -363,6 +370,29 @@ fn draw_panel(
             )
         }))
         .map_err(err)?;
+    // Phases (a demo's modes, a bench's cells): a dashed line where each begins,
+    // named in the first panel.
+    for p in run.stages.iter().filter(|s| is_phase(&s.name)) {
+        let grey = RGBColor(60, 60, 60);
+        chart
+            .draw_series(DashedLineSeries::new(
+                [(p.t_s, y0), (p.t_s, y1)],
+                6,
+                4,
+                grey.stroke_width(1),
+            ))
+            .map_err(err)?;
+        if text && stage_legend.is_some() {
+            let label = p.name.trim_start_matches(record::PHASE);
+            chart
+                .draw_series(std::iter::once(Text::new(
+                    label.to_owned(),
+                    (p.t_s, y1),
+                    ("sans-serif", 12).into_font().color(&grey),
+                )))
+                .map_err(err)?;
+        }
+    }
     for (i, (name, points)) in series.iter().enumerate() {
         if points.is_empty() {
             continue;
@@ -402,8 +432,19 @@ fn draw_panel(
 /// bars at the median and the 95th percentile; a log scale, since a decode takes
 /// microseconds where a head takes tens of milliseconds.
 fn draw_stages(path: &Path, summary: &Summary, run: &Run, text: bool) -> anyhow::Result<()> {
-    let n = summary.stages.len().max(1);
-    let positive = || run.stages.iter().map(|s| s.ms).filter(|&ms| ms > 0.0);
+    let stages: Vec<_> = summary
+        .stages
+        .iter()
+        .filter(|s| !is_phase(&s.name))
+        .collect();
+    let n = stages.len().max(1);
+    let positive = || {
+        run.stages
+            .iter()
+            .filter(|s| !is_phase(&s.name))
+            .map(|s| s.ms)
+            .filter(|&ms| ms > 0.0)
+    };
     let lo = positive().fold(f64::INFINITY, f64::min);
     let hi = positive().fold(0.0, f64::max);
     let (lo, hi) = if lo.is_finite() && hi > 0.0 {
@@ -430,8 +471,7 @@ fn draw_stages(path: &Path, summary: &Summary, run: &Run, text: bool) -> anyhow:
         let label_of = |x: &f64| {
             let i = x.floor() as usize;
             if (x - x.floor() - 0.5).abs() < 1e-6 {
-                summary
-                    .stages
+                stages
                     .get(i)
                     .map(|s| format!("{} ({})", s.name, s.count))
                     .unwrap_or_default()
@@ -449,7 +489,7 @@ fn draw_stages(path: &Path, summary: &Summary, run: &Run, text: bool) -> anyhow:
             mesh.disable_x_axis().disable_y_axis();
         }
         mesh.draw().map_err(err)?;
-        for (i, st) in summary.stages.iter().enumerate() {
+        for (i, st) in stages.iter().enumerate() {
             let c = stage_colour(&st.name);
             let x = i as f64 + 0.5;
             // A fixed spread from the span's index: no random numbers, same picture

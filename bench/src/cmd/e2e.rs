@@ -26,11 +26,11 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode};
 use splitstream_head::offload::JpegSettings;
-use splitstream_head::source::{Frame, Payload};
 use splitstream_head::record::mark_frame;
+use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
-use splitstream_power::record::{RecordOptions, Recorder};
 use splitstream_models::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_power::record::{RecordOptions, Recorder};
 use splitstream_transport::{
     Client, ClientConfig, Fingerprint, ModelId, ServerTrust, StreamConfig,
 };
@@ -287,6 +287,7 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
                     )?),
                     _ => None,
                 };
+                let cell_started = Instant::now();
                 let samples = run_devices(
                     n,
                     &model,
@@ -298,6 +299,14 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
                     recorder.as_ref(),
                 )
                 .await?;
+                if let Some(rec) = &recorder {
+                    rec.stage(
+                        &format!("phase:{n}dev {mode_name}"),
+                        cell_started,
+                        cell_started.elapsed(),
+                        None,
+                    );
+                }
                 let (hist, mean_batch, rss) = match edge {
                     Some(e) => {
                         let hist = e.batch_histogram().unwrap_or_else(|err| {
@@ -433,10 +442,7 @@ fn summarise(
 /// Runs `n` devices for `args.seconds`, each offered `args.fps` frames per second.
 /// `RUN.jsonl` -> `RUN-edge-<n>dev-<mode>-r<run>.jsonl` beside it.
 fn edge_record_path(record: &Path, n: usize, mode: &str, run: usize) -> PathBuf {
-    let stem = record
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("run");
+    let stem = record.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
     record.with_file_name(format!("{stem}-edge-{n}dev-{mode}-r{run}.jsonl"))
 }
 

@@ -16,16 +16,16 @@ use splitstream_head::offload::JpegSettings;
 use splitstream_head::policy::{
     auto_plans, devices_with_fallback, Plan, Policy, PolicyConfig, PolicyRunner, PowerModel,
 };
+use splitstream_head::record::mark_frame;
 use splitstream_head::source::Payload;
 use splitstream_head::source::{
     open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
 };
-use splitstream_head::record::mark_frame;
 use splitstream_head::stats::{FrameRecord, Outcome, RunStats};
-use splitstream_power::record::{PowerChoice, RecordOptions, Recorder};
 use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::labels::ClassNames;
 use splitstream_models::net::{Answer, OutputKind};
+use splitstream_power::record::{PowerChoice, RecordOptions, Recorder};
 use splitstream_transport::{Client, ClientConfig, FleetConfig, ServerTrust, StreamConfig};
 
 /// Classify frames with a ViT/DeiT, or find objects with a FemtoDet detector, running

@@ -46,6 +46,9 @@ mod read;
 
 pub use read::{read, read_str, ReadError, Run, StageSummary, Summary};
 
+/// The prefix of a stage name that marks a part of the run rather than work.
+pub const PHASE: &str = "phase:";
+
 /// The format name and version in every header.
 pub const FORMAT: &str = "splitstream-run/1";
 
@@ -100,7 +103,9 @@ pub struct PowerInfo {
 /// A span of work: `name` ran from `t_s` for `ms`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Stage {
-    /// `preprocess`, `head`, `encode`, `send`, `tail`, `decode`, `prefill`, ...
+    /// `preprocess`, `head`, `encode`, `send`, `tail`, `decode`, `prefill`, ...; a
+    /// name starting `phase:` marks a part of the run (a demo mode, a bench cell),
+    /// drawn as a labelled boundary rather than shaded.
     pub name: String,
     /// Start, seconds since the record started.
     pub t_s: f64,

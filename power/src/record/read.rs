@@ -209,6 +209,19 @@ pub fn read_str(text: &str, path: &Path) -> Result<Run, ReadError> {
     })
 }
 
+/// The stages in the order a frame meets them: the device's, the edge's, a language
+/// model's.
+const STAGE_ORDER: [&str; 8] = [
+    "preprocess",
+    "head",
+    "encode",
+    "send",
+    "edge",
+    "prefill",
+    "decode",
+    "tail",
+];
+
 /// One stage's figures.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StageSummary {
@@ -262,7 +275,8 @@ pub struct Summary {
     pub max_temp_c: Option<f64>,
     /// Mean of the samples' mean CPU frequency, MHz.
     pub mean_freq_mhz: Option<f64>,
-    /// Per stage, in the order they first appear.
+    /// Per stage: preprocess, head, encode, send, edge, prefill, decode, tail, then
+    /// any others as they first appear, then phases.
     pub stages: Vec<StageSummary>,
     /// Whether the record has its end line.
     pub complete: bool,
@@ -305,6 +319,19 @@ impl Summary {
                 order.push(&s.name);
             }
         }
+        // The known stages in the order a frame (or a prompt) meets them, whatever
+        // order their first lines came in (the edge's decode is written before the
+        // device's frame ends); others after them as they came, phases last.
+        let rank = |name: &str| {
+            STAGE_ORDER.iter().position(|&k| k == name).unwrap_or(
+                if name.starts_with(super::PHASE) {
+                    STAGE_ORDER.len() + 1
+                } else {
+                    STAGE_ORDER.len()
+                },
+            )
+        };
+        order.sort_by_key(|n| rank(n));
         let stages: Vec<StageSummary> = order
             .iter()
             .map(|name| {
@@ -423,21 +450,37 @@ impl std::fmt::Display for Summary {
             }
         )?;
         writeln!(f)?;
+        let (phases, stages): (Vec<_>, Vec<_>) = self
+            .stages
+            .iter()
+            .partition(|s| s.name.starts_with(super::PHASE));
+        let w = stages.iter().map(|s| s.name.len()).fold(10, usize::max);
         writeln!(
             f,
-            "{:<12} {:>7} {:>11} {:>11} {:>11}",
+            "{:<w$} {:>7} {:>11} {:>11} {:>11}",
             "stage", "count", "median ms", "p95 ms", "tokens/s"
         )?;
-        for s in &self.stages {
+        for s in stages {
             writeln!(
                 f,
-                "{:<12} {:>7} {:>11.3} {:>11.3} {:>11}",
+                "{:<w$} {:>7} {:>11.3} {:>11.3} {:>11}",
                 s.name,
                 s.count,
                 s.median_ms,
                 s.p95_ms,
                 s.tokens_per_s.map_or("-".to_owned(), |t| format!("{t:.1}"))
             )?;
+        }
+        if !phases.is_empty() {
+            writeln!(f)?;
+            for p in phases {
+                writeln!(
+                    f,
+                    "phase {:<36} {:>9.2} s",
+                    p.name.trim_start_matches(super::PHASE),
+                    p.total_ms / 1e3
+                )?;
+            }
         }
         writeln!(f)?;
         writeln!(f, "duration          {:.2} s", self.duration_s)?;

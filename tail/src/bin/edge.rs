@@ -343,6 +343,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     shutdown_signal().await?;
     eprintln!("shutting down: answering frames in flight");
     health.set_draining();
+    let counters = edge.counters().clone();
     edge.shutdown().await;
     let _ = stop_metrics.send(());
     if let Some(t) = metrics_task {
@@ -350,6 +351,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(rec) = recorder {
         splitstream_power::record::uninstall();
+        rec.frames(counters.answered.load(std::sync::atomic::Ordering::Relaxed));
         let end = rec.finish().context("--record")?;
         eprintln!(
             "run record: {} ({} frames, {} samples)",
