@@ -236,7 +236,7 @@ impl Default for RecordOptions {
             power: PowerChoice::Auto,
             interval: Duration::from_millis(100),
             sys_root: PathBuf::from("/sys"),
-            // An hour at 30 frames/s with five stages each is about 60 MB.
+            // An hour at 30 frames/s with five stages each is about 50 MB.
             max_bytes: 256 << 20,
         }
     }
