@@ -43,6 +43,10 @@ enum Command {
     /// Inspect, convert, render or synthesise event-camera recordings.
     #[command(subcommand)]
     Events(cmd::events::Command),
+    /// A run record (--record FILE) as a summary table and PNG timelines: power,
+    /// temperature, frequency and memory over time with the stages shaded, and each
+    /// stage's latency distribution.
+    Report(cmd::report::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -69,6 +73,7 @@ fn main() -> std::process::ExitCode {
         Command::Prune(args) => cmd::prune::run(args),
         Command::Evaluate(args) => cmd::evaluate::run(args),
         Command::Events(command) => cmd::events::run(command),
+        Command::Report(args) => cmd::report::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

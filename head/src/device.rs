@@ -264,6 +264,8 @@ impl Device {
             },
             bytes_sent: 0,
             head_ms: 0.0,
+            preprocess_ms: None,
+            encode_ms: None,
             transfer_ms: 0.0,
             tail_ms: 0.0,
             edge_receive_ms: None,
@@ -306,6 +308,7 @@ impl Device {
             Payload::Tensor(t) => HostTensor::new(t.shape.to_vec(), t.data.clone())
                 .map_err(|e| ComputeError::Model(e.to_string()))?,
         };
+        rec.preprocess_ms = Some(ms(t0.elapsed()));
         match self.mode.clone() {
             RunMode::Local => {
                 let out = self.on_worker(move |m, s| m.run(&input, s)).await?;
@@ -317,12 +320,14 @@ impl Device {
                 let act = self
                     .on_worker(move |m, s| m.head(&input, &head_at, s))
                     .await?;
+                let t_enc = Instant::now();
                 let encoded = TensorView::f32(act.shape(), act.data())
                     .map_err(|e| e.to_string())
                     .and_then(|v| {
                         splitstream_codec::encode(&v, &codec_params_for(codec, act.shape()))
                             .map_err(|e| e.to_string())
                     });
+                rec.encode_ms = Some(ms(t_enc.elapsed()));
                 rec.head_ms = ms(t0.elapsed());
                 let remote = match encoded {
                     Ok(bytes) => self.send(Bytes::from(bytes), rec, link).await,
@@ -356,9 +361,11 @@ impl Device {
                 Ok(answer)
             }
             RunMode::Offload { jpeg } => {
+                let t_enc = Instant::now();
                 let remote = match &frame.payload {
                     Payload::Image(img) => match encode_jpeg(img, &jpeg) {
                         Ok(bytes) => {
+                            rec.encode_ms = Some(ms(t_enc.elapsed()));
                             rec.head_ms = ms(t0.elapsed());
                             self.send(Bytes::from(bytes), rec, link).await
                         }

@@ -10,6 +10,7 @@
 //! - [`draw`]: a detector's boxes drawn on frames (`--draw`);
 //! - [`model`]: the network the device runs (a ViT, or one with a learned bottleneck);
 //! - [`offload`]: the frame as JPEG for offload mode;
+//! - [`record`]: a frame's timings as run-record stages (`--record FILE`);
 //! - [`policy`]: where each frame runs (local, split, offload), from battery, link and edge;
 //! - [`stats`]: the per-frame JSON line the device prints and the end-of-run summary.
 #![warn(missing_docs, unreachable_pub)]
@@ -21,5 +22,6 @@ pub mod draw;
 pub mod model;
 pub mod offload;
 pub mod policy;
+pub mod record;
 pub mod source;
 pub mod stats;

@@ -113,6 +113,14 @@ pub struct FrameRecord {
     pub bytes_sent: u64,
     /// Time on the device before sending (or the whole model, when local).
     pub head_ms: f64,
+    /// The part of `head_ms` spent preprocessing the input (an image through the
+    /// model's transform; a tensor copied in).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess_ms: Option<f64>,
+    /// The part of `head_ms` spent encoding what is sent (the bottleneck codec, or the
+    /// JPEG of an offloaded frame).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encode_ms: Option<f64>,
     /// Time from sending to the answer, less the edge's own time for the frame
     /// (`tail_ms`): the link's share, i.e. the upload, propagation and the answer's way
     /// back.
@@ -373,6 +381,8 @@ mod tests {
             },
             bytes_sent: bytes,
             head_ms: total_ms / 2.0,
+            preprocess_ms: None,
+            encode_ms: None,
             transfer_ms: total_ms / 4.0,
             tail_ms: total_ms / 4.0,
             edge_receive_ms: None,

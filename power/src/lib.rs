@@ -16,6 +16,10 @@
 //! reader takes its root folder as an argument, so tests run on fake trees; every read
 //! is capped and every value checked, so an odd file is an error, never a panic.
 //!
+//! [`record`] writes and reads run records: stage markers joined with a power trace,
+//! memory, temperatures and CPU frequency over time (`--record FILE` on every
+//! long-running command; `splitstream report` draws them).
+//!
 //! Watts are an average since the previous sample where the hardware counts energy
 //! (RAPL, NVML on Volta and later), else the instantaneous figure the hardware reports.
 //! Each sample carries its own time ([`PowerSample::at`]): time since the source was
@@ -33,6 +37,7 @@ pub mod ina3221;
 #[cfg(feature = "nvml")]
 pub mod nvml;
 pub mod rapl;
+pub mod record;
 mod spec;
 mod sysfs;
 pub mod trace;

@@ -19,10 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 use anyhow::{bail, Context};
 use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode};
 use splitstream_head::offload::JpegSettings;
+use splitstream_head::record::mark_frame;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
 use splitstream_models::labels::{display_class, ClassNames};
 use splitstream_models::BackendChoice;
+use splitstream_power::record::{RecordOptions, Recorder};
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::metrics::EdgeMetrics;
 use splitstream_tail::model::ServedModel;
@@ -33,7 +35,8 @@ use splitstream_transport::{Client, ClientConfig, ModelId, ServerTrust, StreamCo
 #[command(after_help = "Examples:
   cargo run --release                 # the demo, from a fresh clone
   splitstream demo --frames 100       # fewer frames per mode
-  splitstream demo --model-dir DIR    # other demo_vit*.safetensors files")]
+  splitstream demo --model-dir DIR    # other demo_vit*.safetensors files
+  splitstream demo --record demo.jsonl && splitstream report demo.jsonl")]
 pub(crate) struct Args {
     /// The demo folder (test/*.jpg, test/labels.csv); default: assets/demo of the
     /// project this binary was built from, else ./assets/demo.
@@ -46,6 +49,12 @@ pub(crate) struct Args {
     /// Frames per mode (at most the test set's 300).
     #[arg(long, value_name = "N", default_value_t = 300)]
     frames: usize,
+    /// Write a run record here: every mode's frames as stages (the device's
+    /// preprocess, head, encode, send, tail; the in-process edge's decode and tail)
+    /// joined with power, memory, temperatures and CPU frequency over time, each mode
+    /// marked by a `phase:<label>` span; `splitstream report FILE` draws it.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 impl Default for Args {
@@ -54,6 +63,7 @@ impl Default for Args {
             assets: None,
             model_dir: None,
             frames: 300,
+            record: None,
         }
     }
 }
@@ -204,6 +214,15 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         plain.shape,
     );
 
+    let recorder = match &args.record {
+        Some(path) => {
+            let rec = Recorder::create(path, RecordOptions::default()).context("--record")?;
+            // The in-process edge's batch worker marks decode and tail through it.
+            splitstream_power::record::install(rec.clone());
+            Some(rec)
+        }
+        None => None,
+    };
     let mut tokens = TokenStore::new();
     let token = token();
     tokens.insert(DEVICE_ID, &token);
@@ -298,6 +317,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
             bytes: 0,
             fallbacks: 0,
         };
+        let mode_started = Instant::now();
         for (i, s) in samples.iter().enumerate() {
             let frame = Frame {
                 index: i as u64,
@@ -307,10 +327,21 @@ async fn demo(args: Args) -> anyhow::Result<()> {
                 payload: s.payload.clone(),
             };
             let r = device.process(&frame).await;
+            if let Some(rec) = &recorder {
+                mark_frame(rec, frame.captured, &r.record);
+            }
             run.latency_ms.push(r.record.total_ms as f32);
             run.bytes += r.record.bytes_sent;
             run.fallbacks += u64::from(r.record.fallback.is_some());
             run.logits.push(r.logits().to_vec());
+        }
+        if let Some(rec) = &recorder {
+            rec.stage(
+                &format!("phase:{}", run.label),
+                mode_started,
+                mode_started.elapsed(),
+                None,
+            );
         }
         drop(device);
         if let Some(c) = client.and_then(|c| Arc::try_unwrap(c).ok()) {
@@ -323,6 +354,16 @@ async fn demo(args: Args) -> anyhow::Result<()> {
         .largest_batch
         .load(std::sync::atomic::Ordering::Relaxed);
     edge.shutdown().await;
+    if let Some(rec) = recorder {
+        splitstream_power::record::uninstall();
+        let end = rec.finish().context("--record")?;
+        eprintln!(
+            "run record: {} ({} frames, {} samples)",
+            rec.path().display(),
+            end.frames,
+            end.samples
+        );
+    }
 
     let reference = &runs[0].logits;
     println!();

@@ -16,6 +16,7 @@ use splitstream_models::llm::sample::Sampler;
 use splitstream_models::llm::tokenizer::{StreamDecoder, Tokenizer};
 use splitstream_models::llm::LlmWeights;
 use splitstream_models::Backend;
+use splitstream_power::record::{RecordOptions, Recorder, Stage};
 
 /// Longest id list read from a safetensors `input_ids` (1 Mi ids).
 const MAX_IDS: usize = 1 << 20;
@@ -30,6 +31,10 @@ const MAX_IDS: usize = 1 << 20;
   # sampled: temperature 0.8, nucleus 0.95, repeatable with a seed
   splitstream generate --weights model_dir --prompt-ids 1,2,3 --temperature 0.8 \\
       --top-p 0.95 --seed 7
+
+  # prefill and decode recorded with power and memory, then the report
+  splitstream generate --weights model.gguf --prompt-ids 1,2,3 --record gen.jsonl
+  splitstream report gen.jsonl
 
   # the check form: input_ids [B,T] in, generated [B,T+N] and generated_logits out
   splitstream generate --weights llama_micro --input ids.safetensors --max-tokens 16 \\
@@ -67,6 +72,12 @@ pub(crate) struct Args {
     backend: BackendArgs,
     #[command(flatten)]
     threads: ThreadsArgs,
+    /// Write a run record here: the prefill and each decode step as stages (with their
+    /// tokens) joined with power, memory, temperatures and CPU frequency over time;
+    /// `splitstream report FILE` gives tokens/s and energy per token. Watts come from
+    /// the first meter found, else a CPU-time model (the record says which).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 /// How the next token is drawn: the flags `generate` and `chat` share.
@@ -214,12 +225,36 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
     let stop_at_eos = args.output.is_none() && batch == 1;
     let mut printed = Ok(());
     let mut stream = StreamDecoder::new();
+    let recorder = match &args.record {
+        Some(path) => Some(Recorder::create(path, RecordOptions::default()).context("--record")?),
+        None => None,
+    };
+    // The first step reads the prompt (prefill); each later one makes a token per row
+    // (decode). Each span runs from the previous step's end to this one's token.
+    let mut step_started = std::time::Instant::now();
     let logits = net.generate(
         &ids,
         batch,
         args.max_tokens,
         |row| sampler.choose(row),
-        |_, next| {
+        |step, next| {
+            if let Some(rec) = &recorder {
+                let now = std::time::Instant::now();
+                let (name, tokens) = if step == 0 {
+                    ("prefill", ids.len())
+                } else {
+                    ("decode", next.len())
+                };
+                let mut span = Stage::new(
+                    name,
+                    rec.seconds(step_started),
+                    (now - step_started).as_secs_f64() * 1e3,
+                );
+                span.tokens = u32::try_from(tokens).ok();
+                rec.stage_line(span);
+                rec.tokens(next.len() as u64);
+                step_started = now;
+            }
             rows.iter_mut().zip(next).for_each(|(r, &n)| r.push(n));
             if args.output.is_none() {
                 printed = match text_tokenizer {
@@ -246,6 +281,15 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
     printed.context("writing to stdout")?;
     if text_tokenizer.is_some() {
         writeln!(stdout, "{}", stream.finish()).context("writing to stdout")?;
+    }
+    if let Some(rec) = recorder {
+        let end = rec.finish().context("--record")?;
+        eprintln!(
+            "run record: {} ({} tokens, {} samples)",
+            rec.path().display(),
+            end.tokens,
+            end.samples
+        );
     }
     if let Some(out) = &args.output {
         let n = rows.first().map_or(0, Vec::len);

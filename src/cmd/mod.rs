@@ -11,3 +11,4 @@ pub(crate) mod generate;
 pub(crate) mod infer;
 pub(crate) mod measure;
 pub(crate) mod prune;
+pub(crate) mod report;

@@ -661,6 +661,7 @@ impl Worker {
             max_bytes: per_item.saturating_mul(4),
         };
         let transform = model.transform();
+        let recorder = splitstream_power::record::global();
         let mut data = Vec::with_capacity(per_item * batch.items.len());
         let mut jobs = Vec::with_capacity(batch.items.len());
         for q in batch.items {
@@ -671,6 +672,7 @@ impl Worker {
                 self.drop_job(job, DropReason::Overtaken);
                 continue;
             }
+            let decode_started = Instant::now();
             let row = if key.route == Route::Full {
                 transform.and_then(|t| {
                     decode_jpeg(&job.payload, self.max_jpeg_side)
@@ -684,6 +686,9 @@ impl Worker {
                     .filter(|t| t.shape.iter().product::<usize>() == per_item)
                     .map(|t| t.to_f32())
             };
+            if let Some(rec) = &recorder {
+                rec.stage("decode", decode_started, decode_started.elapsed(), None);
+            }
             match row {
                 Some(row) if row.len() == per_item => {
                     data.extend_from_slice(&row);
@@ -768,7 +773,20 @@ impl Worker {
                 return;
             }
         };
-        self.metrics.batch_computed(key, n, started.elapsed());
+        let computed = started.elapsed();
+        self.metrics.batch_computed(key, n, computed);
+        if let Some(rec) = splitstream_power::record::global() {
+            let mut span = splitstream_power::record::Stage::new(
+                "tail",
+                rec.seconds(started),
+                computed.as_secs_f64() * 1e3,
+            );
+            span.items = u32::try_from(n).ok();
+            rec.stage_line(span);
+            // Frames are counted by whoever owns the record (the edge binary counts
+            // what it answered), so a device and an edge sharing one record in one
+            // process (the demo) do not count each frame twice.
+        }
         self.metrics.frames_done(key, n as u64);
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         self.counters.largest_batch.fetch_max(n, Ordering::Relaxed);

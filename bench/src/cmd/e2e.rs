@@ -26,9 +26,11 @@ use anyhow::{bail, Context};
 use serde::Serialize;
 use splitstream_head::device::{load_model, CodecChoice, Device, DeviceModel, RunMode};
 use splitstream_head::offload::JpegSettings;
+use splitstream_head::record::mark_frame;
 use splitstream_head::source::{Frame, Payload};
 use splitstream_head::stats::Percentiles;
 use splitstream_models::synthetic::{seeded_vit_safetensors, DEMO_VIT};
+use splitstream_power::record::{RecordOptions, Recorder};
 use splitstream_transport::{
     Client, ClientConfig, Fingerprint, ModelId, ServerTrust, StreamConfig,
 };
@@ -39,6 +41,7 @@ use splitstream_transport::{
   splitstream-bench e2e                                  # 1, 8, 32 devices, every mode
   splitstream-bench e2e --devices 4 --fps 10 --seconds 10 --modes split --codec u4
   splitstream-bench e2e --json --report target/e2e-report  # JSON lines, PNG plots
+  splitstream-bench e2e --devices 2 --seconds 3 --record e2e.jsonl  # + run records
 
 Needs the splitstream-edge binary beside this one (cargo build --release -p
 splitstream-tail --bin splitstream-edge) or --edge-bin PATH.")]
@@ -91,6 +94,12 @@ pub(crate) struct Args {
     /// Repetitions of each cell; figures are medians over them.
     #[arg(long, default_value_t = 1)]
     runs: usize,
+    /// Write a run record of the whole bench here (every device's frames as stages,
+    /// joined with this process's power, memory, temperatures and CPU frequency), and
+    /// one per edge process beside it (`RUN-edge-<devices>dev-<mode>-r<run>.jsonl`:
+    /// its decode and tail). `splitstream report FILE` draws them.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 const TOKEN: &str = "e2e-bench-token-0123456789abcdef";
@@ -244,6 +253,10 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
                 .map_or("-".to_owned(), |p| p.display().to_string())
         );
     }
+    let recorder = match &args.record {
+        Some(path) => Some(Recorder::create(path, RecordOptions::default()).context("--record")?),
+        None => None,
+    };
     let mut cells = Vec::new();
     for &n in &args.devices {
         let mut local_p50 = None;
@@ -259,15 +272,41 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
                 },
             };
             let mut runs = Vec::new();
-            for _ in 0..args.runs.max(1) {
+            for r in 0..args.runs.max(1) {
+                let edge_record = args
+                    .record
+                    .as_deref()
+                    .map(|p| edge_record_path(p, n, mode_name, r));
                 let edge = match &edge_bin {
-                    Some(bin) if mode.wire().is_some() => {
-                        Some(EdgeProcess::spawn(bin, &weights_path, &tokens_path, &args)?)
-                    }
+                    Some(bin) if mode.wire().is_some() => Some(EdgeProcess::spawn(
+                        bin,
+                        &weights_path,
+                        &tokens_path,
+                        &args,
+                        edge_record.as_deref(),
+                    )?),
                     _ => None,
                 };
-                let samples =
-                    run_devices(n, &model, &id, &mode, edge.as_ref(), &frames, &args).await?;
+                let cell_started = Instant::now();
+                let samples = run_devices(
+                    n,
+                    &model,
+                    &id,
+                    &mode,
+                    edge.as_ref(),
+                    &frames,
+                    &args,
+                    recorder.as_ref(),
+                )
+                .await?;
+                if let Some(rec) = &recorder {
+                    rec.stage(
+                        &format!("phase:{n}dev {mode_name}"),
+                        cell_started,
+                        cell_started.elapsed(),
+                        None,
+                    );
+                }
                 let (hist, mean_batch, rss) = match edge {
                     Some(e) => {
                         let hist = e.batch_histogram().unwrap_or_else(|err| {
@@ -302,6 +341,15 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    if let Some(rec) = recorder {
+        let end = rec.finish().context("--record")?;
+        eprintln!(
+            "run record: {} ({} frames, {} samples)",
+            rec.path().display(),
+            end.frames,
+            end.samples
+        );
+    }
     if !args.json {
         print_table(&cells);
     }
@@ -392,6 +440,13 @@ fn summarise(
 }
 
 /// Runs `n` devices for `args.seconds`, each offered `args.fps` frames per second.
+/// `RUN.jsonl` -> `RUN-edge-<n>dev-<mode>-r<run>.jsonl` beside it.
+fn edge_record_path(record: &Path, n: usize, mode: &str, run: usize) -> PathBuf {
+    let stem = record.file_stem().and_then(|s| s.to_str()).unwrap_or("run");
+    record.with_file_name(format!("{stem}-edge-{n}dev-{mode}-r{run}.jsonl"))
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run_devices(
     n: usize,
     model: &DeviceModel,
@@ -400,6 +455,7 @@ async fn run_devices(
     edge: Option<&EdgeProcess>,
     frames: &Arc<Vec<Payload>>,
     args: &Args,
+    recorder: Option<&Recorder>,
 ) -> anyhow::Result<Vec<Sample>> {
     let mut devices = Vec::with_capacity(n);
     for i in 0..n {
@@ -435,6 +491,7 @@ async fn run_devices(
     let mut tasks = Vec::with_capacity(n);
     for (i, mut device) in devices.into_iter().enumerate() {
         let frames = frames.clone();
+        let recorder = recorder.cloned();
         tasks.push(tokio::spawn(async move {
             // Devices start spread over one period, as independent cameras would.
             let offset = period.mul_f64(i as f64 / n as f64);
@@ -458,6 +515,9 @@ async fn run_devices(
                 };
                 k += 1;
                 let r = device.process(&frame).await;
+                if let Some(rec) = &recorder {
+                    mark_frame(rec, frame.captured, &r.record);
+                }
                 out.push(Sample {
                     t_s: frame.captured.duration_since(started).as_secs_f64(),
                     latency_ms: r.record.total_ms as f32,
@@ -485,8 +545,17 @@ struct EdgeProcess {
 }
 
 impl EdgeProcess {
-    fn spawn(bin: &Path, weights: &Path, tokens: &Path, args: &Args) -> anyhow::Result<Self> {
+    fn spawn(
+        bin: &Path,
+        weights: &Path,
+        tokens: &Path,
+        args: &Args,
+        record: Option<&Path>,
+    ) -> anyhow::Result<Self> {
         let mut cmd = Command::new(bin);
+        if let Some(r) = record {
+            cmd.arg("--record").arg(r);
+        }
         cmd.arg("--weights")
             .arg(weights)
             .arg("--tokens")
@@ -606,7 +675,23 @@ impl EdgeProcess {
         crate::stats::peak_rss_mib(Some(self.child.id()))
     }
 
+    /// Stops the edge: SIGINT first, so it finishes its run record, then SIGKILL if it
+    /// has not gone within five seconds.
     fn stop(mut self) {
+        if let Some(pid) = i32::try_from(self.child.id())
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+        {
+            if rustix::process::kill_process(pid, rustix::process::Signal::INT).is_ok() {
+                let deadline = Instant::now() + Duration::from_secs(5);
+                while Instant::now() < deadline {
+                    if let Ok(Some(_)) = self.child.try_wait() {
+                        return;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -16,6 +16,7 @@ use splitstream_head::offload::JpegSettings;
 use splitstream_head::policy::{
     auto_plans, devices_with_fallback, Plan, Policy, PolicyConfig, PolicyRunner, PowerModel,
 };
+use splitstream_head::record::mark_frame;
 use splitstream_head::source::Payload;
 use splitstream_head::source::{
     open_source, parse_size, spawn_feed, EventOptions, EventRepr, Pacing, Source, SourceOptions,
@@ -24,6 +25,7 @@ use splitstream_head::stats::{FrameRecord, Outcome, RunStats};
 use splitstream_models::cli::{LabelsArgs, ThreadsArgs, WeightsArgs};
 use splitstream_models::labels::ClassNames;
 use splitstream_models::net::{Answer, OutputKind};
+use splitstream_power::record::{PowerChoice, RecordOptions, Recorder};
 use splitstream_transport::{
     Client, ClientConfig, CongestionControl, FleetConfig, ServerTrust, StreamConfig,
 };
@@ -67,6 +69,10 @@ use splitstream_transport::{
 
   # all on the device (no edge needed)
   splitstream-device --weights vit.safetensors --input photo.jpg --mode local
+
+  # a run record (stages, power, memory, temperatures over time), then its pictures
+  splitstream-device --weights vit.safetensors --input 'frames/*.jpg' --mode local \\
+      --record run.jsonl && splitstream report run.jsonl --out run-report
 
   # a FemtoDet detector split after stage3, the boxes drawn into out/
   splitstream-device --weights femtodet.safetensors --edge 10.0.0.5:4433 \\
@@ -216,6 +222,13 @@ struct Args {
     /// Event inputs: hand out events at their recorded speed (as a live camera).
     #[arg(long)]
     event_realtime: bool,
+    /// Write a run record here: each frame's stages (preprocess, head, encode, send,
+    /// tail) joined with power, memory, temperatures and CPU frequency sampled over
+    /// time, as JSON lines; `splitstream report FILE` draws it. Watts come from
+    /// --power-source when given, else the first meter found, else a CPU-time model
+    /// (the record says which).
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 /// Where frames run (`--policy`).
@@ -329,6 +342,21 @@ fn main() -> std::process::ExitCode {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    let recorder = match &args.record {
+        Some(path) => {
+            let power = match (&args.power_source, &args.power_trace) {
+                (Some(spec), _) => PowerChoice::Spec(spec.clone()),
+                (None, Some(trace)) => PowerChoice::Spec(format!("trace:{}", trace.display())),
+                (None, None) => PowerChoice::Auto,
+            };
+            let opts = RecordOptions {
+                power,
+                ..RecordOptions::default()
+            };
+            Some(Recorder::create(path, opts).context("--record")?)
+        }
+        None => None,
+    };
     if let Some(dir) = &args.draw {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("--draw {}: cannot create the folder", dir.display()))?;
@@ -592,8 +620,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 Err(_) => {}
             }
         }
+        let frame_started = Instant::now();
         let result = runner.process(&frame).await;
         stats.record(&result.record);
+        if let Some(rec) = &recorder {
+            mark_frame(rec, frame_started, &result.record);
+        }
         if let (Some(dir), Payload::Image(img), Some(Answer::Detections(dets))) =
             (&args.draw, &frame.payload, &result.answer)
         {
@@ -639,6 +671,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     drop(runner);
     if let Some(client) = client.and_then(|c| Arc::try_unwrap(c).ok()) {
         client.close().await;
+    }
+    if let Some(rec) = recorder {
+        let end = rec.finish().context("--record")?;
+        eprintln!(
+            "run record: {} ({} frames, {} samples)",
+            rec.path().display(),
+            end.frames,
+            end.samples
+        );
     }
     Ok(())
 }
@@ -774,6 +815,8 @@ mod tests {
             result: Outcome::Classified { class, score: 0.5 },
             bytes_sent: 10,
             head_ms: 1.0,
+            preprocess_ms: None,
+            encode_ms: None,
             transfer_ms: 1.0,
             tail_ms: 1.0,
             edge_receive_ms: None,

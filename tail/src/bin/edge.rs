@@ -8,6 +8,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use clap::Parser;
 use splitstream_models::cli::{BackendArgs, ThreadsArgs};
+use splitstream_power::record::{PowerChoice, RecordOptions, Recorder};
 use splitstream_tail::config::{EdgeConfig, ModelConfig};
 use splitstream_tail::edge::{EdgeOptions, RunningEdge};
 use splitstream_tail::governor::PowerConfig;
@@ -32,6 +33,10 @@ use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
   # a 300 W power budget read from RAPL (root since Linux 5.10), or replayed from a trace
   splitstream-edge --config edge.toml --power-budget 300
   splitstream-edge --config edge.toml --power-budget 300 --power-trace edge-power.csv
+
+  # a run record of the edge's batches until SIGINT, then its pictures
+  splitstream-edge --config edge.toml --record edge-run.jsonl
+  splitstream report edge-run.jsonl --out edge-report
 
   # tokens.txt holds one device per line:  cam-1 3f1c9a0e6b2d47a8c5e1f0b9d8a7c6e5
   # (make a token with: openssl rand -hex 16)
@@ -100,6 +105,13 @@ struct Args {
     /// trace in one).
     #[arg(long, value_name = "X", requires = "power_trace")]
     power_trace_speed: Option<f64>,
+    /// Write a run record here: each batch's decode and tail spans joined with power,
+    /// memory, temperatures and CPU frequency sampled over time, as JSON lines
+    /// (`splitstream report FILE` draws it). Watts come from the governor's source when
+    /// there is one, else the first meter found, else a CPU-time model (the record says
+    /// which). Written until SIGINT/SIGTERM.
+    #[arg(long, value_name = "FILE")]
+    record: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -247,6 +259,23 @@ fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let cfg = config(&args)?;
+    let recorder = match &args.record {
+        Some(path) => {
+            let power = match &cfg.power {
+                Some(p) => PowerChoice::Spec(p.source.clone()),
+                None => PowerChoice::Auto,
+            };
+            let opts = RecordOptions {
+                power,
+                ..RecordOptions::default()
+            };
+            let rec = Recorder::create(path, opts).context("--record")?;
+            // The batch worker marks its spans through the process's recorder.
+            splitstream_power::record::install(rec.clone());
+            Some(rec)
+        }
+        None => None,
+    };
     let Some(tokens_file) = &cfg.tokens_file else {
         bail!("no token file: give --tokens FILE (one \"DEVICE_ID TOKEN\" per line) or tokens_file in the config");
     };
@@ -315,10 +344,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     shutdown_signal().await?;
     eprintln!("shutting down: answering frames in flight");
     health.set_draining();
+    let counters = edge.counters().clone();
     edge.shutdown().await;
     let _ = stop_metrics.send(());
     if let Some(t) = metrics_task {
         let _ = t.await;
+    }
+    if let Some(rec) = recorder {
+        splitstream_power::record::uninstall();
+        rec.frames(counters.answered.load(std::sync::atomic::Ordering::Relaxed));
+        let end = rec.finish().context("--record")?;
+        eprintln!(
+            "run record: {} ({} frames, {} samples)",
+            rec.path().display(),
+            end.frames,
+            end.samples
+        );
     }
     eprintln!("edge stopped");
     Ok(())
