@@ -40,7 +40,7 @@ pub const MAX_PROFILE_BYTES: u64 = 1 << 20;
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     /// The file could not be read.
-    #[error("reading profile {path}: {source}")]
+    #[error("reading profile {path}")]
     Io {
         /// The file.
         path: String,
