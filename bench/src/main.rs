@@ -43,6 +43,13 @@ enum Command {
     /// QUIC against TCP+TLS over an emulated impaired link (loss, RTT, rate limit):
     /// frame latency, frames on time, bytes on the wire. Needs root.
     Link(cmd::link::Args),
+    /// Measures this machine into a cost-model profile (TOML): peak GFLOP/s per
+    /// instruction set and thread count, cache and DRAM bandwidth and latency, the
+    /// clock, the CPU backend's fit.
+    Machine(cmd::machine::Args),
+    /// The cost model's per-layer prediction from a profile against measurement, for
+    /// every model family that loads: median absolute error per layer and per model.
+    Costmodel(cmd::costmodel::Args),
 }
 
 fn main() -> std::process::ExitCode {
@@ -59,6 +66,8 @@ fn main() -> std::process::ExitCode {
         Command::Policy(args) => cmd::policy::run(args),
         Command::Fallback(args) => cmd::fallback::run(args),
         Command::Link(args) => cmd::link::run(args),
+        Command::Machine(args) => cmd::machine::run(args),
+        Command::Costmodel(args) => cmd::costmodel::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

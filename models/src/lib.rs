@@ -16,6 +16,7 @@ pub mod bottleneck;
 pub mod classic;
 #[cfg(feature = "clap")]
 pub mod cli;
+pub mod cost;
 pub mod detection_map;
 pub mod femtodet;
 pub mod labels;

@@ -1,10 +1,12 @@
 //! One module per benchmark: its clap arguments and its `run`.
 
 pub(crate) mod codec;
+pub(crate) mod costmodel;
 pub(crate) mod e2e;
 pub(crate) mod events;
 pub(crate) mod fallback;
 pub(crate) mod link;
+pub(crate) mod machine;
 pub(crate) mod matmul;
 pub(crate) mod model;
 pub(crate) mod policy;

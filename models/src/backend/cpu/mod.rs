@@ -51,7 +51,7 @@ use crate::tensor::{checked_numel, HostTensor};
 
 /// Below this many elements an elementwise op runs on one thread (the fork-join costs
 /// more than it saves).
-const PARALLEL_MIN_ELEMS: usize = 16 * 1024;
+pub const PARALLEL_MIN_ELEMS: usize = 16 * 1024;
 /// Fewest query rows per attention task (below, GEMM call overhead dominates).
 const ATTENTION_MIN_ROWS: usize = 8;
 
