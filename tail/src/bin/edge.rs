@@ -26,6 +26,10 @@ use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
   # one model, self-signed certificate (its fingerprint is printed for devices to pin)
   splitstream-edge --weights vit.safetensors --name demo-vit --tokens tokens.txt
 
+  # an LLM (GGUF file or Hugging Face folder): devices run layers 0..k, the edge the rest
+  splitstream-edge --weights SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2 --tokens tokens.txt \
+      --context 2048
+
   # everything from a config file, with the port overridden
   splitstream-edge --config edge.toml --listen 0.0.0.0:5000
 
