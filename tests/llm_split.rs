@@ -6,6 +6,7 @@
 //!   (greedy, and sampled: the edge answers logits and the device draws).
 //! - The edge process SIGKILLed while a step is on its way: the device recomputes the
 //!   edge's layers for the context so far and finishes; no token lost or repeated.
+//! - `splitstream generate --edge --split` (the binary) prints the local tokens.
 //! - Several sessions at once on one edge: their decode steps run together as batches
 //!   (continuous batching), each answer equal to its solo run, batch sizes on /metrics.
 
@@ -381,5 +382,67 @@ async fn concurrent_sessions_decode_in_shared_batches_and_equal_their_solo_runs(
     // Fewer batches than steps: some ran together.
     assert!(batches < (sessions * n) as f64, "{count_line}");
     eprintln!("{sessions} sessions x {n} steps in {batches} batches, largest {largest}");
+    edge.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_cli_with_edge_prints_the_local_tokens() {
+    let Some(llama) = reference("llm_split_cli", "llama_micro") else {
+        return;
+    };
+    let served = ServedModel::from_llm("llama_micro", &llama, BackendChoice::Cpu, 1, None)
+        .expect("edge loads");
+    let edge = edge_with(vec![served], 1, BatcherConfig::default());
+    let dir =
+        std::env::temp_dir().join(format!("splitstream-llm-split-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let token = dir.join("token");
+    std::fs::write(&token, TOKEN).expect("token file");
+    // The child runs on a blocking thread: the edge keeps this runtime's workers.
+    let generate = |extra: Vec<String>| {
+        let llama = llama.clone();
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_splitstream"))
+                .arg("generate")
+                .arg("--weights")
+                .arg(&llama)
+                .args([
+                    "--prompt-ids",
+                    "1,5,7,9",
+                    "--max-tokens",
+                    "10",
+                    "--threads",
+                    "1",
+                ])
+                .args(extra)
+                .output()
+                .expect("runs splitstream")
+        })
+    };
+    let local = generate(Vec::new()).await.expect("runs");
+    let split = generate(vec![
+        "--edge".into(),
+        edge.local_addr().to_string(),
+        "--split".into(),
+        "2".into(),
+        "--fingerprint".into(),
+        edge.fingerprint().to_string(),
+        "--device-id".into(),
+        "dev-0".into(),
+        "--token-file".into(),
+        token.display().to_string(),
+    ])
+    .await
+    .expect("runs");
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&split.stderr);
+    assert!(local.status.success() && split.status.success(), "{stderr}");
+    let tokens = String::from_utf8_lossy(&split.stdout);
+    assert_eq!(tokens, String::from_utf8_lossy(&local.stdout));
+    assert_eq!(tokens.lines().count(), 10, "{tokens}");
+    assert!(
+        stderr.contains("split: 10 steps on the edge, 0 on the device"),
+        "{stderr}"
+    );
     edge.shutdown().await;
 }
