@@ -40,6 +40,9 @@ enum Command {
     /// The device's policy (auto) against always-local, always-offload and a fixed
     /// split on battery, bandwidth and edge-power-cap scenarios.
     Policy(cmd::policy::Args),
+    /// A split LLM's hidden states per codec and split point: bytes per token and the
+    /// perplexity change on a committed text.
+    LlmSplit(cmd::llm_split::Args),
     /// QUIC against TCP+TLS over an emulated impaired link (loss, RTT, rate limit):
     /// frame latency, frames on time, bytes on the wire. Needs root.
     Link(cmd::link::Args),
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
         Command::Link(args) => cmd::link::run(args),
         Command::Machine(args) => cmd::machine::run(args),
         Command::Costmodel(args) => cmd::costmodel::run(args),
+        Command::LlmSplit(args) => cmd::llm_split::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -27,9 +27,15 @@ use crate::stats::{FrameRecord, Mode, Outcome};
 /// The codec parameters for `codec` on an activation of `shape`: the per-channel
 /// choices quantize along the channels, the last axis of ViT tokens `[B, N, D]` and
 /// the second of feature maps `[B, C, H, W]`; a flat activation `[B, L]` (a detector's
-/// taps packed together) has no channel axis and is quantized per tensor.
+/// taps packed together) has no channel axis and is quantized per tensor. The
+/// per-token choices quantize each position alone: axis 0 of an LLM's hidden states
+/// `[T, D]`, axis 1 of tokens `[B, N, D]`.
 pub fn codec_params_for(codec: CodecChoice, shape: &[usize]) -> CodecParams {
     let params = codec_params(codec);
+    let per_token = matches!(
+        codec,
+        CodecChoice::U8Token | CodecChoice::U8TokenZstd | CodecChoice::U4Token
+    );
     match (params.scheme, shape.len()) {
         (
             Scheme::Affine {
@@ -38,9 +44,10 @@ pub fn codec_params_for(codec: CodecChoice, shape: &[usize]) -> CodecParams {
             },
             rank,
         ) => {
-            let granularity = match rank {
-                3 => Granularity::PerChannel { axis: 2 },
-                4 => Granularity::PerChannel { axis: 1 },
+            let granularity = match (per_token, rank) {
+                (true, 2) => Granularity::PerChannel { axis: 0 },
+                (true, 3) | (false, 4) => Granularity::PerChannel { axis: 1 },
+                (false, 3) => Granularity::PerChannel { axis: 2 },
                 _ => Granularity::PerTensor,
             };
             CodecParams {
@@ -53,18 +60,46 @@ pub fn codec_params_for(codec: CodecChoice, shape: &[usize]) -> CodecParams {
 }
 
 /// The codec parameters the device encodes a bottleneck with for each choice (the
-/// per-channel ones along axis 2, for ViT tokens; [`codec_params_for`] picks the axis
-/// from the activation's shape).
+/// per-channel ones along axis 2, for ViT tokens, the per-token ones along axis 0;
+/// [`codec_params_for`] picks the axis from the activation's shape). The f16 choices
+/// are lossless on values [`encode_activation`] first rounds to f16.
 pub fn codec_params(codec: CodecChoice) -> CodecParams {
     let zstd = Entropy::Zstd { level: 1 };
     match codec {
-        CodecChoice::Lossless => CodecParams::LOSSLESS,
-        CodecChoice::LosslessZstd => CodecParams::LOSSLESS.with_entropy(zstd),
+        CodecChoice::Lossless | CodecChoice::F16 => CodecParams::LOSSLESS,
+        CodecChoice::LosslessZstd | CodecChoice::F16Zstd => {
+            CodecParams::LOSSLESS.with_entropy(zstd)
+        }
         CodecChoice::U8 => CodecParams::affine(Bits::B8, Entropy::None),
         CodecChoice::U8Zstd => CodecParams::affine(Bits::B8, zstd),
         CodecChoice::U8Channel => CodecParams::affine_per_channel(Bits::B8, 2, Entropy::None),
         CodecChoice::U4 => CodecParams::affine_per_channel(Bits::B4, 2, Entropy::None),
+        CodecChoice::U8Token => CodecParams::affine_per_channel(Bits::B8, 0, Entropy::None),
+        CodecChoice::U8TokenZstd => CodecParams::affine_per_channel(Bits::B8, 0, zstd),
+        CodecChoice::U4Token => CodecParams::affine_per_channel(Bits::B4, 0, Entropy::None),
     }
+}
+
+/// An activation `data` of `shape` as a codec frame for `codec` (the f16 choices
+/// round to f16 first, and the frame says f16).
+pub fn encode_activation(
+    codec: CodecChoice,
+    shape: &[usize],
+    data: &[f32],
+) -> Result<Vec<u8>, String> {
+    let params = codec_params_for(codec, shape);
+    let frame = match codec {
+        CodecChoice::F16 | CodecChoice::F16Zstd => {
+            let half: Vec<half::f16> = data.iter().map(|&v| half::f16::from_f32(v)).collect();
+            TensorView::f16(shape, &half)
+                .map_err(|e| e.to_string())
+                .and_then(|v| splitstream_codec::encode(&v, &params).map_err(|e| e.to_string()))
+        }
+        _ => TensorView::f32(shape, data)
+            .map_err(|e| e.to_string())
+            .and_then(|v| splitstream_codec::encode(&v, &params).map_err(|e| e.to_string())),
+    };
+    frame
 }
 
 /// Where frames run.
@@ -321,12 +356,7 @@ impl Device {
                     .on_worker(move |m, s| m.head(&input, &head_at, s))
                     .await?;
                 let t_enc = Instant::now();
-                let encoded = TensorView::f32(act.shape(), act.data())
-                    .map_err(|e| e.to_string())
-                    .and_then(|v| {
-                        splitstream_codec::encode(&v, &codec_params_for(codec, act.shape()))
-                            .map_err(|e| e.to_string())
-                    });
+                let encoded = encode_activation(codec, act.shape(), act.data());
                 rec.encode_ms = Some(ms(t_enc.elapsed()));
                 rec.head_ms = ms(t0.elapsed());
                 let remote = match encoded {

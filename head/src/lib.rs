@@ -8,6 +8,8 @@
 //!   head's features) for a critical battery with no edge;
 //! - [`device`]: running frames locally, split or offloaded, with local fallback;
 //! - [`draw`]: a detector's boxes drawn on frames (`--draw`);
+//! - [`llm`]: LLM generation split with an edge (hidden states out, tokens back),
+//!   finished locally when the edge fails;
 //! - [`model`]: the network the device runs (a ViT, or one with a learned bottleneck);
 //! - [`offload`]: the frame as JPEG for offload mode;
 //! - [`record`]: a frame's timings as run-record stages (`--record FILE`);
@@ -19,6 +21,7 @@
 pub mod classic;
 pub mod device;
 pub mod draw;
+pub mod llm;
 pub mod model;
 pub mod offload;
 pub mod policy;

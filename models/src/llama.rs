@@ -154,6 +154,23 @@ impl<B: Backend> NetState for LlmState<B> {
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
     }
+
+    /// The positions its layers hold (every layer that has run holds the same number;
+    /// the device's state holds layers `[0, k)`, the edge's `[k, L)`).
+    fn positions(&self) -> Option<usize> {
+        Some(
+            self.caches
+                .iter()
+                .flatten()
+                .map(KvCache::len)
+                .max()
+                .unwrap_or(0),
+        )
+    }
+
+    fn reset(&mut self) {
+        self.clear();
+    }
 }
 
 /// A Llama or Qwen2 decoder on backend `B`.
@@ -482,6 +499,109 @@ impl<B: Backend> LlamaNet<B> {
         })
     }
 
+    /// The edge's part for several sessions at once, one new position each (decode
+    /// steps of many conversations, continuous batching): `hs[i]` is session `i`'s
+    /// hidden state after `k` layers (`D` values), `states[i]` its KV caches, each at
+    /// its own position. The projections and the MLP run once on the `[N, 1, D]`
+    /// batch; the rotary embedding, the cache append and the attention run per session.
+    /// Returns the next-token logits `[N, V]`.
+    pub fn tail_decode_batch(
+        &self,
+        hs: &[&HostTensor],
+        k: usize,
+        states: &mut [&mut LlmState<B>],
+    ) -> Result<HostTensor, LlamaError> {
+        let c = &self.config;
+        let (n, d, hd) = (hs.len(), c.hidden, c.head_dim);
+        if n == 0 || n != states.len() || k > c.layers {
+            return Err(LlamaError::Input(format!(
+                "{n} hidden states for {} sessions at layer {k} of {}",
+                states.len(),
+                c.layers
+            )));
+        }
+        let mut data = Vec::with_capacity(n * d);
+        for h in hs {
+            if h.numel() != d {
+                return Err(LlamaError::Input(format!(
+                    "a batched decode step takes one position of width {d}, got {:?}",
+                    h.shape()
+                )));
+            }
+            data.extend_from_slice(h.data());
+        }
+        let mut offsets = Vec::with_capacity(n);
+        for s in states.iter() {
+            if s.batch.is_some_and(|b| b != 1) {
+                return Err(LlamaError::Cache(
+                    "a batched decode step takes sessions of one sequence".into(),
+                ));
+            }
+            let offset = s.len_at(k);
+            if (k..c.layers).any(|l| s.len_at(l) != offset) {
+                return Err(LlamaError::Cache(
+                    "the session's layers hold different numbers of positions".into(),
+                ));
+            }
+            if offset + 1 > s.capacity {
+                return Err(LlamaError::Cache(format!(
+                    "{offset} positions cached + 1 new exceed the context of {}",
+                    s.capacity
+                )));
+            }
+            offsets.push(offset);
+        }
+        let be = &self.be;
+        be.scope(|| {
+            let tables = offsets
+                .iter()
+                .map(|&o| self.rope_tables(o, 1))
+                .collect::<Result<Vec<_>, _>>()?;
+            let x =
+                HostTensor::new([n, 1, d], data).map_err(|e| LlamaError::Input(e.to_string()))?;
+            let mut x = be.upload(&x)?;
+            let eps = c.rms_eps as f32;
+            let scale = 1.0 / (hd as f32).sqrt();
+            for l in k..c.layers {
+                let layer = &self.layers[l];
+                let h = be.rms_norm(&x, &layer.attn_norm, eps)?;
+                let q = layer.q.apply(be, &h, Activation::Identity)?;
+                let kk = layer.k.apply(be, &h, Activation::Identity)?;
+                let v = layer.v.apply(be, &h, Activation::Identity)?;
+                let mut outs = Vec::with_capacity(n);
+                for (i, s) in states.iter_mut().enumerate() {
+                    let (cos, sin) = &tables[i];
+                    let one = |t: &B::Tensor, heads: usize| -> Result<B::Tensor, LlamaError> {
+                        Ok(be.reshape(be.slice(t, 0, i, 1)?, &[1, 1, heads, hd])?)
+                    };
+                    let qi = be.rope(&one(&q, c.heads)?, cos, sin)?;
+                    let ki = be.rope(&one(&kk, c.kv_heads)?, cos, sin)?;
+                    let vi = one(&v, c.kv_heads)?;
+                    let capacity = s.capacity;
+                    s.batch = Some(1);
+                    let cache = match &mut s.caches[l] {
+                        Some(cache) => cache,
+                        slot => slot.insert(KvCache::new(be, 1, capacity, c.kv_heads, hd)?),
+                    };
+                    cache.append(be, &ki, &vi)?;
+                    outs.push(cache.attend(be, &qi, scale)?);
+                }
+                let a = be.concat(&outs.iter().collect::<Vec<_>>(), 0)?;
+                let a = layer.o.apply(be, &a, Activation::Identity)?;
+                x = be.add(&x, &a)?;
+                let h = be.rms_norm(&x, &layer.ffn_norm, eps)?;
+                let g = layer.gate.apply(be, &h, Activation::Silu)?;
+                let u = layer.up.apply(be, &h, Activation::Identity)?;
+                let m = be.binary(&g, &u, BinaryOp::Mul)?;
+                let m = layer.down.apply(be, &m, Activation::Identity)?;
+                x = be.add(&x, &m)?;
+            }
+            let y = be.readback(&self.project(&self.final_norm(&x)?)?)?;
+            let v = c.vocab;
+            HostTensor::new([n, v], y.into_data()).map_err(|e| LlamaError::Input(e.to_string()))
+        })
+    }
+
     /// Generates `max_new` tokens after `prompt` (`batch` rows of equal length),
     /// choosing each with `choose` (row logits -> token), calling `on_token(step,
     /// tokens)` as each step's tokens come. Returns every step's logits `[B, N, V]`
@@ -665,6 +785,54 @@ impl<B: Backend> SplitNet for LlamaNet<B> {
                 &self.tail_logits(h, k, s)?,
             )?))
         })
+    }
+
+    fn tail_batch(
+        &self,
+        inputs: &[&HostTensor],
+        at: &str,
+        states: &mut [&mut dyn NetState],
+    ) -> Result<Vec<Output>, NetError> {
+        let k = self.split_point(at)?.depth;
+        let d = self.config.hidden;
+        // Only single-position steps share a batch; anything else runs alone.
+        if inputs.len() < 2 || inputs.iter().any(|h| h.numel() != d) {
+            if inputs.len() != states.len() {
+                return Err(NetError::State(format!(
+                    "{} inputs for {} states",
+                    inputs.len(),
+                    states.len()
+                )));
+            }
+            return inputs
+                .iter()
+                .zip(states.iter_mut())
+                .map(|(h, s)| self.tail(h, at, Some(&mut **s)))
+                .collect();
+        }
+        let mut typed = Vec::with_capacity(states.len());
+        for s in states.iter_mut() {
+            typed.push(
+                s.as_any_mut()
+                    .downcast_mut::<LlmState<B>>()
+                    .ok_or_else(|| {
+                        NetError::State("the session state is not this model's KV cache".into())
+                    })?,
+            );
+        }
+        let logits = self
+            .tail_decode_batch(inputs, k, &mut typed)
+            .map_err(NetError::run)?;
+        let v = self.config.vocab;
+        logits
+            .data()
+            .chunks_exact(v)
+            .map(|row| {
+                HostTensor::new([1, v], row.to_vec())
+                    .map(Output::NextToken)
+                    .map_err(|e| NetError::run(LlamaError::Input(e.to_string())))
+            })
+            .collect()
     }
 
     fn forward(

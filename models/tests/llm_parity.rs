@@ -362,3 +362,59 @@ fn bad_inputs_are_errors() {
         .forward(&HostTensor::new([1, 1], vec![0.5]).unwrap(), None)
         .is_err());
 }
+
+/// Continuous batching on the edge: one decode step of several sessions, each at its
+/// own position in its own KV cache, run as one batch (`tail_batch`), gives each
+/// session the logits of its step run alone, over several steps.
+#[test]
+fn batched_decode_steps_of_sessions_at_different_positions_equal_their_solo_steps() {
+    let Some(dir) = model_dir("llm_batched_decode", "llama_micro") else {
+        return;
+    };
+    let net = load(&LlmWeights::open(&dir).unwrap());
+    let k = 2;
+    let at = format!("layer{k}");
+    let prompts: [&[u32]; 3] = [&[1, 2], &[1, 40, 7, 300, 9], &[5, 6, 7, 8, 9, 10, 11]];
+    // Device side (layers [0, k)) and two edge sides: sessions run alone, and batched.
+    let mut heads: Vec<_> = prompts.iter().map(|_| net.state()).collect();
+    let mut solo: Vec<_> = prompts.iter().map(|_| net.state()).collect();
+    let mut batched: Vec<_> = prompts.iter().map(|_| net.state()).collect();
+    let mut next = Vec::new();
+    for (i, p) in prompts.iter().enumerate() {
+        let h = net.head_hidden(p, 1, k, &mut heads[i]).unwrap();
+        let a = net.tail_logits(&h, k, &mut solo[i]).unwrap();
+        let b = net.tail_logits(&h, k, &mut batched[i]).unwrap();
+        assert_eq!(a, b);
+        next.push(argmax(&a.data()[a.data().len() - net.config().vocab..]));
+    }
+    for step in 0..4 {
+        let hs: Vec<HostTensor> = next
+            .iter()
+            .enumerate()
+            .map(|(i, &t)| net.head_hidden(&[t], 1, k, &mut heads[i]).unwrap())
+            .collect();
+        let alone: Vec<HostTensor> = hs
+            .iter()
+            .zip(solo.iter_mut())
+            .map(|(h, s)| net.tail_logits(h, k, s).unwrap())
+            .collect();
+        let inputs: Vec<&HostTensor> = hs.iter().collect();
+        let mut states: Vec<&mut dyn NetState> =
+            batched.iter_mut().map(|s| s as &mut dyn NetState).collect();
+        let together = net.tail_batch(&inputs, &at, &mut states).unwrap();
+        assert_eq!(together.len(), prompts.len());
+        for (i, (a, b)) in alone.iter().zip(together).enumerate() {
+            let Output::NextToken(b) = b else {
+                panic!("next-token logits")
+            };
+            let diff = max_rel_diff(a.data(), b.data());
+            assert!(diff < 1e-5, "step {step} session {i}: {diff}");
+            next[i] = argmax(b.data());
+            assert_eq!(next[i], argmax(a.data()), "step {step} session {i}");
+        }
+    }
+    assert_eq!(
+        batched.iter().map(|s| s.positions()).collect::<Vec<_>>(),
+        [Some(6), Some(9), Some(11)]
+    );
+}

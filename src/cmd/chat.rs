@@ -15,7 +15,12 @@ use splitstream_models::llm::chat::{ChatMessage, ChatTemplate};
 use splitstream_models::llm::tokenizer::StreamDecoder;
 use splitstream_models::Backend;
 
+use splitstream_head::llm::SplitGenerator;
+use splitstream_models::llama::LlamaNet;
+use splitstream_models::llm::tokenizer::Tokenizer;
+
 use super::generate::{load, SamplingArgs};
+use super::llm_edge::{report, EdgeArgs};
 
 /// Longest user line read (64 KiB).
 const MAX_LINE: usize = 64 << 10;
@@ -24,7 +29,11 @@ const MAX_LINE: usize = 64 << 10;
 #[derive(clap::Args)]
 #[command(after_help = "Examples:
   # one question, piped
-  echo 'What is 2+2?' | splitstream chat --weights SmolLM2-135M-Instruct.Q4_1.gguf")]
+  echo 'What is 2+2?' | splitstream chat --weights SmolLM2-135M-Instruct.Q4_1.gguf
+
+  # layers 0..10 here, the rest on an edge that serves the model
+  splitstream chat --weights SmolLM2-135M-Instruct.Q4_1.gguf --edge 10.0.0.5:4433 --split 10 \
+      --fingerprint AB:CD:...:EF --token-file token")]
 pub(crate) struct Args {
     /// A GGUF file, or a Hugging Face folder (config.json, model.safetensors,
     /// tokenizer.json, tokenizer_config.json).
@@ -45,6 +54,8 @@ pub(crate) struct Args {
     backend: BackendArgs,
     #[command(flatten)]
     threads: ThreadsArgs,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
 fn chat_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
@@ -59,12 +70,32 @@ fn chat_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         .into_iter()
         .flatten()
         .collect();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let link = args.edge.connect(&args.weights).await?;
+        let generator = SplitGenerator::new(&net, args.edge.split().unwrap_or(0), link)?;
+        converse(&net, &tok, &template, stops, generator, args).await
+    })
+}
+
+/// The conversation loop: a line in, the answer out as it comes.
+async fn converse<B: Backend>(
+    net: &LlamaNet<B>,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    stops: Vec<u32>,
+    mut generator: SplitGenerator<'_, B>,
+    args: &Args,
+) -> anyhow::Result<()> {
     let mut sampler = args.sampling.sampler();
     let mut messages = Vec::new();
     if let Some(system) = &args.system {
         messages.push(ChatMessage::new("system", system.clone()));
     }
-    let mut state = net.state();
     let mut cached: Vec<u32> = Vec::new();
     let mut stdout = std::io::stdout().lock();
     let mut stdin = std::io::stdin().lock();
@@ -75,6 +106,9 @@ fn chat_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
             .read_line(&mut line)
             .context("reading stdin")?;
         if n == 0 {
+            if args.edge.wanted() {
+                report(generator.stats());
+            }
             return Ok(());
         }
         if line.len() > MAX_LINE {
@@ -90,11 +124,14 @@ fn chat_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
             Some(rest) if !rest.is_empty() => rest.to_vec(),
             _ => {
                 tracing::debug!("the chat re-encodes differently: KV cache dropped");
-                state = net.state();
+                generator.clear();
                 cached.clear();
                 ids.clone()
             }
         };
+        // A new turn tries the edge again if it failed the last one (the whole
+        // context is sent again from position 0).
+        generator.retry_edge();
         let mut answer = Vec::new();
         let mut stream = StreamDecoder::new();
         for _ in 0..args.max_tokens {
@@ -104,17 +141,14 @@ fn chat_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
                     net.context()
                 );
             }
-            let logits = net.logits(&feed, 1, &mut state)?;
+            let (next, _) = generator.step(&feed, &mut sampler).await?;
             cached.extend_from_slice(&feed);
-            let v = net.config().vocab;
-            let data = logits.data();
-            let next = sampler.choose(&data[data.len() - v..]);
             if stops.contains(&next) {
                 break;
             }
             answer.push(next);
             if !tok.is_added(next) {
-                write!(stdout, "{}", stream.push(&tok, next))
+                write!(stdout, "{}", stream.push(tok, next))
                     .and_then(|()| stdout.flush())
                     .context("writing to stdout")?;
             }

@@ -18,6 +18,10 @@ use splitstream_models::llm::LlmWeights;
 use splitstream_models::Backend;
 use splitstream_power::record::{RecordOptions, Recorder, Stage};
 
+use splitstream_head::llm::SplitGenerator;
+
+use super::llm_edge::{report, EdgeArgs};
+
 /// Longest id list read from a safetensors `input_ids` (1 Mi ids).
 const MAX_IDS: usize = 1 << 20;
 
@@ -35,6 +39,9 @@ const MAX_IDS: usize = 1 << 20;
   # prefill and decode recorded with power and memory, then the report
   splitstream generate --weights model.gguf --prompt-ids 1,2,3 --record gen.jsonl
   splitstream report gen.jsonl
+  # split with an edge serving the model: layers 0..4 here, the rest there
+  splitstream generate --weights model_dir --prompt-ids 1,2,3 --edge 10.0.0.5:4433 \
+      --split 4 --codec f16 --fingerprint AB:CD:...:EF --token-file token
 
   # the check form: input_ids [B,T] in, generated [B,T+N] and generated_logits out
   splitstream generate --weights llama_micro --input ids.safetensors --max-tokens 16 \\
@@ -78,6 +85,8 @@ pub(crate) struct Args {
     /// the first meter found, else a CPU-time model (the record says which).
     #[arg(long, value_name = "FILE")]
     record: Option<PathBuf>,
+    #[command(flatten)]
+    edge: EdgeArgs,
 }
 
 /// How the next token is drawn: the flags `generate` and `chat` share.
@@ -96,6 +105,8 @@ pub(crate) struct SamplingArgs {
 
 impl SamplingArgs {
     pub(crate) fn sampler(&self) -> Sampler {
+        // Sampling stays on the device (the edge answers logits when it samples), so
+        // the seed gives the same draws whoever computed them.
         Sampler::new(self.temperature, self.top_p, self.seed)
     }
 }
@@ -216,6 +227,12 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         bail!("the prompt encodes to no tokens");
     }
     let t = ids.len() / batch;
+    if args.edge.wanted() {
+        if batch != 1 || args.output.is_some() {
+            bail!("--edge generates one prompt and prints it (no --input rows or --output)");
+        }
+        return generate_split(&net, text_tokenizer, ids, args);
+    }
     let mut sampler = args.sampling.sampler();
     let eos = net.config().eos;
     let mut rows: Vec<Vec<u32>> = ids.chunks(t).map(<[u32]>::to_vec).collect();
@@ -304,6 +321,52 @@ fn generate_on<B: Backend>(be: B, args: &Args) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// Generation split with the edge (or local, if it cannot be reached), printing the
+/// tokens as they come.
+fn generate_split<B: Backend>(
+    net: &LlamaNet<B>,
+    tokenizer: Option<&Tokenizer>,
+    prompt: Vec<u32>,
+    args: &Args,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(async {
+        let link = args.edge.connect(&args.weights).await?;
+        let mut generator = SplitGenerator::new(net, args.edge.split().unwrap_or(0), link)?;
+        let mut sampler = args.sampling.sampler();
+        let eos = net.config().eos;
+        let mut stdout = std::io::stdout().lock();
+        let mut stream = StreamDecoder::new();
+        let mut feed = prompt;
+        for _ in 0..args.max_tokens {
+            if generator.positions() + feed.len() > net.context() {
+                break;
+            }
+            let (next, _) = generator.step(&feed, &mut sampler).await?;
+            if Some(next) == eos {
+                break;
+            }
+            match tokenizer {
+                Some(tok) if !tok.is_added(next) => write!(stdout, "{}", stream.push(tok, next)),
+                Some(_) => Ok(()),
+                None => writeln!(stdout, "{next}"),
+            }
+            .and_then(|()| stdout.flush())
+            .context("writing to stdout")?;
+            feed = vec![next];
+        }
+        if tokenizer.is_some() {
+            writeln!(stdout, "{}", stream.finish()).context("writing to stdout")?;
+        }
+        report(generator.stats());
+        Ok(())
+    })
 }
 
 pub(crate) fn run(args: Args) -> anyhow::Result<()> {

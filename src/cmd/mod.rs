@@ -9,6 +9,7 @@ pub(crate) mod events;
 pub(crate) mod features;
 pub(crate) mod generate;
 pub(crate) mod infer;
+mod llm_edge;
 pub(crate) mod measure;
 pub(crate) mod prune;
 pub(crate) mod report;

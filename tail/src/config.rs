@@ -106,7 +106,8 @@ pub struct ModelConfig {
     /// The name devices ask for, and the `model` label in metrics: letters, digits,
     /// `.`, `_`, `-`.
     pub name: String,
-    /// The model's weights (safetensors, names as in timm / Hugging Face). A file
+    /// The model's weights (safetensors, names as in timm / Hugging Face; or an LLM:
+    /// a GGUF file or a Hugging Face folder with config.json). A file
     /// with `bottleneck.*` tensors (and `split`, `rank` metadata) carries a learned
     /// bottleneck: devices then split at its point and send its code.
     pub weights: PathBuf,
@@ -124,6 +125,10 @@ pub struct ModelConfig {
     /// `D / 64` default is right.
     #[serde(default)]
     pub heads: Option<usize>,
+    /// An LLM's KV-cache positions per session (at most the model's own). Default
+    /// 1024. Each session reserves its whole cache against the edge's state caps.
+    #[serde(default)]
+    pub context: Option<usize>,
 }
 
 fn yes() -> bool {

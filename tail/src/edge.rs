@@ -44,6 +44,7 @@ use crate::governor::{
     self, plan_batch, GovernorDriver, GovernorObserver, LoadTracker, PowerConfig, PowerState,
     Priority, SessionGate,
 };
+use crate::llm;
 use crate::metrics::EdgeMetrics;
 use crate::model::{CodecChoice, ServedModel, JPEG_CODEC, OFFLOAD_SPLIT};
 use crate::offload::{decode_jpeg, DEFAULT_MAX_SIDE};
@@ -587,7 +588,9 @@ async fn serve_session(
                 continue;
             }
         };
-        if session_state.is_some() {
+        // An LLM's steps batch across sessions (continuous batching, `llm.rs`); other
+        // stateful models run one session per batch.
+        if session_state.is_some() && !model.is_llm() {
             key = key.for_session(id);
         }
         let item = Item {
@@ -648,6 +651,19 @@ impl Worker {
             }
             return;
         };
+        if model.is_llm() {
+            let jobs = batch
+                .items
+                .into_iter()
+                .map(|q| {
+                    self.metrics.queue_delay(&key, q.waited(now));
+                    self.load.waited(q.waited(now), now);
+                    (q.item.session, q.item.payload)
+                })
+                .collect();
+            self.compute_llm(model, &key, jobs);
+            return;
+        }
         let Some(shape_tail) = model.input_shape(key.route) else {
             for q in batch.items {
                 self.drop_job(q.item.payload, DropReason::Error);
@@ -719,6 +735,151 @@ impl Worker {
                 group_jobs.push(job);
             }
             self.run_group(model, &key, &shape_tail, rows, group_jobs);
+        }
+    }
+
+    fn drop_llm(&self, job: Job, why: String) {
+        tracing::debug!("llm step refused: {why}");
+        self.metrics.dropped(DropReason::BadFrame);
+        self.counters.dropped.fetch_add(1, Ordering::Relaxed);
+        let _ = job.responder.drop_frame(WireDrop::Other(why));
+    }
+
+    /// An LLM's batch: steps parsed and checked against each session's KV cache, then
+    /// run in waves (`llm::waves`): one step per session per wave, the decode steps of
+    /// a wave as one batch through the tail layers, a prefill alone.
+    fn compute_llm(&self, model: &ServedModel, key: &BatchKey, jobs: Vec<(SessionId, Job)>) {
+        let (Route::Split(k), Some(context)) = (key.route, model.context()) else {
+            for (_, job) in jobs {
+                self.drop_job(job, DropReason::Error);
+            }
+            return;
+        };
+        let Some(point) = model
+            .served_points()
+            .into_iter()
+            .find(|p| u32::try_from(p.depth).ok() == Some(k))
+            .map(|p| p.name.clone())
+        else {
+            for (_, job) in jobs {
+                self.drop_job(job, DropReason::Error);
+            }
+            return;
+        };
+        let d = model
+            .net
+            .split_points()
+            .first()
+            .and_then(|p| p.shape.last().copied());
+        let mut parsed: Vec<Option<(Job, llm::Step)>> = Vec::with_capacity(jobs.len());
+        let mut sessions = Vec::with_capacity(jobs.len());
+        for (session, job) in jobs {
+            if job.responder.is_cancelled() {
+                self.drop_job(job, DropReason::Overtaken);
+                continue;
+            }
+            match llm::parse_step(&job.payload, d.unwrap_or(0), context) {
+                Ok(step) if job.state.is_some() => {
+                    parsed.push(Some((job, step)));
+                    sessions.push(session);
+                }
+                Ok(_) => self.drop_job(job, DropReason::Error),
+                Err(why) => self.drop_llm(job, format!("not a step frame: {why}")),
+            }
+        }
+        for wave in llm::waves(&sessions) {
+            let mut decode = Vec::new();
+            for i in wave {
+                let Some((job, step)) = parsed.get_mut(i).and_then(Option::take) else {
+                    continue;
+                };
+                if step.positions() == 1 {
+                    decode.push((job, step));
+                } else {
+                    self.run_llm(model, key, &point, context, vec![(job, step)]);
+                }
+            }
+            if !decode.is_empty() {
+                self.run_llm(model, key, &point, context, decode);
+            }
+        }
+    }
+
+    /// Runs steps of distinct sessions together (several only when each is one
+    /// position) and answers each.
+    fn run_llm(
+        &self,
+        model: &ServedModel,
+        key: &BatchKey,
+        point: &str,
+        context: usize,
+        steps: Vec<(Job, llm::Step)>,
+    ) {
+        let handles: Vec<StateHandle> = steps.iter().filter_map(|(j, _)| j.state.clone()).collect();
+        if handles.len() != steps.len() {
+            for (job, _) in steps {
+                self.drop_job(job, DropReason::Error);
+            }
+            return;
+        }
+        let mut guards: Vec<_> = handles.iter().map(state::lock).collect();
+        let mut ready = Vec::with_capacity(steps.len());
+        let mut ready_guards = Vec::with_capacity(steps.len());
+        for ((job, step), mut guard) in steps.into_iter().zip(guards.drain(..)) {
+            match llm::check_position(&mut **guard, &step, context) {
+                Ok(()) => {
+                    ready.push((job, step));
+                    ready_guards.push(guard);
+                }
+                Err(why) => self.drop_llm(job, why),
+            }
+        }
+        let n = ready.len();
+        if n == 0 {
+            return;
+        }
+        let started = Instant::now();
+        let result = {
+            let inputs: Vec<&HostTensor> = ready.iter().map(|(_, s)| &s.hidden).collect();
+            let mut states: Vec<&mut dyn NetState> = ready_guards
+                .iter_mut()
+                .map(|g| &mut ***g as &mut dyn NetState)
+                .collect();
+            model.net.tail_batch(&inputs, point, &mut states)
+        };
+        drop(ready_guards);
+        self.load.busy(started.elapsed(), Instant::now());
+        let outputs = match result {
+            Ok(out) if out.len() == n => out,
+            other => {
+                let why = match other {
+                    Err(e) => e.to_string(),
+                    Ok(out) => format!("{} outputs for {n} steps", out.len()),
+                };
+                tracing::error!("tail of {} failed: {why}", key.model);
+                for (job, _) in ready {
+                    self.drop_job(job, DropReason::Error);
+                }
+                return;
+            }
+        };
+        self.metrics.batch_computed(key, n, started.elapsed());
+        self.metrics.frames_done(key, n as u64);
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        self.counters.largest_batch.fetch_max(n, Ordering::Relaxed);
+        if n > 1 {
+            self.counters
+                .multi_frame_batches
+                .fetch_add(1, Ordering::Relaxed);
+        }
+        for ((job, step), out) in ready.into_iter().zip(outputs) {
+            match llm::answer(out, step.header.reply) {
+                Some(a) => {
+                    self.counters.answered.fetch_add(1, Ordering::Relaxed);
+                    let _ = job.responder.answer(Bytes::from(a.encode()));
+                }
+                None => self.drop_job(job, DropReason::Error),
+            }
         }
     }
 

@@ -6,6 +6,8 @@
 //! - [`metrics`]: the edge's Prometheus metrics and the `/metrics` + `/healthz` server;
 //! - [`config`]: the edge's TOML configuration;
 //! - [`offload`]: decoding offloaded JPEG frames, capped;
+//! - [`llm`]: split LLM steps (parsed, checked against the session's KV cache) and
+//!   the waves that batch many sessions' decode steps;
 //! - [`model`]: loading served models on the CPU or wgpu backend;
 //! - [`edge`]: the running edge (sessions, batch loop, tail worker), what
 //!   `splitstream-edge` and the demo start;
@@ -19,6 +21,7 @@ pub mod batcher;
 pub mod config;
 pub mod edge;
 pub mod governor;
+pub mod llm;
 pub mod metrics;
 pub mod model;
 pub mod offload;

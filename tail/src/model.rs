@@ -6,9 +6,12 @@ use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
 use splitstream_models::backend::wgpu::WgpuInitError;
+use splitstream_models::llama::load_llm;
+use splitstream_models::llm::LlmLoadError;
 use splitstream_models::net::{
     load_net, LoadNetError, NetError, NetOptions, NetState, Output, SplitPoint,
 };
+use splitstream_models::net::{InputSpec, OutputKind};
 use splitstream_models::preprocess::EvalTransform;
 use splitstream_models::weights::Weights;
 use splitstream_models::{HostTensor, SplitNet};
@@ -41,6 +44,17 @@ pub enum LoadModelError {
         /// What was wrong.
         #[source]
         source: Box<LoadNetError>,
+    },
+    /// An LLM (GGUF file or Hugging Face folder) did not load.
+    #[error("cannot load the LLM {name} from {path}")]
+    Llm {
+        /// Model name.
+        name: String,
+        /// The file or folder.
+        path: String,
+        /// What was wrong.
+        #[source]
+        source: Box<LlmLoadError>,
     },
     /// The GPU backend was asked for and could not start.
     #[error("backend wgpu for {name} (use backend = \"cpu\" or \"auto\")")]
@@ -171,6 +185,98 @@ impl ServedModel {
             backend,
             cpu_threads,
         )
+    }
+
+    /// Whether `path` holds an LLM: a GGUF file, or a folder with `config.json` (a
+    /// Hugging Face checkpoint).
+    pub fn is_llm_path(path: &Path) -> bool {
+        if path.is_dir() {
+            return path.join("config.json").is_file();
+        }
+        let mut magic = [0u8; 4];
+        std::fs::File::open(path)
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+            .is_ok_and(|()| &magic == b"GGUF")
+    }
+
+    /// The file whose SHA-256 names an LLM's weights on the wire: the GGUF file, or a
+    /// folder's `model.safetensors` (the device hashes the same file).
+    pub fn llm_weights_file(path: &Path) -> std::path::PathBuf {
+        if path.is_dir() {
+            path.join("model.safetensors")
+        } else {
+            path.to_path_buf()
+        }
+    }
+
+    /// Loads an LLM (GGUF file or Hugging Face folder) as `name`, with KV caches of
+    /// `context` positions per session (`None`: the models crate's default). Devices
+    /// split it at `layer{k}`; nothing is offloaded.
+    pub fn from_llm(
+        name: &str,
+        path: &Path,
+        backend: BackendChoice,
+        cpu_threads: usize,
+        context: Option<usize>,
+    ) -> Result<Self, LoadModelError> {
+        let file = Self::llm_weights_file(path);
+        let bytes = std::fs::read(&file).map_err(|source| LoadModelError::Read {
+            path: file.display().to_string(),
+            source,
+        })?;
+        let id = ModelId::from_weights_bytes(name, &bytes);
+        drop(bytes);
+        let llm_err = |source: LlmLoadError| LoadModelError::Llm {
+            name: name.to_owned(),
+            path: path.display().to_string(),
+            source: Box::new(source),
+        };
+        let gpu = match backend.open_wgpu_reporting() {
+            Ok((gpu, chosen)) => {
+                if let Some(line) = chosen {
+                    tracing::info!("{name}: {line}");
+                }
+                gpu
+            }
+            Err(e) if backend == BackendChoice::Auto => {
+                tracing::warn!("no GPU for {name} ({e}); running on the CPU");
+                None
+            }
+            Err(source) => {
+                return Err(LoadModelError::Gpu {
+                    name: name.to_owned(),
+                    source,
+                })
+            }
+        };
+        let net = match gpu {
+            Some(gpu) => load_llm(gpu, path, context),
+            None => {
+                let cpu = CpuBackend::new(cpu_threads)
+                    .map_err(|e| llm_err(LlmLoadError::Format(e.to_string())))?;
+                load_llm(cpu, path, context)
+            }
+        }
+        .map_err(llm_err)?;
+        Ok(Self {
+            id,
+            net,
+            splits: Vec::new(),
+            offload: false,
+        })
+    }
+
+    /// Whether it is an LLM (its steps batch across sessions, see `llm.rs`).
+    pub fn is_llm(&self) -> bool {
+        matches!(self.net.output(), OutputKind::NextToken { .. })
+    }
+
+    /// Positions of an LLM's KV cache per session (`None` for other models).
+    pub fn context(&self) -> Option<usize> {
+        match self.net.input() {
+            InputSpec::Tokens { max_len, .. } => Some(*max_len),
+            _ => None,
+        }
     }
 
     /// How offloaded frames become the model's input: the checkpoint's eval transform

@@ -27,17 +27,33 @@ pub enum CodecChoice {
     U8Channel,
     /// 4-bit affine per channel.
     U4,
+    /// f16, exact to f16's precision (an LLM's hidden states lose nothing measurable).
+    F16,
+    /// f16, zstd level 1 on byte planes.
+    F16Zstd,
+    /// 8-bit affine, one scale and offset per token (position): an LLM's hidden
+    /// states, whose range differs from token to token.
+    U8Token,
+    /// 8-bit affine per token, zstd level 1.
+    U8TokenZstd,
+    /// 4-bit affine per token.
+    U4Token,
 }
 
 impl CodecChoice {
     /// Every choice, for `--help`, tables and the edge's list of decodable codecs.
-    pub const ALL: [CodecChoice; 6] = [
+    pub const ALL: [CodecChoice; 11] = [
         Self::Lossless,
         Self::LosslessZstd,
         Self::U8,
         Self::U8Zstd,
         Self::U8Channel,
         Self::U4,
+        Self::F16,
+        Self::F16Zstd,
+        Self::U8Token,
+        Self::U8TokenZstd,
+        Self::U4Token,
     ];
 
     /// Name on the wire and on the command line.
@@ -49,6 +65,11 @@ impl CodecChoice {
             Self::U8Zstd => "u8-zstd",
             Self::U8Channel => "u8-channel",
             Self::U4 => "u4",
+            Self::F16 => "f16",
+            Self::F16Zstd => "f16-zstd",
+            Self::U8Token => "u8-token",
+            Self::U8TokenZstd => "u8-token-zstd",
+            Self::U4Token => "u4-token",
         }
     }
 

@@ -6,6 +6,7 @@ pub(crate) mod e2e;
 pub(crate) mod events;
 pub(crate) mod fallback;
 pub(crate) mod link;
+pub(crate) mod llm_split;
 pub(crate) mod machine;
 pub(crate) mod matmul;
 pub(crate) mod model;

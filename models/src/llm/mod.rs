@@ -14,6 +14,7 @@ pub mod gguf;
 pub mod hf;
 pub mod quant;
 pub mod sample;
+pub mod split;
 pub mod tokenizer;
 
 use std::path::Path;

@@ -33,6 +33,11 @@ impl Sampler {
         }
     }
 
+    /// Whether it is greedy (no draw: the token is the argmax whoever computes it).
+    pub fn is_greedy(&self) -> bool {
+        self.temperature <= 0.0 || !self.temperature.is_finite()
+    }
+
     /// The next token of a row of logits.
     pub fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.temperature <= 0.0 || !self.temperature.is_finite() {

@@ -226,6 +226,15 @@ impl Output {
 pub trait NetState: Any + Send {
     /// For the family's downcast.
     fn as_any_mut(&mut self) -> &mut dyn Any;
+
+    /// Positions this state holds, for a family whose state grows by positions (an
+    /// LLM's KV cache); `None` for the others.
+    fn positions(&self) -> Option<usize> {
+        None
+    }
+
+    /// Forgets everything held (a new conversation).
+    fn reset(&mut self) {}
 }
 
 /// Errors running a [`SplitNet`].
@@ -324,4 +333,29 @@ pub trait SplitNet: Send + Sync {
     /// every route computes the same function).
     fn forward(&self, x: &HostTensor, state: Option<&mut dyn NetState>)
         -> Result<Output, NetError>;
+
+    /// The tail of several sessions' inputs at once, each with its own state (an
+    /// edge's continuous batching of LLM decode steps: one position per session, each
+    /// at its own place in its own KV cache). One output per input, in order. The
+    /// default runs them one at a time; a family that can share the work overrides it.
+    /// On an error some states may have advanced: the caller drops them all.
+    fn tail_batch(
+        &self,
+        inputs: &[&HostTensor],
+        at: &str,
+        states: &mut [&mut dyn NetState],
+    ) -> Result<Vec<Output>, NetError> {
+        if inputs.len() != states.len() {
+            return Err(NetError::State(format!(
+                "{} inputs for {} states",
+                inputs.len(),
+                states.len()
+            )));
+        }
+        inputs
+            .iter()
+            .zip(states.iter_mut())
+            .map(|(h, s)| self.tail(h, at, Some(&mut **s)))
+            .collect()
+    }
 }

@@ -27,6 +27,10 @@ use splitstream_transport::{ServerConfig, ServerIdentity, TokenStore};
   # one model, self-signed certificate (its fingerprint is printed for devices to pin)
   splitstream-edge --weights vit.safetensors --name demo-vit --tokens tokens.txt
 
+  # an LLM (GGUF file or Hugging Face folder): devices run layers 0..k, the edge the rest
+  splitstream-edge --weights SmolLM2-135M-Instruct.Q4_1.gguf --name smollm2 --tokens tokens.txt \
+      --context 2048
+
   # everything from a config file, with the port overridden
   splitstream-edge --config edge.toml --listen 0.0.0.0:5000
 
@@ -60,8 +64,9 @@ struct Args {
     /// PEM private key (with --cert).
     #[arg(long, value_name = "FILE", requires = "cert")]
     key: Option<PathBuf>,
-    /// Serve this safetensors checkpoint (timm names) in addition to the config's models.
-    #[arg(long, value_name = "FILE")]
+    /// Serve this checkpoint in addition to the config's models: safetensors (timm
+    /// names), or an LLM (a GGUF file or a Hugging Face folder).
+    #[arg(long, value_name = "PATH")]
     weights: Option<PathBuf>,
     /// Name devices ask for (--weights); default: the file name without extension.
     #[arg(long, value_name = "NAME", requires = "weights")]
@@ -69,6 +74,9 @@ struct Args {
     /// Attention heads of --weights (default: the file's num_heads metadata, else D/64).
     #[arg(long, value_name = "N", requires = "weights")]
     heads: Option<usize>,
+    /// KV-cache positions per session when --weights is an LLM (default 1024).
+    #[arg(long, value_name = "N", requires = "weights")]
+    context: Option<usize>,
     // --backend: for --weights (the config's models name their own).
     #[command(flatten)]
     backend: BackendArgs,
@@ -237,6 +245,7 @@ fn config(args: &Args) -> anyhow::Result<EdgeConfig> {
             offload: true,
             backend: args.backend.choice,
             heads: args.heads,
+            context: args.context,
         });
     }
     if let Some(n) = args.max_batch {
@@ -294,10 +303,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let mut models = Vec::new();
     for m in &cfg.models {
-        let mut served =
-            ServedModel::from_file(&m.name, &m.weights, m.heads, m.backend, args.threads.count)?;
+        // An LLM (a GGUF file or a Hugging Face folder) is split at `layer{k}` and
+        // keeps a KV cache per session; everything else loads through `load_net`.
+        let mut served = if ServedModel::is_llm_path(&m.weights) {
+            ServedModel::from_llm(
+                &m.name,
+                &m.weights,
+                m.backend,
+                args.threads.count,
+                m.context,
+            )?
+        } else {
+            ServedModel::from_file(&m.name, &m.weights, m.heads, m.backend, args.threads.count)?
+        };
         served.splits = m.splits.iter().map(|&k| k as usize).collect();
-        served.offload = m.offload;
+        served.offload = m.offload && !served.is_llm();
         println!("{}", served.describe());
         models.push(served);
     }
