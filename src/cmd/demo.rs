@@ -357,12 +357,7 @@ async fn demo(args: Args) -> anyhow::Result<()> {
     if let Some(rec) = recorder {
         splitstream_power::record::uninstall();
         let end = rec.finish().context("--record")?;
-        eprintln!(
-            "run record: {} ({} frames, {} samples)",
-            rec.path().display(),
-            end.frames,
-            end.samples
-        );
+        eprintln!("{}", end.describe(rec.path()));
     }
 
     let reference = &runs[0].logits;

@@ -343,12 +343,7 @@ async fn bench(args: Args, codec: CodecChoice) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&scratch);
     if let Some(rec) = recorder {
         let end = rec.finish().context("--record")?;
-        eprintln!(
-            "run record: {} ({} frames, {} samples)",
-            rec.path().display(),
-            end.frames,
-            end.samples
-        );
+        eprintln!("{}", end.describe(rec.path()));
     }
     if !args.json {
         print_table(&cells);

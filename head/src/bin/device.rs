@@ -674,12 +674,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(rec) = recorder {
         let end = rec.finish().context("--record")?;
-        eprintln!(
-            "run record: {} ({} frames, {} samples)",
-            rec.path().display(),
-            end.frames,
-            end.samples
-        );
+        eprintln!("{}", end.describe(rec.path()));
     }
     Ok(())
 }

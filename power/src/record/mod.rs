@@ -180,6 +180,18 @@ pub struct End {
     pub capped: bool,
 }
 
+impl End {
+    /// The line a command prints when its record is complete.
+    pub fn describe(&self, path: &Path) -> String {
+        format!(
+            "run record: {} ({} frames, {} samples)",
+            path.display(),
+            self.frames,
+            self.samples
+        )
+    }
+}
+
 /// A CPU-time power model for machines without a meter: `idle_w` plus `per_core_w`
 /// for each core this process keeps busy. The defaults are the device policy's
 /// (`wait=2.5` W idle, `compute=6` W with one core busy); a modelled trace shows when

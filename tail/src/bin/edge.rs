@@ -374,12 +374,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         splitstream_power::record::uninstall();
         rec.frames(counters.answered.load(std::sync::atomic::Ordering::Relaxed));
         let end = rec.finish().context("--record")?;
-        eprintln!(
-            "run record: {} ({} frames, {} samples)",
-            rec.path().display(),
-            end.frames,
-            end.samples
-        );
+        eprintln!("{}", end.describe(rec.path()));
     }
     eprintln!("edge stopped");
     Ok(())
