@@ -5,7 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use splitstream_models::backend::cpu::CpuBackend;
-use splitstream_models::backend::wgpu::WgpuInitError;
+use splitstream_models::backend::wgpu::{WgpuBackend, WgpuInitError};
 use splitstream_models::llama::load_llm;
 use splitstream_models::llm::LlmLoadError;
 use splitstream_models::net::{
@@ -135,25 +135,7 @@ impl ServedModel {
             num_heads,
             ..NetOptions::default()
         };
-        // WGPU_ADAPTER_NAME and WGPU_BACKEND pick the adapter, as everywhere.
-        let gpu = match backend.open_wgpu_reporting() {
-            Ok((gpu, chosen)) => {
-                if let Some(line) = chosen {
-                    tracing::info!("{name}: {line}");
-                }
-                gpu
-            }
-            Err(e) if backend == BackendChoice::Auto => {
-                tracing::warn!("no GPU for {name} ({e}); running on the CPU");
-                None
-            }
-            Err(source) => {
-                return Err(LoadModelError::Gpu {
-                    name: name.to_owned(),
-                    source,
-                })
-            }
-        };
+        let gpu = open_gpu(name, backend)?;
         let net = match gpu {
             Some(gpu) => load_net(gpu, &weights, &options),
             None => {
@@ -231,24 +213,7 @@ impl ServedModel {
             path: path.display().to_string(),
             source: Box::new(source),
         };
-        let gpu = match backend.open_wgpu_reporting() {
-            Ok((gpu, chosen)) => {
-                if let Some(line) = chosen {
-                    tracing::info!("{name}: {line}");
-                }
-                gpu
-            }
-            Err(e) if backend == BackendChoice::Auto => {
-                tracing::warn!("no GPU for {name} ({e}); running on the CPU");
-                None
-            }
-            Err(source) => {
-                return Err(LoadModelError::Gpu {
-                    name: name.to_owned(),
-                    source,
-                })
-            }
-        };
+        let gpu = open_gpu(name, backend)?;
         let net = match gpu {
             Some(gpu) => load_llm(gpu, path, context),
             None => {
@@ -354,5 +319,26 @@ impl ServedModel {
             self.served_split_names().join(" "),
             self.id.weights_hex()
         )
+    }
+}
+
+/// The GPU a served model runs on, or `None` for the CPU (`auto` without a GPU).
+/// WGPU_ADAPTER_NAME and WGPU_BACKEND pick the adapter, as everywhere.
+fn open_gpu(name: &str, backend: BackendChoice) -> Result<Option<WgpuBackend>, LoadModelError> {
+    match backend.open_wgpu_reporting() {
+        Ok((gpu, chosen)) => {
+            if let Some(line) = chosen {
+                tracing::info!("{name}: {line}");
+            }
+            Ok(gpu)
+        }
+        Err(e) if backend == BackendChoice::Auto => {
+            tracing::warn!("no GPU for {name} ({e}); running on the CPU");
+            Ok(None)
+        }
+        Err(source) => Err(LoadModelError::Gpu {
+            name: name.to_owned(),
+            source,
+        }),
     }
 }
